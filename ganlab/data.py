@@ -1,0 +1,179 @@
+"""MNIST-shaped image data: from the Keras cache/download or a local file, checked.
+
+`load_dataset(name, path)` returns uint8 images (N, 28, 28) and labels (N,) for the
+training and test splits. `path=None` goes through `keras.datasets` (its cache, else a
+download); a path is either a `.npz` in the Keras layout (`x_train`, `y_train`,
+`x_test`, `y_test`) or a folder with the four IDX files of the original distribution,
+raw or gzipped. Whatever the source, the arrays are checked before anyone trains on them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ganlab.errors import InputError
+
+DATASETS = ("mnist", "fashion_mnist")
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+IDX_FILES = {  # key -> accepted file names (the original, and a common variant)
+    "x_train": ("train-images-idx3-ubyte", "train-images.idx3-ubyte"),
+    "y_train": ("train-labels-idx1-ubyte", "train-labels.idx1-ubyte"),
+    "x_test": ("t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte"),
+    "y_test": ("t10k-labels-idx1-ubyte", "t10k-labels.idx1-ubyte"),
+}
+IMAGE_SHAPE = (28, 28)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train and test splits as loaded: uint8 images (N, 28, 28), integer labels 0-9."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    source: str
+
+    def sha256(self) -> str:
+        """Hash of all four arrays: names the exact data a run or a cache used."""
+        digest = hashlib.sha256()
+        for array in (self.x_train, self.y_train, self.x_test, self.y_test):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()
+
+
+def to_unit_range(images: np.ndarray) -> np.ndarray:
+    """uint8 images (N, 28, 28) -> float32 (N, 784) in [-1, 1], as the tutorial scales them."""
+    flat = images.reshape(len(images), -1).astype(np.float32)
+    return (flat - 127.5) / 127.5
+
+
+def load_dataset(name: str = "mnist", path: str | None = None) -> Dataset:
+    """Load and check a dataset; raise InputError naming the file and the problem."""
+    if name not in DATASETS:
+        raise InputError(f"data.name: unknown dataset {name!r}; valid: {', '.join(DATASETS)}.")
+    if path is None:
+        arrays, source = _load_from_keras(name), f"keras.datasets.{name}"
+    else:
+        file = Path(path).expanduser()
+        if not file.exists():
+            raise InputError(
+                f"data.path: {str(file)!r} does not exist. Give a .npz in Keras layout "
+                f"({', '.join(NPZ_KEYS)}) or a folder with the four MNIST IDX files."
+            )
+        arrays = _load_idx_folder(file) if file.is_dir() else _load_npz(file)
+        source = str(file.resolve())
+    dataset = Dataset(**arrays, source=source)
+    check_dataset(dataset)
+    return dataset
+
+
+def check_dataset(dataset: Dataset) -> None:
+    """Raise InputError unless both splits hold uint8 28x28 images with labels 0-9."""
+    where = dataset.source
+    for split in ("train", "test"):
+        images = getattr(dataset, f"x_{split}")
+        labels = getattr(dataset, f"y_{split}")
+        if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
+            raise InputError(
+                f"{where}: x_{split} has shape {images.shape}; expected (N, 28, 28) images."
+            )
+        if images.dtype != np.uint8:
+            raise InputError(
+                f"{where}: x_{split} has dtype {images.dtype}; expected uint8 grey levels 0-255 "
+                "(as in the MNIST files; do not pre-scale the images)."
+            )
+        if len(images) == 0:
+            raise InputError(f"{where}: x_{split} holds no images.")
+        if labels.shape != (len(images),):
+            raise InputError(
+                f"{where}: y_{split} has shape {labels.shape}; expected ({len(images)},), "
+                f"one label per image of x_{split}."
+            )
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise InputError(f"{where}: y_{split} has dtype {labels.dtype}; expected integers 0-9.")
+        if labels.min() < 0 or labels.max() > 9:
+            raise InputError(
+                f"{where}: y_{split} holds labels from {labels.min()} to {labels.max()}; "
+                "expected digit classes 0-9."
+            )
+
+
+def _load_from_keras(name: str) -> dict[str, np.ndarray]:
+    import keras  # imported here: local files need no TensorFlow
+
+    loader = getattr(keras.datasets, name)
+    try:
+        (x_train, y_train), (x_test, y_test) = loader.load_data()
+    except Exception as error:  # Keras wraps URLError/HTTPError in a plain Exception
+        raise InputError(
+            f"data.path is null, so {name} was to come from keras.datasets.{name}, but it is "
+            f"not in the Keras cache and the download failed ({error}). Without a network, "
+            f"pass a local copy: data.path=/path/to/{name}.npz (Keras layout) or "
+            "data.path=/path/to/folder holding the four IDX files."
+        ) from error
+    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+
+
+def _load_npz(file: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(file, allow_pickle=False) as archive:
+            missing = [key for key in NPZ_KEYS if key not in archive.files]
+            if missing:
+                raise InputError(
+                    f"data.path: {str(file)!r} lacks the arrays {', '.join(missing)}; a Keras-"
+                    f"layout .npz holds {', '.join(NPZ_KEYS)} (it has: {', '.join(archive.files) or 'none'})."
+                )
+            return {key: archive[key] for key in NPZ_KEYS}
+    except InputError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+        raise InputError(
+            f"data.path: {str(file)!r} cannot be read as a .npz archive ({error}). Give a .npz "
+            "in Keras layout or a folder with the four MNIST IDX files."
+        ) from error
+
+
+def _load_idx_folder(folder: Path) -> dict[str, np.ndarray]:
+    arrays = {}
+    for key, names in IDX_FILES.items():
+        candidates = [folder / f"{name}{suffix}" for name in names for suffix in ("", ".gz")]
+        found = next((file for file in candidates if file.is_file()), None)
+        if found is None:
+            raise InputError(
+                f"data.path: folder {str(folder)!r} has no {names[0]} (nor .gz); an IDX folder "
+                f"holds {', '.join(names[0] for names in IDX_FILES.values())}."
+            )
+        arrays[key] = read_idx(found)
+    return arrays
+
+
+def read_idx(file: Path) -> np.ndarray:
+    """Read one IDX file (raw or .gz) of unsigned bytes into an array of its stated shape."""
+    opener = gzip.open if file.suffix == ".gz" else open
+    try:
+        with opener(file, "rb") as stream:
+            raw = stream.read()
+    except OSError as error:
+        raise InputError(f"data.path: cannot read IDX file {str(file)!r} ({error}).") from error
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise InputError(
+            f"data.path: {str(file)!r} is not an IDX file of unsigned bytes "
+            "(its header does not start with 0x00 0x00 0x08)."
+        )
+    ndim = raw[3]
+    header_end = 4 + 4 * ndim
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = header_end + int(np.prod(shape))
+    if len(raw) != expected:
+        raise InputError(
+            f"data.path: {str(file)!r} is truncated or padded: its header states shape {shape} "
+            f"({expected} bytes in all) but the file holds {len(raw)} bytes."
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header_end).reshape(shape)

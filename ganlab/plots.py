@@ -1,0 +1,117 @@
+"""Pictures of a run: sample grids, loss curves, sweep heatmaps and montages.
+
+Everything here takes plain NumPy arrays or numbers and writes a PNG; nothing here
+knows about TensorFlow or MLflow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def image_grid(images: np.ndarray, rows: int = 10) -> np.ndarray:
+    """Tile (N, 784) images in [-1, 1] into one 2-D array in [0, 1], `rows` per column."""
+    images = np.asarray(images, dtype=np.float32).reshape(-1, 28, 28)
+    columns = int(np.ceil(len(images) / rows))
+    canvas = np.zeros((rows * 28, columns * 28), dtype=np.float32)
+    for index, image in enumerate(images):
+        row, column = divmod(index, columns)
+        canvas[row * 28 : (row + 1) * 28, column * 28 : (column + 1) * 28] = image
+    return (canvas + 1.0) / 2.0
+
+
+def save_sample_grid(images: np.ndarray, path: str | Path, title: str | None = None) -> Path:
+    """A 10x10 (for 100 images) grid of generated digits."""
+    fig, ax = plt.subplots(figsize=(6, 6.4 if title else 6))
+    ax.imshow(image_grid(images), cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.axis("off")
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def save_loss_curve(d_losses: np.ndarray, g_losses: np.ndarray, steps_per_epoch: int, path: str | Path) -> Path:
+    """Per-step D and G losses (faint) with their per-epoch means, against epochs."""
+    d_losses, g_losses = np.asarray(d_losses), np.asarray(g_losses)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    epochs_axis = np.arange(1, len(d_losses) + 1) / steps_per_epoch
+    for losses, name, color in ((d_losses, "d_loss", "tab:blue"), (g_losses, "g_loss", "tab:orange")):
+        ax.plot(epochs_axis, losses, color=color, alpha=0.25, linewidth=0.6)
+        epoch_means = losses[: len(losses) // steps_per_epoch * steps_per_epoch].reshape(-1, steps_per_epoch).mean(axis=1)
+        ax.plot(np.arange(1, len(epoch_means) + 1), epoch_means, "o-", color=color, label=f"{name} (epoch mean)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("binary cross-entropy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def save_class_histogram(histogram: np.ndarray, path: str | Path, title: str | None = None) -> Path:
+    """Fraction of generated images the classifier assigns to each digit, against uniform."""
+    histogram = np.asarray(histogram, dtype=float)
+    histogram = histogram / histogram.sum()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(np.arange(len(histogram)), histogram, color="tab:blue")
+    ax.axhline(1.0 / len(histogram), color="black", linestyle="--", linewidth=1, label="uniform")
+    ax.set_xticks(np.arange(len(histogram)))
+    ax.set_xlabel("digit class (classifier's argmax)")
+    ax.set_ylabel("fraction of samples")
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def save_sweep_heatmap(rows: list[dict], row_key: str, column_key: str, metric: str, path: str | Path) -> Path:
+    """Final `metric` of each job on a grid of two swept keys (empty cells: no value)."""
+    row_values = sorted({row[row_key] for row in rows}, key=_numeric_first)
+    column_values = sorted({row[column_key] for row in rows}, key=_numeric_first)
+    table = np.full((len(row_values), len(column_values)), np.nan)
+    for row in rows:
+        table[row_values.index(row[row_key]), column_values.index(row[column_key])] = row[metric]
+    fig, ax = plt.subplots(figsize=(1.4 * len(column_values) + 2.5, 1.0 * len(row_values) + 1.8))
+    image = ax.imshow(table, cmap="viridis_r")
+    for (i, j), value in np.ndenumerate(table):
+        ax.text(j, i, "-" if np.isnan(value) else f"{value:.3g}", ha="center", va="center", color="white")
+    ax.set_xticks(range(len(column_values)), column_values)
+    ax.set_yticks(range(len(row_values)), row_values)
+    ax.set_xlabel(column_key)
+    ax.set_ylabel(row_key)
+    ax.set_title(f"final {metric}")
+    fig.colorbar(image, ax=ax)
+    return _save(fig, path)
+
+
+def save_montage(image_files: list[Path], labels: list[str], path: str | Path) -> Path:
+    """Several PNGs side by side (up to 4 per row), each with its label above it."""
+    columns = min(4, len(image_files))
+    rows = int(np.ceil(len(image_files) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 4.3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, file, label in zip(axes.flat, image_files, labels):
+        ax.imshow(plt.imread(file))
+        ax.set_title(label, fontsize=10)
+    return _save(fig, path)
+
+
+def _numeric_first(value):
+    try:
+        return (0, float(value), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))

@@ -1,0 +1,191 @@
+"""Hydra entry point: compose the config, train the GAN, evaluate it, track it in MLflow.
+
+    python -m ganlab.train epochs=5 dropout=0.1 data.path=../shared/data/mnist.npz
+    python -m ganlab.train -m dropout=0.1,0.3          # a sweep: one MLflow run per job
+
+One job is: open an MLflow run, check the config and the data, build G and D, train
+with an evaluation every `eval.every` epochs, save models and pictures into the job's
+output folder and the run, and return the final value of `objective` for sweepers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the logs
+
+import hydra  # noqa: E402
+import numpy as np  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from ganlab import config, plots, sweep, tracking  # noqa: E402
+from ganlab.data import load_dataset, to_unit_range  # noqa: E402
+
+log = logging.getLogger("ganlab.train")
+
+SAMPLE_NOISE_SEED = 1234  # one fixed noise batch for every epoch and every job, so grids compare
+SAMPLE_GRID_SIZE = 100  # a 10x10 grid
+
+
+@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    hydra_cfg = HydraConfig.get()
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    print(f"ganlab: job outputs in {output_dir}", flush=True)
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    job_tags = {"hydra.overrides": " ".join(hydra_cfg.overrides.task), "output_dir": str(output_dir)}
+    parent_run_id = None
+    if in_sweep:
+        parent_run_id = sweep.parent_run_id(Path(hydra_cfg.sweep.dir))
+        job_tags.update({"sweep.id": parent_run_id or hydra_cfg.sweep.dir, "sweep.job_num": hydra_cfg.job.num})
+    run = tracking.JobRun(
+        cfg,
+        output_dir,
+        run_name=tracking.run_name_from_overrides(hydra_cfg.overrides.task),
+        tags=job_tags,
+        parent_run_id=parent_run_id,
+        log_file=output_dir / f"{hydra_cfg.job.name}.log",
+    )
+    try:
+        with run:
+            return train_job(cfg, output_dir, run)
+    except Exception:
+        if in_sweep:  # recorded as FAILED on its run; the sweep goes on and reports it at the end
+            return math.nan
+        raise
+
+
+def train_job(cfg: DictConfig, output_dir: Path, run: tracking.JobRun) -> float | None:
+    """Check, build, train, evaluate and save one job; returns the final objective."""
+    started = time.perf_counter()
+    config.validate(cfg)
+    dataset = load_dataset(cfg.data.name, cfg.data.path)
+    config.validate_against_data(cfg, len(dataset.x_train))
+    steps = config.steps_per_epoch(cfg, len(dataset.x_train))
+    run.set_tags({"data.source": dataset.source, "data.sha256": dataset.sha256()})
+    run.log_params({"steps_per_epoch_resolved": steps})
+
+    configure_tensorflow(cfg.seed, threads_for_job(cfg.threads), cfg.deterministic)
+    from ganlab.gan import GanTrainer  # TensorFlow loads only once the input is known good
+    from ganlab.models import build_discriminator, build_generator
+
+    trainer = GanTrainer(
+        build_generator(cfg.model),
+        build_discriminator(cfg.model),
+        to_unit_range(dataset.x_train),
+        batch_size=cfg.batch_size,
+        label_smoothing=cfg.label_smoothing,
+        learning_rate=cfg.optimizer.lr,
+        beta_1=cfg.optimizer.beta_1,
+        seed=cfg.seed,
+    )
+    evaluator = None
+    if cfg.eval.enabled:
+        from ganlab.evaluation import Evaluator
+
+        evaluator = Evaluator.from_dataset(dataset)
+    sample_noise = fixed_noise(SAMPLE_GRID_SIZE, cfg.model.random_dim)
+    eval_noise = np.random.default_rng(cfg.seed).standard_normal((cfg.eval.num_samples, cfg.model.random_dim), dtype=np.float32)
+    log.info("training %d epochs of %d steps (batch %d) on %s", cfg.epochs, steps, cfg.batch_size, dataset.source)
+    first_step_at = time.perf_counter()
+
+    def end_of_epoch(record) -> None:
+        if record.epoch % cfg.eval.every == 0 or record.epoch == cfg.epochs:
+            record.metrics.update(evaluate_epoch(trainer, evaluator, record.epoch, sample_noise, eval_noise, output_dir, run))
+        run.log_metrics(record.summary(), step=record.epoch)
+        log.info("epoch %d: %s", record.epoch, ", ".join(f"{k}={v:.4g}" for k, v in record.summary().items()))
+
+    if cfg.epochs == 0:  # nothing to train: the untrained nets are still scored and saved
+        run.log_metrics(evaluate_epoch(trainer, evaluator, 0, sample_noise, eval_noise, output_dir, run), step=0)
+    records = trainer.train(cfg.epochs, steps, on_epoch_end=end_of_epoch)
+    save_outputs(trainer, records, steps, output_dir, run)
+
+    total_steps = cfg.epochs * steps
+    train_seconds = sum(record.seconds for record in records)
+    final = records[-1].summary() if records else {}
+    print(
+        f"ganlab: {cfg.epochs} epochs, {total_steps} steps in {train_seconds:.1f} s "
+        f"({total_steps / train_seconds if train_seconds else 0:.1f} steps/s); "
+        + ", ".join(f"{k} {v:.4g}" for k, v in final.items() if k != "steps_per_sec")
+        + f"; total {time.perf_counter() - started:.1f} s (first step after {first_step_at - started:.1f} s); "
+        + f"outputs in {output_dir}",
+        flush=True,
+    )
+    return final.get(cfg.objective) if cfg.objective else None
+
+
+def configure_tensorflow(seed: int, threads: int | None, deterministic: bool) -> None:
+    """Seed Python, NumPy, TensorFlow and Keras; set thread count and op determinism."""
+    import keras
+    import tensorflow as tf
+
+    if threads is not None:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        except RuntimeError:  # a later job in the same process: TensorFlow is already running
+            current = tf.config.threading.get_intra_op_parallelism_threads()
+            if current != threads:
+                log.warning("threads=%d not applied: TensorFlow already runs with %d", threads, current)
+    keras.backend.clear_session()  # a fresh graph and layer names for every job of a process
+    random.seed(seed)
+    keras.utils.set_random_seed(seed)  # Python, NumPy and TensorFlow global seeds
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def threads_for_job(threads: int | None) -> int | None:
+    """`threads`, or when null and jobs run side by side, this job's share of the cores."""
+    if threads is not None:
+        return threads
+    parallel_jobs = HydraConfig.get().launcher.get("n_jobs")
+    if not parallel_jobs:
+        return None
+    cores = os.cpu_count() or 1
+    return max(1, cores // parallel_jobs) if parallel_jobs > 0 else 1
+
+
+def fixed_noise(count: int, random_dim: int) -> np.ndarray:
+    """The same noise batch for every run with this random_dim (independent of `seed`)."""
+    return np.random.default_rng(SAMPLE_NOISE_SEED).standard_normal((count, random_dim), dtype=np.float32)
+
+
+def evaluate_epoch(trainer, evaluator, epoch, sample_noise, eval_noise, output_dir, run) -> dict[str, float]:
+    """Sample grid for this epoch, and the classifier scores when evaluation is on."""
+    grid = plots.save_sample_grid(trainer.generate(sample_noise), output_dir / "samples" / f"epoch_{epoch:03d}.png", title=f"epoch {epoch}")
+    run.log_artifact(grid, "samples")
+    if evaluator is None:
+        return {}
+    started = time.perf_counter()
+    result = evaluator.evaluate(trainer.generate(eval_noise))
+    histogram = plots.save_class_histogram(result.histogram, output_dir / "classes" / f"epoch_{epoch:03d}.png", title=f"epoch {epoch}")
+    run.log_artifact(histogram, "classes")
+    log.info("evaluation of epoch %d took %.1f s", epoch, time.perf_counter() - started)
+    return result.scores
+
+
+def save_outputs(trainer, records, steps, output_dir: Path, run: tracking.JobRun) -> None:
+    """Generator and discriminator as .keras files, the final grid and the loss curve."""
+    models_dir = output_dir / "models"
+    models_dir.mkdir(parents=True, exist_ok=True)
+    trainer.generator.save(models_dir / "generator.keras")
+    trainer.discriminator.save(models_dir / "discriminator.keras")
+    run.log_artifact(models_dir / "generator.keras", "models")
+    epoch = records[-1].epoch if records else 0
+    final_grid = plots.save_sample_grid(trainer.generate(fixed_noise(SAMPLE_GRID_SIZE, trainer.random_dim)), output_dir / "samples.png", title=f"epoch {epoch}")
+    run.log_artifact(final_grid)
+    if records:
+        d_losses = np.concatenate([record.d_losses for record in records])
+        g_losses = np.concatenate([record.g_losses for record in records])
+        run.log_artifact(plots.save_loss_curve(d_losses, g_losses, steps, output_dir / "loss_curve.png"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Configs compose, and each knob reaches the model, the optimizer or the loss targets."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from conftest import REPO
+from ganlab import config
+from ganlab.errors import InputError
+
+
+def compose_train(overrides=()):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides), return_hydra_config=False)
+
+
+def test_default_config_is_the_tutorial():
+    cfg = compose_train()
+    config.validate(cfg)
+    assert (cfg.seed, cfg.batch_size, cfg.random_dim) == (10, 128, 100)
+    assert (cfg.dropout, cfg.label_smoothing) == (0.3, 0.1)
+    assert cfg.steps_per_epoch is None and config.steps_per_epoch(cfg, 60000) == 469
+    assert cfg.model.name == "mlp" and list(cfg.model.generator_units) == [256, 512, 1024]
+    assert list(cfg.model.discriminator_units) == [1024, 512, 256]
+    assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.beta_1) == ("adam", 2e-4, 0.5)
+    assert cfg.data == {"name": "mnist", "path": None}
+    assert cfg.tracking.experiment == "ganlab" and cfg.eval.num_samples == 10000
+
+
+def test_top_level_knobs_reach_groups_by_interpolation():
+    cfg = compose_train(["dropout=0.1", "random_dim=64"])
+    assert cfg.model.dropout == 0.1
+    assert cfg.model.random_dim == 64
+
+
+def test_configs_compose_into_a_tmp_dir(tmp_path):
+    cfg = compose_train(["data=fashion_mnist", "epochs=3"])
+    file = tmp_path / "config.yaml"
+    OmegaConf.save(cfg, file)
+    loaded = OmegaConf.load(file)
+    assert loaded.data.name == "fashion_mnist" and loaded.epochs == 3
+
+
+def test_dropout_knob_sets_all_three_dropout_layers():
+    import keras
+
+    from ganlab.models import build_discriminator
+
+    net = build_discriminator(compose_train(["dropout=0.1"]).model)
+    rates = [layer.rate for layer in net.layers if isinstance(layer, keras.layers.Dropout)]
+    assert rates == [0.1, 0.1, 0.1]
+
+
+def test_model_matches_the_tutorial_architecture():
+    import keras
+
+    from ganlab.models import build_discriminator, build_generator
+
+    cfg = compose_train()
+    generator, discriminator = build_generator(cfg.model), build_discriminator(cfg.model)
+    dense = lambda net: [layer for layer in net.layers if isinstance(layer, keras.layers.Dense)]  # noqa: E731
+    assert [layer.units for layer in dense(generator)] == [256, 512, 1024, 784]
+    assert [layer.units for layer in dense(discriminator)] == [1024, 512, 256, 1]
+    assert dense(generator)[-1].activation.__name__ == "tanh"
+    assert generator.input_shape == (None, 100) and discriminator.input_shape == (None, 784)
+    first_init = dense(generator)[0].kernel_initializer
+    assert isinstance(first_init, keras.initializers.RandomNormal) and first_init.stddev == 0.02
+    assert isinstance(dense(discriminator)[1].kernel_initializer, keras.initializers.GlorotUniform)
+    assert all(layer.negative_slope == pytest.approx(0.2) for layer in generator.layers if isinstance(layer, keras.layers.LeakyReLU))
+
+
+def _trainer(cfg, images):
+    from ganlab.gan import GanTrainer
+    from ganlab.models import build_discriminator, build_generator
+
+    return GanTrainer(build_generator(cfg.model), build_discriminator(cfg.model), images,
+                      batch_size=cfg.batch_size, label_smoothing=cfg.label_smoothing,
+                      learning_rate=cfg.optimizer.lr, beta_1=cfg.optimizer.beta_1, seed=cfg.seed)
+
+
+def test_label_smoothing_sets_the_real_target_in_the_loss():
+    """With D's kernels zeroed and its last bias at b, every logit is b, so the first D loss
+    is 0.5 * (BCE(real_target, b) + BCE(0, b)): it tells which real target the step used."""
+    cfg = compose_train(["label_smoothing=0.2", "batch_size=16"])
+    trainer = _trainer(cfg, np.zeros((64, 784), np.float32))
+    bias = 1.0
+    for layer in trainer.discriminator.layers:
+        for weight in layer.weights:
+            weight.assign(np.zeros(weight.shape, np.float32))
+    trainer.discriminator.layers[-1].bias.assign([bias])
+    d_loss, _, d_real, _ = (float(v) for v in trainer.train_step())
+
+    def bce(target, logit):
+        return math.log1p(math.exp(-logit)) + (1 - target) * logit
+
+    assert trainer.real_target == pytest.approx(0.8)
+    assert d_loss == pytest.approx(0.5 * (bce(0.8, bias) + bce(0.0, bias)), rel=1e-5)
+    assert d_loss != pytest.approx(0.5 * (bce(0.9, bias) + bce(0.0, bias)), rel=1e-5)
+    assert d_real == pytest.approx(1 / (1 + math.exp(-bias)), rel=1e-5)
+
+
+def test_optimizer_and_batch_knobs_reach_the_trainer():
+    cfg = compose_train(["optimizer.lr=0.001", "optimizer.beta_1=0.7", "batch_size=32", "random_dim=20"])
+    trainer = _trainer(cfg, np.zeros((64, 784), np.float32))
+    for optimizer in (trainer.d_optimizer, trainer.g_optimizer):
+        assert float(optimizer.learning_rate) == pytest.approx(0.001)
+        assert optimizer.beta_1 == pytest.approx(0.7)
+    assert trainer.d_optimizer is not trainer.g_optimizer
+    assert trainer.batch_size == 32 and trainer.random_dim == 20
+
+
+def test_steps_per_epoch_is_derived_or_taken():
+    assert config.steps_per_epoch(compose_train(), 60000) == 469
+    assert config.steps_per_epoch(compose_train(["batch_size=100"]), 60000) == 600
+    assert config.steps_per_epoch(compose_train(["steps_per_epoch=7"]), 60000) == 7
+
+
+def test_same_seed_gives_identical_per_step_losses_and_another_seed_does_not():
+    from ganlab.train import configure_tensorflow
+
+    images = np.random.default_rng(0).uniform(-1, 1, (512, 784)).astype(np.float32)
+
+    def losses(seed):
+        cfg = compose_train([f"seed={seed}", "batch_size=32"])
+        configure_tensorflow(cfg.seed, None, deterministic=True)
+        trainer = _trainer(cfg, images)
+        record = trainer.train_epoch(steps=15, progress=False)
+        return np.concatenate([record.d_losses, record.g_losses])
+
+    first, second, other = losses(3), losses(3), losses(4)
+    np.testing.assert_array_equal(first, second)
+    assert not np.array_equal(first, other)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("dropout=1.0", "dropout"),
+        ("dropout=-0.1", "dropout"),
+        ("label_smoothing=1.0", "label_smoothing"),
+        ("label_smoothing=-0.5", "label_smoothing"),
+        ("batch_size=0", "batch_size"),
+        ("epochs=-1", "epochs"),
+        ("epochs=abc", "epochs"),
+        ("epochs=1.5", "epochs"),
+        ("steps_per_epoch=0", "steps_per_epoch"),
+        ("seed=-3", "seed"),
+        ("random_dim=0", "random_dim"),
+        ("dropout=high", "dropout"),
+        ("deterministic=maybe", "deterministic"),
+        ("optimizer.lr=0", "optimizer.lr"),
+        ("model.name=resnet", "model.name"),
+        ("eval.every=0", "eval.every"),
+        ("eval.num_samples=10", "eval.num_samples"),
+        ("objective=accuracy", "objective"),
+    ],
+)
+def test_validate_names_the_bad_key(override, key):
+    with pytest.raises(InputError, match=f"^{key}: got"):
+        config.validate(compose_train([override]))
+
+
+def test_batch_size_above_training_set_is_rejected():
+    cfg = compose_train(["batch_size=5000"])
+    config.validate(cfg)
+    with pytest.raises(InputError, match="batch_size: got 5000.*only 2000"):
+        config.validate_against_data(cfg, 2000)

@@ -1,0 +1,141 @@
+"""Data loading: .npz and IDX folders (raw and gzipped), and every bad file named clearly."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURE_MNIST, run_cli
+from ganlab.data import load_dataset, to_unit_range
+from ganlab.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def small():
+    with np.load(FIXTURE_MNIST) as archive:
+        return {key: archive[key] for key in archive.files}
+
+
+def write_idx(path, array, gz=False):
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    data = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        data = gzip.compress(data)
+    path.write_bytes(data)
+
+
+def write_idx_folder(folder, arrays, gz=False):
+    folder.mkdir()
+    names = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
+             "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
+    for key, name in names.items():
+        write_idx(folder / name, arrays[key], gz=gz)
+    return folder
+
+
+def test_npz_in_keras_layout_loads(small):
+    dataset = load_dataset("mnist", str(FIXTURE_MNIST))
+    assert dataset.x_train.shape == (2000, 28, 28) and dataset.x_train.dtype == np.uint8
+    np.testing.assert_array_equal(dataset.y_test, small["y_test"])
+    scaled = to_unit_range(dataset.x_train)
+    assert scaled.shape == (2000, 784) and scaled.min() == -1.0 and scaled.max() == 1.0
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_folder_loads_raw_and_gzipped(tmp_path, small, gz):
+    folder = write_idx_folder(tmp_path / "idx", small, gz=gz)
+    dataset = load_dataset("mnist", str(folder))
+    for key in ("x_train", "y_train", "x_test", "y_test"):
+        np.testing.assert_array_equal(getattr(dataset, key), small[key])
+    assert dataset.sha256() == load_dataset("mnist", str(FIXTURE_MNIST)).sha256()
+
+
+def save_npz(path, arrays, **changes):
+    np.savez(path, **{**arrays, **changes})
+    return str(path)
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(InputError, match=r"data.path: '.*nowhere.npz' does not exist"):
+        load_dataset("mnist", str(tmp_path / "nowhere.npz"))
+
+
+def test_file_that_is_not_npz(tmp_path):
+    file = tmp_path / "mnist.npz"
+    file.write_text("these are not the digits you are looking for")
+    with pytest.raises(InputError, match="cannot be read as a .npz"):
+        load_dataset("mnist", str(file))
+
+
+def test_truncated_npz(tmp_path):
+    whole = FIXTURE_MNIST.read_bytes()
+    file = tmp_path / "truncated.npz"
+    file.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(InputError, match="truncated.npz.*cannot be read"):
+        load_dataset("mnist", str(file))
+
+
+def test_npz_with_wrong_keys(tmp_path, small):
+    file = tmp_path / "renamed.npz"
+    np.savez(file, images=small["x_train"], labels=small["y_train"])
+    with pytest.raises(InputError, match="lacks the arrays x_train, y_train, x_test, y_test"):
+        load_dataset("mnist", str(file))
+
+
+def test_images_with_wrong_shape(tmp_path, small):
+    path = save_npz(tmp_path / "flat.npz", small, x_train=small["x_train"].reshape(-1, 784))
+    with pytest.raises(InputError, match=r"x_train has shape \(2000, 784\); expected \(N, 28, 28\)"):
+        load_dataset("mnist", path)
+
+
+def test_images_with_wrong_dtype(tmp_path, small):
+    path = save_npz(tmp_path / "float.npz", small, x_test=small["x_test"].astype(np.float32) / 255)
+    with pytest.raises(InputError, match="x_test has dtype float32; expected uint8"):
+        load_dataset("mnist", path)
+
+
+def test_labels_out_of_range(tmp_path, small):
+    labels = small["y_train"].astype(np.int64)
+    labels[5] = 10
+    path = save_npz(tmp_path / "labels.npz", small, y_train=labels)
+    with pytest.raises(InputError, match="y_train holds labels from 0 to 10; expected digit classes 0-9"):
+        load_dataset("mnist", path)
+
+
+def test_labels_count_differs_from_images(tmp_path, small):
+    path = save_npz(tmp_path / "short.npz", small, y_test=small["y_test"][:-1])
+    with pytest.raises(InputError, match=r"y_test has shape \(1999,\); expected \(2000,\)"):
+        load_dataset("mnist", path)
+
+
+def test_idx_folder_missing_a_file(tmp_path, small):
+    folder = write_idx_folder(tmp_path / "idx", small)
+    (folder / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(InputError, match="has no t10k-labels-idx1-ubyte"):
+        load_dataset("mnist", str(folder))
+
+
+def test_truncated_idx_file(tmp_path, small):
+    folder = write_idx_folder(tmp_path / "idx", small)
+    file = folder / "train-images-idx3-ubyte"
+    file.write_bytes(file.read_bytes()[:-100])
+    with pytest.raises(InputError, match="train-images-idx3-ubyte.*truncated"):
+        load_dataset("mnist", str(folder))
+
+
+def test_unknown_dataset_name():
+    with pytest.raises(InputError, match="data.name: unknown dataset 'cifar10'; valid: mnist, fashion_mnist"):
+        load_dataset("cifar10", str(FIXTURE_MNIST))
+
+
+
+def test_keras_download_failure_says_how_to_pass_a_local_file(tmp_path):
+    """data.path=null with an empty Keras cache and no network (a proxy that refuses)."""
+    env = {"KERAS_HOME": str(tmp_path / "keras"), "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
+           "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9", "NO_PROXY": "", "no_proxy": ""}
+    result = run_cli(["epochs=1", "steps_per_epoch=1", "eval.enabled=false", "objective=null"], cwd=tmp_path, env=env, timeout=300)
+    assert result.returncode != 0
+    assert "download failed" in result.stderr and "data.path=/path/to/mnist.npz" in result.stderr

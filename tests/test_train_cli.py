@@ -1,0 +1,108 @@
+"""The real CLI in a subprocess: a short training run, and bad input refused before training."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import MNIST_FILE, QUICK, all_runs, artifact_paths, run_cli, store_client
+
+TRAINING_METRICS = {"d_loss", "g_loss", "d_real", "d_fake", "steps_per_sec"}
+EVALUATION_METRICS = {"fid", "fid_logits", "classifier_score", "kid", "kid_std", "precision", "recall",
+                      "density", "coverage", "modes_covered", "kl_uniform"}
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("short_run")
+    args = [*QUICK, "epochs=2", "steps_per_epoch=20", "dropout=0.1", "label_smoothing=0.2", "eval.every=1"]
+    result = run_cli(args, cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output_dir = Path(re.search(r"job outputs in (\S+)", result.stdout).group(1))
+    return cwd, result, output_dir
+
+
+def test_short_run_writes_models_and_pictures(short_run):
+    cwd, result, output_dir = short_run
+    assert output_dir.is_relative_to(cwd / "outputs" / "runs")
+    for name in ("models/generator.keras", "models/discriminator.keras", "samples.png", "loss_curve.png",
+                 "samples/epoch_001.png", "samples/epoch_002.png", "config.yaml", "train.log"):
+        assert (output_dir / name).stat().st_size > 0, name
+    assert re.search(r"2 epochs, 40 steps in .* steps/s", result.stdout)
+
+
+def test_saved_discriminator_has_the_requested_dropout(short_run):
+    import keras
+
+    _, _, output_dir = short_run
+    discriminator = keras.models.load_model(output_dir / "models" / "discriminator.keras")
+    rates = [layer.rate for layer in discriminator.layers if isinstance(layer, keras.layers.Dropout)]
+    assert rates == [0.1, 0.1, 0.1]
+    generator = keras.models.load_model(output_dir / "models" / "generator.keras")
+    assert generator.output_shape == (None, 784)
+
+
+def test_one_finished_run_with_params_tags_metrics_and_artifacts(short_run):
+    cwd, _, _ = short_run
+    runs = all_runs(cwd)
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["dropout"] == "0.1" and params["model.dropout"] == "0.1"
+    assert params["label_smoothing"] == "0.2" and params["optimizer.lr"] == "0.0002"
+    assert params["steps_per_epoch"] == "20" and params["data.path"] == str(MNIST_FILE)
+    tags = run.data.tags
+    for tag in ("git.commit", "git.dirty", "version.python", "version.tensorflow", "version.keras",
+                "version.mlflow", "version.hydra-core", "data.sha256"):
+        assert tags[tag], tag
+    assert "dropout=0.1" in tags["hydra.overrides"]
+    client = store_client(cwd)
+    for metric in TRAINING_METRICS | EVALUATION_METRICS:
+        history = client.get_metric_history(run.info.run_id, metric)
+        assert [point.step for point in history] == [1, 2], metric
+    assert 1 <= run.data.metrics["modes_covered"] <= 10
+    artifacts = artifact_paths(client, run.info.run_id)
+    assert {"config.yaml", "loss_curve.png", "samples.png", "samples/epoch_001.png", "samples/epoch_002.png",
+            "models/generator.keras", "train.log", "classes/epoch_002.png"} <= artifacts
+
+
+# Bad values of config keys: refused before TensorFlow loads, with a FAILED run that says why.
+BAD_VALUES = [
+    ("dropout=1.5", "dropout: got 1.5"),
+    ("dropout=-0.1", "dropout: got -0.1"),
+    ("label_smoothing=1.0", "label_smoothing: got 1.0"),
+    ("batch_size=0", "batch_size: got 0"),
+    ("batch_size=100000", "batch_size: got 100000, but the training set holds only"),
+    ("epochs=-1", "epochs: got -1"),
+    ("epochs=abc", "epochs: got 'abc' (str); expected an integer >= 0"),
+    ("steps_per_epoch=0", "steps_per_epoch: got 0"),
+    ("data.path=/no/such/mnist.npz", "data.path: '/no/such/mnist.npz' does not exist"),
+    ("data.path=pyproject.toml", "cannot be read as a .npz archive"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), BAD_VALUES, ids=[case[0] for case in BAD_VALUES])
+def test_bad_value_exits_nonzero_with_a_failed_run(workdir, override, message):
+    (workdir / "pyproject.toml").write_text("[not] = 'an npz'\n")
+    result = run_cli([*QUICK, override], workdir)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    runs = all_runs(workdir)
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"
+    assert message in runs[0].data.tags["failure_reason"]
+    assert "d_loss" not in runs[0].data.metrics  # refused before any training
+
+
+BAD_CHOICES = [("model=transformer", "model"), ("optimizer=sgd", "optimizer"), ("data=cifar10", "data")]
+
+
+@pytest.mark.parametrize(("override", "group"), BAD_CHOICES, ids=[case[0] for case in BAD_CHOICES])
+def test_unknown_group_choice_lists_the_valid_ones(workdir, override, group):
+    result = run_cli([*QUICK, override], workdir)
+    assert result.returncode != 0
+    assert f"Could not find '{group}/" in result.stderr and "Available options" in result.stderr
+    assert all_runs(workdir) == []  # composition failed: nothing was started
