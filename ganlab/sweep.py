@@ -13,10 +13,10 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import sys
 import tempfile
 from pathlib import Path
 
-from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from mlflow.entities import RunStatus
 from omegaconf import DictConfig
@@ -29,10 +29,6 @@ PARENT_RUN_FILE = "mlflow_parent_run_id.txt"
 SUMMARY_METRICS = ("d_loss", "g_loss", "d_real", "d_fake", "fid", "classifier_score", "kid",
                    "precision", "recall", "density", "coverage", "modes_covered", "kl_uniform", "steps_per_sec")
 HEATMAP_METRICS = ("fid", "g_loss")  # the first one the jobs logged
-
-
-class SweepFailed(CompactHydraException):
-    """Some jobs of a sweep failed; each has a FAILED run that says why."""
 
 
 def parent_run_id(sweep_dir: Path) -> str | None:
@@ -80,7 +76,9 @@ class SweepTracking(Callback):
                 f"{child.data.tags.get('failure_reason', child.info.status)}"
                 for child in failed
             )
-            raise SweepFailed(f"{len(failed)} of {len(children)} sweep jobs did not finish: {reasons}")
+            # Hydra turns a callback's exception into a warning; the exit status must say it.
+            print(f"{len(failed)} of {len(children)} sweep jobs did not finish: {reasons}", file=sys.stderr, flush=True)
+            raise SystemExit(1)
 
 
 def swept_keys(children) -> list[str]:

@@ -10,10 +10,13 @@ output folder and the run, and return the final value of `objective` for sweeper
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import random
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -54,7 +57,7 @@ def main(cfg: DictConfig) -> float | None:
         log_file=output_dir / f"{hydra_cfg.job.name}.log",
     )
     try:
-        with run:
+        with sigterm_as_interrupt(), run:
             return train_job(cfg, output_dir, run)
     except Exception:
         if in_sweep:  # recorded as FAILED on its run; the sweep goes on and reports it at the end
@@ -102,23 +105,46 @@ def train_job(cfg: DictConfig, output_dir: Path, run: tracking.JobRun) -> float 
         run.log_metrics(record.summary(), step=record.epoch)
         log.info("epoch %d: %s", record.epoch, ", ".join(f"{k}={v:.4g}" for k, v in record.summary().items()))
 
+    final: dict[str, float] = {}
     if cfg.epochs == 0:  # nothing to train: the untrained nets are still scored and saved
-        run.log_metrics(evaluate_epoch(trainer, evaluator, 0, sample_noise, eval_noise, output_dir, run), step=0)
+        final = evaluate_epoch(trainer, evaluator, 0, sample_noise, eval_noise, output_dir, run)
+        run.log_metrics(final, step=0)
     records = trainer.train(cfg.epochs, steps, on_epoch_end=end_of_epoch)
     save_outputs(trainer, records, steps, output_dir, run)
+    if records:
+        final = records[-1].summary()
 
+    objective = final.get(cfg.objective) if cfg.objective else None
     total_steps = cfg.epochs * steps
     train_seconds = sum(record.seconds for record in records)
-    final = records[-1].summary() if records else {}
     print(
         f"ganlab: {cfg.epochs} epochs, {total_steps} steps in {train_seconds:.1f} s "
         f"({total_steps / train_seconds if train_seconds else 0:.1f} steps/s); "
         + ", ".join(f"{k} {v:.4g}" for k, v in final.items() if k != "steps_per_sec")
+        + f"; objective {cfg.objective} = {objective}"
         + f"; total {time.perf_counter() - started:.1f} s (first step after {first_step_at - started:.1f} s); "
         + f"outputs in {output_dir}",
         flush=True,
     )
-    return final.get(cfg.objective) if cfg.objective else None
+    return objective
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """While a job runs, SIGTERM (a scheduler's or `kill`'s stop) ends it like Ctrl-C, so its
+    run is marked KILLED instead of being left RUNNING; the old handler returns afterwards."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def configure_tensorflow(seed: int, threads: int | None, deterministic: bool) -> None:

@@ -1,0 +1,259 @@
+"""Score generated MNIST digits against real ones, in the pretrained classifier's feature space.
+
+`Evaluator` holds the classifier (`ganlab.classifier`) and the statistics of a real
+reference set, by default the 10,000 MNIST test images. `Evaluator.score(images)` takes
+generated images in [-1, 1], shaped (N, 784), and returns the MLflow metrics named in
+`SCORE_NAMES`; `Evaluator.evaluate(images)` also returns the predicted-class histogram.
+
+The real statistics (features, their mean and covariance, logit mean and covariance,
+k-NN radii) cost one forward pass and two 10k x 10k distance sweeps, so they are cached
+as an .npz in `$GANLAB_CACHE_DIR` (default `~/.cache/ganlab`). The file name is a hash
+of the classifier's sha256, the real images' sha256, their count and the k values, so
+changing any of them gives a new cache entry instead of stale numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ganlab import metrics
+from ganlab.classifier import Classifier, softmax
+from ganlab.classifier import load as load_classifier
+from ganlab.data import Dataset, to_unit_range
+from ganlab.errors import InputError
+
+CACHE_FORMAT = 1  # bump when the cached arrays change meaning
+SCORE_NAMES = (
+    "fid",
+    "fid_logits",
+    "classifier_score",
+    "kid",
+    "kid_std",
+    "precision",
+    "recall",
+    "density",
+    "coverage",
+    "modes_covered",
+    "kl_uniform",
+)
+# Which way is better, for tables and for whoever reads the MLflow metrics.
+DIRECTION = {
+    "fid": "lower",
+    "fid_logits": "lower",
+    "classifier_score": "higher (max 10)",
+    "kid": "lower",
+    "kid_std": "spread of kid",
+    "precision": "higher (max 1)",
+    "recall": "higher (max 1)",
+    "density": "higher (~1 = like real)",
+    "coverage": "higher (max 1)",
+    "modes_covered": "higher (max 10)",
+    "kl_uniform": "lower (0 = balanced)",
+}
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("GANLAB_CACHE_DIR") or Path.home() / ".cache" / "ganlab")
+
+
+@dataclass(frozen=True)
+class RealStats:
+    """What the scores need from the real set, computed once per (classifier, data, k)."""
+
+    features: np.ndarray  # (N, d) float64
+    mu: np.ndarray
+    sigma: np.ndarray
+    logits_mu: np.ndarray
+    logits_sigma: np.ndarray
+    radii_precision: np.ndarray  # k-NN radii for precision/recall
+    radii_density: np.ndarray  # k-NN radii for density/coverage
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    scores: dict[str, float]  # exactly SCORE_NAMES
+    histogram: np.ndarray  # predicted digit counts, (10,)
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage, for benchmarks
+
+
+class Evaluator:
+    """Scores generated images against a fixed real set; see the module docstring.
+
+    real_images: uint8 (N, 28, 28). classifier: default the shipped one. seed: KID's
+    subset draws. precision_k / density_k: the k of the k-NN balls (3 and 5, as in the
+    papers). kid_subsets / kid_subset_size: 100 subsets of 1000, clipped to the set sizes.
+    """
+
+    def __init__(
+        self,
+        real_images: np.ndarray,
+        classifier: Classifier | None = None,
+        cache_dir: str | Path | None = None,
+        seed: int = 0,
+        precision_k: int = 3,
+        density_k: int = 5,
+        kid_subsets: int = 100,
+        kid_subset_size: int = 1000,
+    ):
+        real_images = _check_real_images(real_images)
+        self.classifier = classifier if classifier is not None else load_classifier()
+        self.seed = seed
+        self.precision_k = precision_k
+        self.density_k = density_k
+        self.kid_subsets = kid_subsets
+        self.kid_subset_size = kid_subset_size
+        self.num_real = len(real_images)
+        cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.cache_path = cache_dir / f"real_stats_{self._cache_key(real_images)}.npz"
+        self.cache_hit = False
+        self.real = self._load_cached() or self._compute_and_cache(real_images)
+
+    @classmethod
+    def from_dataset(cls, dataset: Dataset, **kwargs) -> Evaluator:
+        """Reference set = the dataset's test images (10,000 for MNIST)."""
+        return cls(dataset.x_test, **kwargs)
+
+    def score(self, images: np.ndarray) -> dict[str, float]:
+        return self.evaluate(images).scores
+
+    def evaluate(self, images: np.ndarray) -> Evaluation:
+        """All scores of generated images (N, 784) in [-1, 1], plus the class histogram."""
+        images = self._check_generated(images)
+        real, clock = self.real, _Clock()
+        features, logits = self.classifier.features_and_logits(images)
+        features, logits = features.astype(np.float64), logits.astype(np.float64)
+        clock.lap("classifier")
+        fid = metrics.frechet_distance_from_stats(real.mu, real.sigma, *metrics.gaussian_stats(features))
+        fid_logits = metrics.frechet_distance_from_stats(
+            real.logits_mu, real.logits_sigma, *metrics.gaussian_stats(logits)
+        )
+        class_score = metrics.classifier_score(softmax(logits))
+        modes, kl_uniform, histogram = metrics.mode_stats(logits.argmax(axis=1))
+        clock.lap("fid+score+modes")
+        kid_mean, kid_std = metrics.kid(real.features, features, self.kid_subsets, self.kid_subset_size, seed=self.seed)
+        clock.lap("kid")
+        precision, recall = metrics.precision_recall(
+            real.features, features, self.precision_k, real_radii=real.radii_precision
+        )
+        clock.lap("precision_recall")
+        density, coverage = metrics.density_coverage(
+            real.features, features, self.density_k, real_radii=real.radii_density
+        )
+        clock.lap("density_coverage")
+        scores = {
+            "fid": fid,
+            "fid_logits": fid_logits,
+            "classifier_score": class_score,
+            "kid": kid_mean,
+            "kid_std": kid_std,
+            "precision": precision,
+            "recall": recall,
+            "density": density,
+            "coverage": coverage,
+            "modes_covered": float(modes),
+            "kl_uniform": kl_uniform,
+        }
+        return Evaluation(scores, histogram, clock.laps)
+
+    def _check_generated(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images, dtype=np.float32)
+        if images.ndim < 2 or int(np.prod(images.shape[1:])) != 784:
+            raise InputError(
+                f"generated images have shape {images.shape}; expected (N, 784) or (N, 28, 28) "
+                "in [-1, 1], as the generator's tanh output."
+            )
+        minimum = max(self.classifier.feature_dim + 1, self.precision_k + 1, self.density_k + 1)
+        if len(images) < minimum:
+            raise InputError(
+                f"{len(images)} generated images are too few to score: the Frechet distance needs "
+                f"more samples than the {self.classifier.feature_dim} feature dimensions. Use "
+                f"num_samples >= {minimum} (10000 is the standard)."
+            )
+        if not np.all(np.isfinite(images)):
+            raise ValueError("generated images contain NaN or infinite values; the generator diverged.")
+        return images.reshape(len(images), 784)
+
+    # -------------------------------------------------------------- real statistics and cache
+
+    def _cache_key(self, real_images: np.ndarray) -> str:
+        fields = {
+            "format": CACHE_FORMAT,
+            "classifier_sha256": self.classifier.sha256,
+            "data_sha256": hashlib.sha256(np.ascontiguousarray(real_images).tobytes()).hexdigest(),
+            "num_real": len(real_images),
+            "precision_k": self.precision_k,
+            "density_k": self.density_k,
+        }
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
+
+    def _load_cached(self) -> RealStats | None:
+        if not self.cache_path.is_file():
+            return None
+        try:
+            with np.load(self.cache_path, allow_pickle=False) as archive:
+                stats = RealStats(**{name: archive[name] for name in RealStats.__dataclass_fields__})
+        except (OSError, ValueError, KeyError, EOFError):
+            return None  # unreadable or older layout: recompute and overwrite
+        self.cache_hit = True
+        return stats
+
+    def _compute_and_cache(self, real_images: np.ndarray) -> RealStats:
+        features, logits = self.classifier.features_and_logits(to_unit_range(real_images))
+        features, logits = features.astype(np.float64), logits.astype(np.float64)
+        mu, sigma = metrics.gaussian_stats(features)
+        logits_mu, logits_sigma = metrics.gaussian_stats(logits)
+        stats = RealStats(
+            features=features,
+            mu=mu,
+            sigma=sigma,
+            logits_mu=logits_mu,
+            logits_sigma=logits_sigma,
+            radii_precision=metrics.knn_radii(features, self.precision_k),
+            radii_density=metrics.knn_radii(features, self.density_k),
+        )
+        self._write_cache(stats)
+        return stats
+
+    def _write_cache(self, stats: RealStats) -> None:
+        # Write to a temporary file and rename it, so a concurrent job never reads half a file.
+        partial = None
+        try:
+            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.cache_path.parent, suffix=".tmp", delete=False) as tmp:
+                partial = Path(tmp.name)
+                np.savez(tmp, **vars(stats))
+            os.replace(partial, self.cache_path)
+        except OSError as error:
+            if partial is not None:
+                partial.unlink(missing_ok=True)
+            warnings.warn(f"could not cache real statistics in {self.cache_path} ({error})", stacklevel=3)
+
+
+def _check_real_images(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise InputError(
+            f"real reference images have shape {images.shape} and dtype {images.dtype}; expected "
+            "uint8 (N, 28, 28) grey levels, as Dataset.x_test holds them."
+        )
+    return images
+
+
+class _Clock:
+    def __init__(self):
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = now - self._last
+        self._last = now

@@ -1,0 +1,201 @@
+"""Evaluator and the evaluate CLI on real fixture digits: score behaviour, caching, errors."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ganlab import classifier as clf
+from ganlab import evaluate
+from ganlab.data import load_dataset, to_unit_range
+from ganlab.errors import InputError
+from ganlab.evaluation import SCORE_NAMES, Evaluator
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = ROOT / "tests" / "fixtures" / "mnist_small.npz"
+FAST_KID = {"kid_subsets": 10, "kid_subset_size": 200}
+
+
+@pytest.fixture(scope="module")
+def small_mnist():
+    return load_dataset("mnist", str(FIXTURE))
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return clf.load()
+
+
+@pytest.fixture(scope="module")
+def evaluator(small_mnist, classifier, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    return Evaluator.from_dataset(small_mnist, classifier=classifier, cache_dir=cache, **FAST_KID)
+
+
+def balanced_real(dataset, n=1000):
+    """n held-out real digits (the fixture's training split), in [-1, 1]."""
+    return to_unit_range(dataset.x_train[:n])
+
+
+def test_scores_are_the_documented_metric_names(evaluator, small_mnist):
+    evaluation = evaluator.evaluate(balanced_real(small_mnist))
+    assert tuple(evaluation.scores) == SCORE_NAMES
+    assert all(isinstance(value, float) for value in evaluation.scores.values())
+    assert evaluation.histogram.shape == (10,) and evaluation.histogram.sum() == 1000
+
+
+def test_real_digits_score_well(evaluator, small_mnist):
+    scores = evaluator.score(balanced_real(small_mnist))
+    assert scores["modes_covered"] == 10
+    assert scores["kl_uniform"] < 0.02
+    assert scores["classifier_score"] > 9.0
+    assert scores["precision"] > 0.6 and scores["recall"] > 0.6
+    assert scores["coverage"] > 0.8
+
+
+def test_one_digit_class_is_a_collapsed_generator(evaluator, small_mnist):
+    ones = to_unit_range(small_mnist.x_train[small_mnist.y_train == 1])
+    collapsed = evaluator.score(ones)
+    balanced = evaluator.score(balanced_real(small_mnist, n=len(ones)))
+    assert collapsed["modes_covered"] == 1
+    assert collapsed["kl_uniform"] > 2.0  # log(10) = 2.30 for a single class
+    assert collapsed["fid"] > 10 * balanced["fid"]
+    assert collapsed["fid_logits"] > 10 * balanced["fid_logits"]
+    assert collapsed["recall"] < 0.3 < balanced["recall"]
+
+
+def test_noise_is_neither_precise_nor_covering(evaluator):
+    noise = np.random.default_rng(0).uniform(-1, 1, size=(1000, 784)).astype(np.float32)
+    scores = evaluator.score(noise)
+    assert scores["precision"] < 0.05 and scores["recall"] < 0.05
+    assert scores["density"] < 0.05 and scores["coverage"] < 0.05
+
+
+def test_too_few_samples_is_a_clear_error(evaluator, small_mnist):
+    with pytest.raises(InputError, match="too few"):
+        evaluator.score(balanced_real(small_mnist, n=100))
+
+
+def test_real_statistics_are_cached_and_reused(small_mnist, classifier, tmp_path, monkeypatch):
+    first = Evaluator.from_dataset(small_mnist, classifier=classifier, cache_dir=tmp_path, **FAST_KID)
+    assert not first.cache_hit and first.cache_path.is_file()
+    written = first.cache_path.stat().st_mtime_ns
+
+    forward_passes = []
+    original = classifier.features_and_logits
+
+    def counting_forward(images):
+        forward_passes.append(len(images))
+        return original(images)
+
+    monkeypatch.setattr(classifier, "features_and_logits", counting_forward)
+    second = Evaluator.from_dataset(small_mnist, classifier=classifier, cache_dir=tmp_path, **FAST_KID)
+    assert second.cache_hit and second.cache_path == first.cache_path
+    assert forward_passes == []  # the real images were not run through the classifier again
+    assert second.cache_path.stat().st_mtime_ns == written
+
+    images = balanced_real(small_mnist, n=500)
+    assert second.score(images) == first.score(images)
+
+
+def test_cache_key_changes_with_the_real_set(small_mnist, classifier, tmp_path):
+    full = Evaluator(small_mnist.x_test, classifier=classifier, cache_dir=tmp_path, **FAST_KID)
+    half = Evaluator(small_mnist.x_test[:1000], classifier=classifier, cache_dir=tmp_path, **FAST_KID)
+    assert full.cache_path != half.cache_path and not half.cache_hit
+
+
+def test_cache_is_invalidated_when_the_classifier_changes(small_mnist, classifier, tmp_path):
+    shipped = Evaluator.from_dataset(small_mnist, classifier=classifier, cache_dir=tmp_path / "cache", **FAST_KID)
+
+    # Retrain-lite: perturb a copy of the weights and save it, which re-hashes the JSON.
+    network = clf.build_network()
+    network.load_weights(clf.DEFAULT_WEIGHTS)
+    kernel = network.get_layer("features").kernel
+    kernel.assign(kernel.numpy() * 1.01)
+    record = dict(classifier.info)
+    del record["weights_sha256"]
+    clf.save(network, tmp_path / "perturbed.weights.h5", record)
+    perturbed = clf.load(tmp_path / "perturbed.weights.h5")
+    assert perturbed.sha256 != classifier.sha256
+
+    changed = Evaluator.from_dataset(small_mnist, classifier=perturbed, cache_dir=tmp_path / "cache", **FAST_KID)
+    assert not changed.cache_hit
+    assert changed.cache_path != shipped.cache_path and changed.cache_path.is_file()
+    assert not np.allclose(changed.real.mu, shipped.real.mu)
+
+
+def test_unreadable_cache_file_is_recomputed(small_mnist, classifier, tmp_path):
+    first = Evaluator.from_dataset(small_mnist, classifier=classifier, cache_dir=tmp_path, **FAST_KID)
+    first.cache_path.write_bytes(b"not an npz")
+    again = Evaluator.from_dataset(small_mnist, classifier=classifier, cache_dir=tmp_path, **FAST_KID)
+    assert not again.cache_hit
+    np.testing.assert_allclose(again.real.mu, first.real.mu)
+
+
+# ------------------------------------------------------------------ the CLI
+
+
+def save_untrained_generator(path, random_dim=16):
+    import keras
+
+    generator = keras.Sequential([keras.Input((random_dim,)), keras.layers.Dense(784, activation="tanh")])
+    generator.save(path)
+    return path
+
+
+def test_cli_scores_a_saved_generator(tmp_path):
+    generator = save_untrained_generator(tmp_path / "generator.keras")
+    env = {**os.environ, "GANLAB_CACHE_DIR": str(tmp_path / "cache"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = [sys.executable, "-m", "ganlab.evaluate", "--generator", str(generator),
+               "--data", str(FIXTURE), "--num-samples", "300"]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "300 samples (seed 0) of" in lines[0]
+    for name in SCORE_NAMES:
+        assert any(line.split()[:1] == [name] for line in lines), name
+    assert "predicted digits" in result.stdout
+
+
+def test_cli_missing_generator_exits_with_a_message(tmp_path, capsys):
+    # Checked before any data is loaded or real statistics computed.
+    code = evaluate.main(["--generator", str(tmp_path / "nope.keras"), "--data", str(FIXTURE)])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: --generator:") and "does not exist" in error
+
+
+def test_cli_run_id_scores_and_logs_into_the_run(tmp_path, capsys, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("GANLAB_CACHE_DIR", str(tmp_path / "cache"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("test", artifact_location=str(tmp_path / "artifacts")))
+    run_id = run.info.run_id
+    client.log_param(run_id, "seed", 3)  # the default noise seed for --run-id
+    for epoch in range(3):
+        client.log_metric(run_id, "g_loss", 1.0 / (epoch + 1), step=epoch)
+    client.log_artifact(run_id, str(save_untrained_generator(tmp_path / "generator.keras")), "models")
+    client.set_terminated(run_id)
+
+    args = ["--run-id", run_id, "--tracking-uri", uri, "--data", str(FIXTURE), "--num-samples", "300"]
+    assert evaluate.main(args) == 0
+    title = capsys.readouterr().out.splitlines()[0]
+    assert "(seed 3)" in title and "logged at step 2" in title
+    logged = client.get_run(run_id).data.metrics
+    assert set(SCORE_NAMES) <= set(logged)
+    assert [m.step for m in client.get_metric_history(run_id, "fid")] == [2]
+
+    assert evaluate.main(["--run-id", "0" * 32, "--tracking-uri", uri, "--data", str(FIXTURE)]) == 2
+    assert "no run" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_missing_tracking_store(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'absent.db'}"
+    assert evaluate.main(["--run-id", "abc", "--tracking-uri", uri, "--data", str(FIXTURE)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "absent.db").exists()

@@ -1,0 +1,31 @@
+"""The pictures: each is a real PNG, and the grid puts every image where it belongs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ganlab import plots
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_image_grid_tiles_images_in_rows():
+    images = np.full((100, 784), -1.0, np.float32)
+    images[13] = 1.0  # row 1, column 3 of a 10x10 grid
+    grid = plots.image_grid(images)
+    assert grid.shape == (280, 280)
+    assert grid[28:56, 84:112].min() == 1.0 and grid[:28, :].max() == 0.0
+
+
+def test_every_picture_is_a_png(tmp_path):
+    files = [
+        plots.save_sample_grid(np.zeros((100, 784)), tmp_path / "grid.png", title="epoch 1"),
+        plots.save_loss_curve(np.linspace(1, 0.5, 40), np.linspace(0.7, 1.2, 40), 20, tmp_path / "loss.png"),
+        plots.save_class_histogram(np.arange(10), tmp_path / "classes" / "hist.png"),
+        plots.save_sweep_heatmap(
+            [{"a": "0.1", "b": "0.0", "fid": 3.0}, {"a": "0.3", "b": "0.0", "fid": 2.0}, {"a": "0.1", "b": "0.2", "fid": 1.0}],
+            "a", "b", "fid", tmp_path / "heat.png"),
+    ]
+    files.append(plots.save_montage(files[:2], ["first", "second"], tmp_path / "montage.png"))
+    for file in files:
+        assert file.read_bytes()[:8] == PNG, file
