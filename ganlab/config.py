@@ -58,6 +58,12 @@ def validate(cfg: DictConfig) -> None:
         )
     _choice(cfg, "objective", TRAINING_METRICS + EVALUATION_METRICS + (None,))
 
+    _optional_string(cfg, "eval.classifier", "a path to classifier weights (.weights.h5 with its .json beside it)")
+    _optional_string(cfg, "tracking.uri", "an MLflow tracking URI such as http://127.0.0.1:5000 or sqlite:///path/mlflow.db")
+    experiment = OmegaConf.select(cfg, "tracking.experiment", default="<missing>")
+    if not isinstance(experiment, str) or not experiment.strip():
+        raise InputError(f"tracking.experiment: got {_show(experiment)}; expected a non-empty experiment name.")
+
     path = OmegaConf.select(cfg, "data.path")
     if path is not None and not isinstance(path, str):
         raise InputError(f"data.path: got {_show(path)}; expected null (Keras download/cache) or a path to a .npz or IDX folder.")
@@ -114,6 +120,12 @@ def _fraction(cfg, key):
     value = OmegaConf.select(cfg, key, default="<missing>")
     if not _is_number(value) or not 0.0 <= value < 1.0:
         raise InputError(f"{key}: got {_show(value)}; expected a number in [0, 1), e.g. {key}=0.1.")
+
+
+def _optional_string(cfg, key, valid):
+    value = OmegaConf.select(cfg, key, default="<missing>")
+    if value is not None and not (isinstance(value, str) and value.strip()):
+        raise InputError(f"{key}: got {_show(value)}; expected null or {valid}.")
 
 
 def _boolean(cfg, key):

@@ -9,6 +9,7 @@ anywhere. Nothing here imports TensorFlow.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import platform
 import subprocess
@@ -23,11 +24,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from ganlab.errors import InputError
+
 log = logging.getLogger(__name__)
 
 PARENT_RUN_TAG = "mlflow.parentRunId"
 PACKAGES = ("tensorflow", "keras", "mlflow", "hydra-core", "numpy")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SERVER_TIMEOUT_S = 10
 
 
 def default_tracking_uri(root: str | Path | None = None) -> str:
@@ -43,16 +47,28 @@ def resolve_uri(uri: str | None) -> str:
 def open_store(uri: str | None, experiment: str) -> tuple[MlflowClient, str]:
     """Client and experiment id for `experiment` at `uri`, creating both if needed.
 
-    For a SQLite store the database file, its schema and the experiment are created
-    here; call it once before parallel jobs start so they never race on a migration.
+    A SQLite store's file, schema and experiment are created under a file lock, so jobs
+    and sweeps started at the same moment never race on a migration. A server URI is
+    checked first, so a server that does not answer fails fast with a clear message.
     """
     uri = resolve_uri(uri)
-    artifact_location = None
-    if uri.startswith("sqlite:///"):
-        db_file = Path(uri.removeprefix("sqlite:///"))
+    if uri.startswith(("http://", "https://")):
+        check_server(uri)
+    if not uri.startswith("sqlite:///"):
+        return _get_or_create_experiment(MlflowClient(tracking_uri=uri), experiment, None)
+    db_file = Path(uri.removeprefix("sqlite:///"))
+    try:
         db_file.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(db_file.parent / ".ganlab.lock", "a")
+    except OSError as error:
+        raise InputError(f"tracking.uri: cannot create the store {uri} ({error}); pick a writable folder.") from error
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         artifact_location = (db_file.parent / "artifacts" / experiment).as_uri()
-    client = MlflowClient(tracking_uri=uri)
+        return _get_or_create_experiment(MlflowClient(tracking_uri=uri), experiment, artifact_location)
+
+
+def _get_or_create_experiment(client: MlflowClient, experiment: str, artifact_location: str | None):
     found = client.get_experiment_by_name(experiment)
     if found is not None:
         return client, found.experiment_id
@@ -63,6 +79,29 @@ def open_store(uri: str | None, experiment: str) -> tuple[MlflowClient, str]:
         if found is None:
             raise
         return client, found.experiment_id
+
+
+def check_server(uri: str) -> None:
+    """Raise InputError unless an MLflow server answers at `uri` within SERVER_TIMEOUT_S."""
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=SERVER_TIMEOUT_S).raise_for_status()
+    except requests.RequestException as error:
+        raise InputError(
+            f"tracking.uri: no MLflow server answers at {uri} ({type(error).__name__}). Start one "
+            f"(mlflow server --host 127.0.0.1 --port 5000 ...) or use tracking.uri=null for the local "
+            "SQLite store in mlruns/."
+        ) from error
+
+
+def find_run(uri: str | None, experiment: str, run_id: str):
+    """The run `run_id` in the store, or InputError saying where it was looked for."""
+    client, _ = open_store(uri, experiment)
+    try:
+        return client.get_run(run_id)
+    except MlflowException as error:
+        raise InputError(f"resume: no MLflow run {run_id!r} in {resolve_uri(uri)}.") from error
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
@@ -113,6 +152,7 @@ class JobRun:
         tags: dict[str, str],
         parent_run_id: str | None = None,
         log_file: Path | None = None,
+        resume_run_id: str | None = None,
     ):
         self.cfg = cfg
         self.output_dir = Path(output_dir)
@@ -121,11 +161,18 @@ class JobRun:
         if parent_run_id:
             self.tags[PARENT_RUN_TAG] = parent_run_id
         self.log_file = log_file
+        self.resume_run_id = resume_run_id
         self.client: MlflowClient | None = None
         self.run_id: str | None = None
 
     def __enter__(self) -> "JobRun":
         self.client, experiment_id = open_store(self.cfg.tracking.uri, self.cfg.tracking.experiment)
+        if self.resume_run_id:  # the same run goes on: params stay as first logged
+            self.run_id = self.resume_run_id
+            self.client.update_run(self.run_id, status="RUNNING")
+            self.set_tags({**environment_tags(), **self.tags})
+            log.info("MLflow run %s resumed in %s", self.run_id, resolve_uri(self.cfg.tracking.uri))
+            return self
         run = self.client.create_run(experiment_id, run_name=self.run_name, tags={**environment_tags(), **self.tags})
         self.run_id = run.info.run_id
         log.info("MLflow run %s (%s) in %s", self.run_id, self.run_name, resolve_uri(self.cfg.tracking.uri))
@@ -149,6 +196,9 @@ class JobRun:
         now = int(time.time() * 1000)
         items = [Metric(key, float(value), now, step) for key, value in metrics.items()]
         self.client.log_batch(self.run_id, metrics=items)
+
+    def logged_steps(self, metric: str) -> set[int]:
+        return {point.step for point in self.client.get_metric_history(self.run_id, metric)}
 
     def log_artifact(self, path: Path, artifact_dir: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_dir)

@@ -26,15 +26,18 @@ import hydra  # noqa: E402
 import numpy as np  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from ganlab import config, plots, sweep, tracking  # noqa: E402
-from ganlab.data import load_dataset, to_unit_range  # noqa: E402
+from ganlab import checkpoint, config, plots, sweep, tracking  # noqa: E402
+from ganlab.data import load_dataset  # noqa: E402
+from ganlab.errors import InputError  # noqa: E402
 
 log = logging.getLogger("ganlab.train")
 
 SAMPLE_NOISE_SEED = 1234  # one fixed noise batch for every epoch and every job, so grids compare
 SAMPLE_GRID_SIZE = 100  # a 10x10 grid
+# What a resumed job may change: where things are and how many threads; not what is trained.
+RESUME_OVERRIDES = ("resume", "data.path", "tracking.uri", "tracking.experiment", "threads")
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
@@ -43,11 +46,16 @@ def main(cfg: DictConfig) -> float | None:
     output_dir = Path(hydra_cfg.runtime.output_dir)
     print(f"ganlab: job outputs in {output_dir}", flush=True)
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    resume_from = None
+    if cfg.get("resume"):
+        resume_from, cfg = prepare_resume(cfg, hydra_cfg.overrides.task)
     job_tags = {"hydra.overrides": " ".join(hydra_cfg.overrides.task), "output_dir": str(output_dir)}
     parent_run_id = None
     if in_sweep:
         parent_run_id = sweep.parent_run_id(Path(hydra_cfg.sweep.dir))
         job_tags.update({"sweep.id": parent_run_id or hydra_cfg.sweep.dir, "sweep.job_num": hydra_cfg.job.num})
+    if resume_from is not None:
+        job_tags.update({"resumed_from_epoch": resume_from.epoch, "resumed_from": str(resume_from.folder)})
     run = tracking.JobRun(
         cfg,
         output_dir,
@@ -55,17 +63,41 @@ def main(cfg: DictConfig) -> float | None:
         tags=job_tags,
         parent_run_id=parent_run_id,
         log_file=output_dir / f"{hydra_cfg.job.name}.log",
+        resume_run_id=resume_from.run_id if resume_from else None,
     )
     try:
         with sigterm_as_interrupt(), run:
-            return train_job(cfg, output_dir, run)
+            return train_job(cfg, output_dir, run, resume_from)
     except Exception:
-        if in_sweep:  # recorded as FAILED on its run; the sweep goes on and reports it at the end
-            return math.nan
+        if in_sweep and run.run_id is not None:
+            return math.nan  # recorded as FAILED on its run; the sweep goes on and reports it at the end
         raise
 
 
-def train_job(cfg: DictConfig, output_dir: Path, run: tracking.JobRun) -> float | None:
+def prepare_resume(cfg: DictConfig, overrides) -> tuple[checkpoint.Checkpoint, DictConfig]:
+    """Find the checkpoint that `resume` (a run id or a folder) names; the job's config becomes
+    the checkpoint's, with only the RESUME_OVERRIDES taken from this command line."""
+    target = str(cfg.resume)
+    if Path(target).exists():
+        found = checkpoint.find(Path(target))
+    else:
+        run = tracking.find_run(cfg.tracking.uri, cfg.tracking.experiment, target)
+        if "output_dir" not in run.data.tags:
+            raise InputError(f"resume: run {target} records no output folder, so its checkpoint cannot be found.")
+        found = checkpoint.find(Path(run.data.tags["output_dir"]))
+    changed = [item for item in overrides if item.split("=")[0].lstrip("+~") not in RESUME_OVERRIDES]
+    if changed:
+        raise InputError(
+            f"resume: a resumed job trains with its checkpoint's config; these overrides would change it: "
+            f"{' '.join(changed)}. Only {', '.join(RESUME_OVERRIDES)} may be given with resume."
+        )
+    resumed = found.config.copy()
+    for key in RESUME_OVERRIDES:
+        OmegaConf.update(resumed, key, OmegaConf.select(cfg, key), force_add=True)
+    return found, resumed
+
+
+def train_job(cfg: DictConfig, output_dir: Path, run: tracking.JobRun, resume_from=None) -> float | None:
     """Check, build, train, evaluate and save one job; returns the final objective."""
     started = time.perf_counter()
     config.validate(cfg)
@@ -76,13 +108,13 @@ def train_job(cfg: DictConfig, output_dir: Path, run: tracking.JobRun) -> float 
     run.log_params({"steps_per_epoch_resolved": steps})
 
     configure_tensorflow(cfg.seed, threads_for_job(cfg.threads), cfg.deterministic)
-    from ganlab.gan import GanTrainer  # TensorFlow loads only once the input is known good
+    from ganlab.gan import EpochRecord, GanTrainer, TrainingDiverged  # TensorFlow loads once the input is good
     from ganlab.models import build_discriminator, build_generator
 
     trainer = GanTrainer(
         build_generator(cfg.model),
         build_discriminator(cfg.model),
-        to_unit_range(dataset.x_train),
+        dataset.x_train,
         batch_size=cfg.batch_size,
         label_smoothing=cfg.label_smoothing,
         learning_rate=cfg.optimizer.lr,
@@ -91,9 +123,14 @@ def train_job(cfg: DictConfig, output_dir: Path, run: tracking.JobRun) -> float 
     )
     evaluator = None
     if cfg.eval.enabled:
+        from ganlab import classifier
         from ganlab.evaluation import Evaluator
 
-        evaluator = Evaluator.from_dataset(dataset)
+        evaluator = Evaluator.from_dataset(dataset, classifier=classifier.load(cfg.eval.classifier))
+    history: list = []  # every epoch's record, the resumed ones first
+    if resume_from is not None:
+        history = restore(trainer, resume_from, run, EpochRecord)
+        save_checkpoint(trainer, history, cfg, output_dir, run)  # this job's folder holds one from the start
     sample_noise = fixed_noise(SAMPLE_GRID_SIZE, cfg.model.random_dim)
     eval_noise = np.random.default_rng(cfg.seed).standard_normal((cfg.eval.num_samples, cfg.model.random_dim), dtype=np.float32)
     log.info("training %d epochs of %d steps (batch %d) on %s", cfg.epochs, steps, cfg.batch_size, dataset.source)
@@ -102,6 +139,10 @@ def train_job(cfg: DictConfig, output_dir: Path, run: tracking.JobRun) -> float 
     def end_of_epoch(record) -> None:
         if record.epoch % cfg.eval.every == 0 or record.epoch == cfg.epochs:
             record.metrics.update(evaluate_epoch(trainer, evaluator, record.epoch, sample_noise, eval_noise, output_dir, run))
+        history.append(record)
+        # Checkpoint before logging: a kill in between is mended on resume, which logs
+        # the checkpoint's epochs that the run lacks.
+        save_checkpoint(trainer, history, cfg, output_dir, run)
         run.log_metrics(record.summary(), step=record.epoch)
         log.info("epoch %d: %s", record.epoch, ", ".join(f"{k}={v:.4g}" for k, v in record.summary().items()))
 
@@ -109,17 +150,22 @@ def train_job(cfg: DictConfig, output_dir: Path, run: tracking.JobRun) -> float 
     if cfg.epochs == 0:  # nothing to train: the untrained nets are still scored and saved
         final = evaluate_epoch(trainer, evaluator, 0, sample_noise, eval_noise, output_dir, run)
         run.log_metrics(final, step=0)
-    records = trainer.train(cfg.epochs, steps, on_epoch_end=end_of_epoch)
-    save_outputs(trainer, records, steps, output_dir, run)
-    if records:
-        final = records[-1].summary()
+    try:
+        trainer.train(cfg.epochs - trainer.epochs_done, steps, on_epoch_end=end_of_epoch)
+    except TrainingDiverged as error:
+        kept = f"the last good checkpoint (epoch {trainer.epochs_done}) is in {output_dir / checkpoint.FOLDER}"
+        raise TrainingDiverged(f"{error}; {kept if trainer.epochs_done else 'no epoch completed'}") from None
+    trained = history[resume_from.epoch if resume_from else 0 :]  # the epochs this job ran
+    save_outputs(trainer, history, steps, output_dir, run)
+    if history:
+        final = history[-1].summary()
 
     objective = final.get(cfg.objective) if cfg.objective else None
-    total_steps = cfg.epochs * steps
-    train_seconds = sum(record.seconds for record in records)
+    trained_steps = len(trained) * steps
+    train_seconds = sum(record.seconds for record in trained)
     print(
-        f"ganlab: {cfg.epochs} epochs, {total_steps} steps in {train_seconds:.1f} s "
-        f"({total_steps / train_seconds if train_seconds else 0:.1f} steps/s); "
+        f"ganlab: {len(trained)} epochs, {trained_steps} steps in {train_seconds:.1f} s "
+        f"({trained_steps / train_seconds if train_seconds else 0:.1f} steps/s); "
         + ", ".join(f"{k} {v:.4g}" for k, v in final.items() if k != "steps_per_sec")
         + f"; objective {cfg.objective} = {objective}"
         + f"; total {time.perf_counter() - started:.1f} s (first step after {first_step_at - started:.1f} s); "
@@ -127,6 +173,31 @@ def train_job(cfg: DictConfig, output_dir: Path, run: tracking.JobRun) -> float 
         flush=True,
     )
     return objective
+
+
+def restore(trainer, found: checkpoint.Checkpoint, run: tracking.JobRun, record_type) -> list:
+    """Put the checkpoint's state into `trainer`; log the epochs the run lacks; return the records."""
+    values, saved_records = checkpoint.load_state(found)
+    try:
+        trainer.set_state(values, epochs_done=found.epoch)
+    except ValueError as error:
+        raise InputError(f"resume: {error}; was the checkpoint {str(found.folder)!r} written by another model config?") from error
+    history = [record_type.from_dict(values) for values in saved_records]
+    logged = run.logged_steps("d_loss")
+    for record in history:
+        if record.epoch not in logged:
+            run.log_metrics(record.summary(), step=record.epoch)
+    log.info("resumed from %s after epoch %d", found.folder, found.epoch)
+    return history
+
+
+def save_checkpoint(trainer, history: list, cfg: DictConfig, output_dir: Path, run: tracking.JobRun) -> None:
+    meta = {
+        "epoch": trainer.epochs_done, "run_id": run.run_id,
+        "tracking_uri": tracking.resolve_uri(cfg.tracking.uri), "experiment": cfg.tracking.experiment,
+    }
+    config_values = tracking.resolved_config(cfg)
+    checkpoint.save(output_dir / checkpoint.FOLDER, trainer.get_state(), [r.to_dict() for r in history], config_values, meta)
 
 
 @contextlib.contextmanager
@@ -197,7 +268,7 @@ def evaluate_epoch(trainer, evaluator, epoch, sample_noise, eval_noise, output_d
     return result.scores
 
 
-def save_outputs(trainer, records, steps, output_dir: Path, run: tracking.JobRun) -> None:
+def save_outputs(trainer, records: list, steps: int, output_dir: Path, run: tracking.JobRun) -> None:
     """Generator and discriminator as .keras files, the final grid and the loss curve."""
     models_dir = output_dir / "models"
     models_dir.mkdir(parents=True, exist_ok=True)
@@ -211,6 +282,11 @@ def save_outputs(trainer, records, steps, output_dir: Path, run: tracking.JobRun
         d_losses = np.concatenate([record.d_losses for record in records])
         g_losses = np.concatenate([record.g_losses for record in records])
         run.log_artifact(plots.save_loss_curve(d_losses, g_losses, steps, output_dir / "loss_curve.png"))
+        epochs = np.concatenate([np.full(len(record.d_losses), record.epoch) for record in records])
+        per_step = np.column_stack([epochs, np.arange(1, len(d_losses) + 1), d_losses, g_losses])
+        np.savetxt(output_dir / "losses.csv", per_step, fmt=["%d", "%d", "%.9g", "%.9g"], delimiter=",",
+                   header="epoch,step,d_loss,g_loss", comments="")
+        run.log_artifact(output_dir / "losses.csv")
 
 
 if __name__ == "__main__":

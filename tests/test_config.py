@@ -87,7 +87,7 @@ def test_label_smoothing_sets_the_real_target_in_the_loss():
     """With D's kernels zeroed and its last bias at b, every logit is b, so the first D loss
     is 0.5 * (BCE(real_target, b) + BCE(0, b)): it tells which real target the step used."""
     cfg = compose_train(["label_smoothing=0.2", "batch_size=16"])
-    trainer = _trainer(cfg, np.zeros((64, 784), np.float32))
+    trainer = _trainer(cfg, np.zeros((64, 784), np.uint8))
     bias = 1.0
     for layer in trainer.discriminator.layers:
         for weight in layer.weights:
@@ -106,7 +106,7 @@ def test_label_smoothing_sets_the_real_target_in_the_loss():
 
 def test_optimizer_and_batch_knobs_reach_the_trainer():
     cfg = compose_train(["optimizer.lr=0.001", "optimizer.beta_1=0.7", "batch_size=32", "random_dim=20"])
-    trainer = _trainer(cfg, np.zeros((64, 784), np.float32))
+    trainer = _trainer(cfg, np.zeros((64, 784), np.uint8))
     for optimizer in (trainer.d_optimizer, trainer.g_optimizer):
         assert float(optimizer.learning_rate) == pytest.approx(0.001)
         assert optimizer.beta_1 == pytest.approx(0.7)
@@ -123,7 +123,7 @@ def test_steps_per_epoch_is_derived_or_taken():
 def test_same_seed_gives_identical_per_step_losses_and_another_seed_does_not():
     from ganlab.train import configure_tensorflow
 
-    images = np.random.default_rng(0).uniform(-1, 1, (512, 784)).astype(np.float32)
+    images = np.random.default_rng(0).integers(0, 256, (512, 784), dtype=np.uint8)
 
     def losses(seed):
         cfg = compose_train([f"seed={seed}", "batch_size=32"])
