@@ -16,6 +16,7 @@ from ganlab.errors import InputError
 
 MODELS = ("mlp",)
 OPTIMIZERS = ("adam",)
+PRECISIONS = ("fp32", "bf16")
 TRAINING_METRICS = ("d_loss", "g_loss", "d_real", "d_fake", "steps_per_sec")
 EVALUATION_METRICS = (
     "fid", "fid_logits", "classifier_score", "kid", "kid_std", "precision", "recall",
@@ -36,7 +37,9 @@ def validate(cfg: DictConfig) -> None:
     _boolean(cfg, "deterministic")
     _integer(cfg, "threads", minimum=1, nullable=True)
 
+    _choice(cfg, "precision", PRECISIONS)
     _choice(cfg, "model.name", MODELS)
+    _choice(cfg, "model.precision", PRECISIONS)
     for key in ("model.generator_units", "model.discriminator_units"):
         units = OmegaConf.select(cfg, key)
         if not OmegaConf.is_list(units) or not units or not all(_is_int(u) and u >= 1 for u in units):
