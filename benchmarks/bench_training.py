@@ -2,10 +2,11 @@
 
     python benchmarks/bench_training.py --data ../shared/data/mnist.npz [--steps 200]
 
-Both train the same nets on the same data for the same number of steps after a warm-up;
-the script prints steps/s of each and their ratio, the FLOPs of one step counted from
-the layer sizes, and the fraction of this machine's measured float32 matmul peak that
-ganlab's step reaches.
+All variants train the same nets on the same data for the same number of steps after a
+warm-up: the tutorial's loop, ganlab's step in float32 with and without TensorFlow's op
+determinism, and ganlab's step with precision=bf16. The script prints steps/s of each
+and their ratios to the tutorial, the FLOPs of one step counted from the layer sizes,
+and the fraction of this machine's measured float32 matmul peak that the step reaches.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from ganlab.models import build_discriminator, build_generator  # noqa: E402
 
 MODEL = OmegaConf.create({
     "random_dim": 100, "generator_units": [256, 512, 1024], "discriminator_units": [1024, 512, 256],
-    "leaky_relu_slope": 0.2, "first_layer_init_stddev": 0.02, "dropout": 0.3,
+    "leaky_relu_slope": 0.2, "first_layer_init_stddev": 0.02, "dropout": 0.3, "precision": "fp32",
 })
 
 
@@ -81,21 +82,34 @@ def main() -> None:
     tutorial_images = to_unit_range(x_train)  # the tutorial scales the whole set up front
     tutorial_rate = time_steps(lambda: tutorial_loop.train_step(*tutorial, tutorial_images), args.steps)
 
-    keras.utils.set_random_seed(0)
-    trainer = GanTrainer(build_generator(MODEL), build_discriminator(MODEL), x_train, batch_size=128,
-                         label_smoothing=0.1, learning_rate=2e-4, beta_1=0.5, seed=0)
-    ganlab_rate = time_steps(trainer.train_step, args.steps)
+    def ganlab_rate(precision: str, deterministic: bool) -> float:
+        if deterministic:
+            tf.config.experimental.enable_op_determinism()
+        else:
+            tf.config.experimental.disable_op_determinism()
+        keras.utils.set_random_seed(0)
+        model = OmegaConf.merge(MODEL, {"precision": precision})
+        trainer = GanTrainer(build_generator(model), build_discriminator(model), x_train, batch_size=128,
+                             label_smoothing=0.1, learning_rate=2e-4, beta_1=0.5, seed=0)
+        return time_steps(trainer.train_step, args.steps)
+
+    rates = {
+        "ganlab fp32, op determinism on (default)": ganlab_rate("fp32", True),
+        "ganlab fp32, op determinism off": ganlab_rate("fp32", False),
+        "ganlab bf16, op determinism on": ganlab_rate("bf16", True),
+    }
+    ganlab_rate_fp32 = rates["ganlab fp32, op determinism on (default)"]
 
     flops = step_flops()
     peak = matmul_peak()
-    print(f"machine: {os.cpu_count()} cores, TensorFlow {tf.__version__}, float32, {args.steps} timed steps each")
-    print(f"tutorial loop (predict + train_on_batch): {tutorial_rate:7.2f} steps/s")
-    print(f"ganlab tf.function step:                  {ganlab_rate:7.2f} steps/s")
-    print(f"ratio ganlab / tutorial:                  {ganlab_rate / tutorial_rate:7.2f}x")
-    print(f"FLOPs per step (from layer sizes):        {flops / 1e9:7.2f} GFLOP")
-    print(f"ganlab achieved:                          {flops * ganlab_rate / 1e9:7.1f} GFLOP/s")
-    print(f"measured matmul peak (2048^2, float32):   {peak / 1e9:7.1f} GFLOP/s")
-    print(f"fraction of peak:                         {flops * ganlab_rate / peak:7.1%}")
+    print(f"machine: {os.cpu_count()} cores, TensorFlow {tf.__version__}, {args.steps} timed steps each")
+    print(f"{'tutorial loop (predict + train_on_batch), fp32':45s} {tutorial_rate:7.2f} steps/s   1.00x")
+    for name, rate in rates.items():
+        print(f"{name:45s} {rate:7.2f} steps/s {rate / tutorial_rate:6.2f}x")
+    print(f"FLOPs per step (from layer sizes):            {flops / 1e9:7.2f} GFLOP")
+    print(f"ganlab fp32 achieves:                         {flops * ganlab_rate_fp32 / 1e9:7.1f} GFLOP/s")
+    print(f"measured matmul peak (2048^2, float32):       {peak / 1e9:7.1f} GFLOP/s")
+    print(f"fraction of peak:                             {flops * ganlab_rate_fp32 / peak:7.1%}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from mlflow.entities import RunStatus
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ganlab import tracking
 
@@ -66,6 +66,14 @@ class SweepTracking(Callback):
             scratch = Path(scratch)
             for file in summarize(client, children, scratch):
                 client.log_artifact(run_id, str(file), "summary")
+        optimizer_report = sweep_dir / "optimization_results.yaml"  # written by the Optuna sweeper
+        if optimizer_report.exists():
+            client.log_artifact(run_id, str(optimizer_report), "summary")
+        best = best_child(children, config.get("objective"), OmegaConf.select(config, "hydra.sweeper.direction"))
+        if best is not None:
+            client.set_tag(run_id, "best.run_id", best.info.run_id)
+            client.set_tag(run_id, f"best.{config.objective}", str(best.data.metrics[config.objective]))
+            client.set_tag(run_id, "best.overrides", best.data.tags.get("hydra.overrides", ""))
         status = "FAILED" if failed or not children else "FINISHED"
         client.set_tag(run_id, "sweep.jobs", f"{len(children) - len(failed)} of {len(children)} finished")
         client.set_terminated(run_id, status)
@@ -79,6 +87,15 @@ class SweepTracking(Callback):
             # Hydra turns a callback's exception into a warning; the exit status must say it.
             print(f"{len(failed)} of {len(children)} sweep jobs did not finish: {reasons}", file=sys.stderr, flush=True)
             raise SystemExit(1)
+
+
+def best_child(children, objective: str | None, direction) -> object | None:
+    """The finished job with the best final `objective` (lowest unless direction is maximize)."""
+    scored = [c for c in children if c.info.status == "FINISHED" and objective in c.data.metrics]
+    if not objective or not scored:
+        return None
+    maximize = str(direction).lower().endswith("maximize")
+    return (max if maximize else min)(scored, key=lambda child: child.data.metrics[objective])
 
 
 def swept_keys(children) -> list[str]:

@@ -157,7 +157,7 @@ class JobRun:
         self.cfg = cfg
         self.output_dir = Path(output_dir)
         self.run_name = run_name
-        self.tags = dict(tags)
+        self.tags = {key: str(value) for key, value in tags.items()}  # a server takes strings only
         if parent_run_id:
             self.tags[PARENT_RUN_TAG] = parent_run_id
         self.log_file = log_file

@@ -239,10 +239,14 @@ def configure_tensorflow(seed: int, threads: int | None, deterministic: bool) ->
 
 
 def threads_for_job(threads: int | None) -> int | None:
-    """`threads`, or when null and jobs run side by side, this job's share of the cores."""
+    """`threads`, or when null: the job's cores under submitit, cores / n_jobs under the
+    parallel launcher, else all cores."""
     if threads is not None:
         return threads
-    parallel_jobs = HydraConfig.get().launcher.get("n_jobs")
+    launcher = HydraConfig.get().launcher
+    if launcher.get("cpus_per_task"):  # submitit (local or SLURM): the cores the job was given
+        return int(launcher.cpus_per_task)
+    parallel_jobs = launcher.get("n_jobs")
     if not parallel_jobs:
         return None
     cores = os.cpu_count() or 1

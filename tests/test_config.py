@@ -158,6 +158,18 @@ def test_same_seed_gives_identical_per_step_losses_and_another_seed_does_not():
         ("eval.every=0", "eval.every"),
         ("eval.num_samples=10", "eval.num_samples"),
         ("objective=accuracy", "objective"),
+        ("precision=fp16", "precision"),
+        ("threads=0", "threads"),
+        ("model.generator_units=[256,0]", "model.generator_units"),
+        ("model.leaky_relu_slope=-1", "model.leaky_relu_slope"),
+        ("model.first_layer_init_stddev=0", "model.first_layer_init_stddev"),
+        ("optimizer.beta_1=1.0", "optimizer.beta_1"),
+        ("optimizer.name=sgd", "optimizer.name"),
+        ("eval.enabled=sometimes", "eval.enabled"),
+        ("data.path=42", "data.path"),
+        ("tracking.uri=5", "tracking.uri"),
+        ("tracking.experiment=''", "tracking.experiment"),
+        ("eval.classifier=7", "eval.classifier"),
     ],
 )
 def test_validate_names_the_bad_key(override, key):
@@ -170,3 +182,28 @@ def test_batch_size_above_training_set_is_rejected():
     config.validate(cfg)
     with pytest.raises(InputError, match="batch_size: got 5000.*only 2000"):
         config.validate_against_data(cfg, 2000)
+
+
+def test_bf16_runs_hidden_layers_in_bfloat16_and_keeps_outputs_float32():
+    from ganlab.models import build_discriminator, build_generator
+
+    cfg = compose_train(["precision=bf16"])
+    for net in (build_generator(cfg.model), build_discriminator(cfg.model)):
+        dense = [layer for layer in net.layers if layer.__class__.__name__ == "Dense"]
+        assert all(layer.compute_dtype == "bfloat16" and layer.variable_dtype == "float32" for layer in dense[:-1])
+        assert dense[-1].compute_dtype == "float32"
+        assert net(np.zeros((2, net.input_shape[-1]), np.float32)).dtype == "float32"
+
+
+def test_baseline_experiment_is_the_tutorial_scored_every_epoch():
+    cfg = compose_train(["experiment=baseline"])
+    config.validate(cfg)
+    assert (cfg.seed, cfg.epochs, cfg.batch_size, cfg.dropout, cfg.label_smoothing) == (10, 50, 128, 0.3, 0.1)
+    assert cfg.precision == "fp32" and cfg.eval.every == 1 and cfg.tracking.experiment == "baseline"
+    assert cfg.optimizer.lr == 2e-4 and cfg.model.dropout == 0.3
+
+
+def test_evaluation_objective_needs_evaluation():
+    with pytest.raises(InputError, match="objective: fid is an evaluation score, but eval.enabled is false"):
+        config.validate(compose_train(["eval.enabled=false"]))
+    config.validate(compose_train(["eval.enabled=false", "objective=g_loss"]))

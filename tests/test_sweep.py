@@ -117,3 +117,16 @@ def test_runs_read_back_through_a_real_mlflow_server(dropout_sweep):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_report_tables_a_sweep_by_group(dropout_sweep):
+    result = run_cli(["--by", "dropout", "--epochs", "1", "--metrics", "fid,g_loss", "--out", "report"],
+                     dropout_sweep, module="ganlab.report")
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = (dropout_sweep / "report" / "scores.md").read_text()
+    parent, children = split_parent(all_runs(dropout_sweep))
+    assert parent.info.run_id in table
+    for child in children:
+        assert f"**dropout={child.data.params['dropout']} (1 runs)**" in table
+        assert f"| 1 | {child.data.metrics['fid']:.3g} ± 0 | {child.data.metrics['g_loss']:.3g} ± 0 |" in table
+    assert (dropout_sweep / "report" / "samples_0.1.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,49 @@
+"""Start-up time and peak memory of one training job, through the real CLI.
+
+    python benchmarks/bench_startup.py --data ../shared/data/mnist.npz [--eval]
+
+Runs `python -m ganlab.train epochs=1 steps_per_epoch=50` in a throw-away folder and
+prints the time from the command's start to its first training step (as the job
+reports it, plus the interpreter's start measured from outside), the whole wall time,
+and the peak resident memory (RSS) of the job's process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=None)
+    parser.add_argument("--eval", action="store_true", help="also score 10,000 samples at the end (default: off)")
+    args = parser.parse_args()
+    job = ["epochs=1", "steps_per_epoch=50"]
+    job += [f"data.path={Path(args.data).resolve()}"] if args.data else []
+    job += [] if args.eval else ["eval.enabled=false", "objective=null"]
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
+        result = subprocess.run([sys.executable, "-m", "ganlab.train", *job], cwd=folder, capture_output=True, text=True,
+                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, check=True)
+        wall = time.perf_counter() - started
+    inside = float(re.search(r"first step after ([0-9.]+) s", result.stdout).group(1))
+    total_inside = float(re.search(r"; total ([0-9.]+) s", result.stdout).group(1))
+    interpreter = wall - total_inside  # Python, Hydra, MLflow imports before the job's clock starts
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux: KiB
+    print(f"machine: {os.cpu_count()} cores; job: {' '.join(job)}")
+    print(f"command start -> first training step: {interpreter + inside:6.1f} s "
+          f"({interpreter:.1f} s interpreter, imports, Hydra and MLflow; {inside:.1f} s checks, data, TensorFlow, nets)")
+    print(f"whole command:                        {wall:6.1f} s")
+    print(f"peak memory (RSS) of the job:         {peak_mb:6.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
