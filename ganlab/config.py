@@ -13,15 +13,12 @@ import numbers
 from omegaconf import DictConfig, OmegaConf
 
 from ganlab.errors import InputError
+from ganlab.metrics import SCORE_NAMES as EVALUATION_METRICS
 
 MODELS = ("mlp",)
 OPTIMIZERS = ("adam",)
 PRECISIONS = ("fp32", "bf16")
 TRAINING_METRICS = ("d_loss", "g_loss", "d_real", "d_fake", "steps_per_sec")
-EVALUATION_METRICS = (
-    "fid", "fid_logits", "classifier_score", "kid", "kid_std", "precision", "recall",
-    "density", "coverage", "modes_covered", "kl_uniform",
-)
 MIN_EVAL_SAMPLES = 200  # the Frechet distance needs more samples than feature dimensions
 
 

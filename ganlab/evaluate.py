@@ -25,7 +25,7 @@ import numpy as np
 from ganlab import classifier as classifier_module
 from ganlab.data import load_dataset, to_unit_range
 from ganlab.errors import InputError
-from ganlab.evaluation import DIRECTION, SCORE_NAMES, Evaluator
+from ganlab.evaluation import DIRECTION, SCORE_NAMES, Evaluator, evaluation_noise
 
 GENERATOR_ARTIFACT = "models/generator.keras"
 
@@ -61,8 +61,7 @@ def generate(generator, num_samples: int, seed: int, batch_size: int = 2000) -> 
     import keras
 
     random_dim = generator.input_shape[1]
-    # Drawn as the trainer draws its evaluation noise: the same seed gives the same scores.
-    noise = np.random.default_rng(seed).standard_normal((num_samples, random_dim), dtype=np.float32)
+    noise = evaluation_noise(seed, num_samples, random_dim)
     batches = [
         keras.ops.convert_to_numpy(generator(noise[start : start + batch_size], training=False))
         for start in range(0, num_samples, batch_size)

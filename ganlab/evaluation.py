@@ -26,25 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from ganlab import metrics
+from ganlab.metrics import SCORE_NAMES
 from ganlab.classifier import Classifier, softmax
 from ganlab.classifier import load as load_classifier
 from ganlab.data import Dataset, to_unit_range
 from ganlab.errors import InputError
 
 CACHE_FORMAT = 1  # bump when the cached arrays change meaning
-SCORE_NAMES = (
-    "fid",
-    "fid_logits",
-    "classifier_score",
-    "kid",
-    "kid_std",
-    "precision",
-    "recall",
-    "density",
-    "coverage",
-    "modes_covered",
-    "kl_uniform",
-)
 # Which way is better, for tables and for whoever reads the MLflow metrics.
 DIRECTION = {
     "fid": "lower",
@@ -59,6 +47,12 @@ DIRECTION = {
     "modes_covered": "higher (max 10)",
     "kl_uniform": "lower (0 = balanced)",
 }
+
+
+def evaluation_noise(seed: int, num_samples: int, random_dim: int) -> np.ndarray:
+    """The noise a generator is scored on: N(0, 1) from a NumPy generator seeded with `seed`.
+    Training and `python -m ganlab.evaluate` both draw it here, so a run's seed reproduces its scores."""
+    return np.random.default_rng(seed).standard_normal((num_samples, random_dim), dtype=np.float32)
 
 
 def default_cache_dir() -> Path:

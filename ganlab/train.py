@@ -121,18 +121,18 @@ def train_job(cfg: DictConfig, output_dir: Path, run: tracking.JobRun, resume_fr
         beta_1=cfg.optimizer.beta_1,
         seed=cfg.seed,
     )
-    evaluator = None
+    evaluator, eval_noise = None, None
     if cfg.eval.enabled:
         from ganlab import classifier
-        from ganlab.evaluation import Evaluator
+        from ganlab.evaluation import Evaluator, evaluation_noise
 
         evaluator = Evaluator.from_dataset(dataset, classifier=classifier.load(cfg.eval.classifier))
+        eval_noise = evaluation_noise(cfg.seed, cfg.eval.num_samples, cfg.model.random_dim)
     history: list = []  # every epoch's record, the resumed ones first
     if resume_from is not None:
         history = restore(trainer, resume_from, run, EpochRecord)
         save_checkpoint(trainer, history, cfg, output_dir, run)  # this job's folder holds one from the start
     sample_noise = fixed_noise(SAMPLE_GRID_SIZE, cfg.model.random_dim)
-    eval_noise = np.random.default_rng(cfg.seed).standard_normal((cfg.eval.num_samples, cfg.model.random_dim), dtype=np.float32)
     log.info("training %d epochs of %d steps (batch %d) on %s", cfg.epochs, steps, cfg.batch_size, dataset.source)
     first_step_at = time.perf_counter()
 
