@@ -78,10 +78,16 @@ def test_killed_run_resumes_into_the_same_run_with_the_same_numbers(workdir, uni
     np.testing.assert_array_equal(per_step_losses(job_dir(result.stdout)), per_step_losses(uninterrupted))
 
 
-def test_same_seed_in_two_processes_gives_identical_losses(workdir, uninterrupted):
+def test_same_seed_in_two_processes_logs_identical_metrics(workdir, uninterrupted):
     result = run_cli(KILLABLE, workdir)
     assert result.returncode == 0, result.stderr[-2000:]
     np.testing.assert_array_equal(per_step_losses(job_dir(result.stdout)), per_step_losses(uninterrupted))
+    first_store = uninterrupted.parents[2]  # <cwd>/outputs/runs/<job>
+    (first,), (second,) = all_runs(first_store), all_runs(workdir)
+    for metric in ("d_loss", "g_loss", "d_real", "d_fake"):
+        values = [[p.value for p in store_client(cwd).get_metric_history(run.info.run_id, metric)]
+                  for cwd, run in ((first_store, first), (workdir, second))]
+        assert len(values[0]) == 3 and values[0] == values[1], metric
 
 
 def test_resume_refuses_a_config_change(workdir, uninterrupted):
