@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 from ganlab import metrics
-from ganlab.metrics import SCORE_NAMES
 from ganlab.classifier import Classifier, softmax
 from ganlab.classifier import load as load_classifier
 from ganlab.data import Dataset, to_unit_range

@@ -18,7 +18,6 @@ import tempfile
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from mlflow.entities import RunStatus
 from omegaconf import DictConfig, OmegaConf
 
 from ganlab import tracking
