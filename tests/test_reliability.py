@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import EVAL_CACHE, MNIST_FILE, QUICK, all_runs, run_cli, store_client
+from conftest import EVAL_CACHE, MNIST_FILE, QUICK, REPO, all_runs, run_cli, store_client
 
-REPO = Path(__file__).resolve().parent.parent
 # Long enough epochs that a SIGTERM lands mid-epoch; evaluation off to keep it short.
 KILLABLE = ["epochs=3", "steps_per_epoch=60", "eval.enabled=false", "objective=g_loss", f"data.path={MNIST_FILE}"]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import QUICK, all_runs, artifact_paths, run_cli, store_client
+from conftest import QUICK, REPO, all_runs, artifact_paths, run_cli, store_client
 
 TINY = [*QUICK, "steps_per_epoch=3"]
 
@@ -42,7 +42,7 @@ def test_submitit_local_sweep(workdir):
 
 
 def test_optuna_search_reports_the_best_trial(workdir):
-    result = run_cli(["-m", "-cd", str(Path(__file__).resolve().parent.parent / "sweeps"), "-cn", "search",
+    result = run_cli(["-m", "-cd", str(REPO / "sweeps"), "-cn", "search",
                       "hydra.sweeper.n_trials=3", *TINY], workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     parent, children = parent_and_children(all_runs(workdir))
