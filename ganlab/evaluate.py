@@ -25,7 +25,8 @@ import numpy as np
 from ganlab import classifier as classifier_module
 from ganlab.data import load_dataset, to_unit_range
 from ganlab.errors import InputError
-from ganlab.evaluation import DIRECTION, SCORE_NAMES, Evaluator, evaluation_noise
+from ganlab.evaluation import DIRECTION, Evaluator, evaluation_noise
+from ganlab.metrics import SCORE_NAMES
 
 GENERATOR_ARTIFACT = "models/generator.keras"
 

@@ -3,7 +3,7 @@
 `Evaluator` holds the classifier (`ganlab.classifier`) and the statistics of a real
 reference set, by default the 10,000 MNIST test images. `Evaluator.score(images)` takes
 generated images in [-1, 1], shaped (N, 784), and returns the MLflow metrics named in
-`SCORE_NAMES`; `Evaluator.evaluate(images)` also returns the predicted-class histogram.
+`ganlab.metrics.SCORE_NAMES`; `Evaluator.evaluate(images)` also returns the predicted-class histogram.
 
 The real statistics (features, their mean and covariance, logit mean and covariance,
 k-NN radii) cost one forward pass and two 10k x 10k distance sweeps, so they are cached

@@ -12,7 +12,8 @@ from ganlab import classifier as clf
 from ganlab import evaluate
 from ganlab.data import load_dataset, to_unit_range
 from ganlab.errors import InputError
-from ganlab.evaluation import SCORE_NAMES, Evaluator
+from ganlab.evaluation import Evaluator
+from ganlab.metrics import SCORE_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "mnist_small.npz"
