@@ -108,7 +108,7 @@ def train_job(cfg: DictConfig, output_dir: Path, run: tracking.JobRun, resume_fr
     run.log_params({"steps_per_epoch_resolved": steps})
 
     configure_tensorflow(cfg.seed, threads_for_job(cfg.threads), cfg.deterministic)
-    from ganlab.gan import EpochRecord, GanTrainer, TrainingDiverged  # TensorFlow loads once the input is good
+    from ganlab.gan import GanTrainer, TrainingDiverged  # TensorFlow loads once the input is good
     from ganlab.models import build_discriminator, build_generator
 
     trainer = GanTrainer(
@@ -130,7 +130,7 @@ def train_job(cfg: DictConfig, output_dir: Path, run: tracking.JobRun, resume_fr
         eval_noise = evaluation_noise(cfg.seed, cfg.eval.num_samples, cfg.model.random_dim)
     history: list = []  # every epoch's record, the resumed ones first
     if resume_from is not None:
-        history = restore(trainer, resume_from, run, EpochRecord)
+        history = restore(trainer, resume_from, run)
         save_checkpoint(trainer, history, cfg, output_dir, run)  # this job's folder holds one from the start
     sample_noise = fixed_noise(SAMPLE_GRID_SIZE, cfg.model.random_dim)
     log.info("training %d epochs of %d steps (batch %d) on %s", cfg.epochs, steps, cfg.batch_size, dataset.source)
@@ -175,14 +175,16 @@ def train_job(cfg: DictConfig, output_dir: Path, run: tracking.JobRun, resume_fr
     return objective
 
 
-def restore(trainer, found: checkpoint.Checkpoint, run: tracking.JobRun, record_type) -> list:
+def restore(trainer, found: checkpoint.Checkpoint, run: tracking.JobRun) -> list:
     """Put the checkpoint's state into `trainer`; log the epochs the run lacks; return the records."""
+    from ganlab.gan import EpochRecord
+
     values, saved_records = checkpoint.load_state(found)
     try:
         trainer.set_state(values, epochs_done=found.epoch)
     except ValueError as error:
         raise InputError(f"resume: {error}; was the checkpoint {str(found.folder)!r} written by another model config?") from error
-    history = [record_type.from_dict(values) for values in saved_records]
+    history = [EpochRecord.from_dict(values) for values in saved_records]
     logged = run.logged_steps("d_loss")
     for record in history:
         if record.epoch not in logged:
