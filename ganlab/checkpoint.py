@@ -1,29 +1,45 @@
-"""Checkpoints: everything a job needs to continue bit for bit from its last whole epoch.
+"""Checkpoints and resume: everything a job needs to continue bit for bit from its last whole epoch.
 
-A checkpoint is a folder `checkpoint/` in the job's output folder holding
-- `state.npz`: every variable of G and D (weights and the dropout layers' seed states),
-  both Adam optimizers' variables, the state of the trainer's random generator, and the
-  per-epoch records so far (per-step losses and logged metrics);
-- `config.yaml`: the job's resolved config;
-- `meta.json`: the epoch it was taken after, the MLflow run id and store.
+A checkpoint is ONE file, `checkpoint/checkpoint.npz` in the job's output folder, holding
+- every variable of G and D (weights and the dropout layers' seed states), both Adam
+  optimizers' variables, the EMA weights if any, and the trainer's random generator;
+- the per-epoch records so far (per-step losses and logged metrics);
+- `meta`: the epoch it was taken after, the MLflow run id, store and experiment, the
+  thread count the job ran with, and the job's resolved config.
 
-Each file is written to a temporary name and renamed into place, state last, so a kill
-while writing leaves the previous checkpoint whole.
+It is written to a temporary file in the same folder, flushed to disk and renamed over
+the old one, so a kill at any instant leaves either the old checkpoint or the new one,
+never parts of two epochs. While a job runs it holds a lock on its checkpoint folder
+(and a resumed job on the folder it resumes from), so a second resume of the same run
+is refused instead of logging epochs twice. A lock dies with its process, `kill -9`
+included.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from ganlab import scores
 from ganlab.errors import InputError
 
+log = logging.getLogger(__name__)
+
 FOLDER = "checkpoint"
+FILE = "checkpoint.npz"
+LOCK_FILE = "job.lock"
+# What a resumed job may take from its own command line: where things are and how many
+# threads. Everything else (what is trained) comes from the checkpoint.
+RESUME_OVERRIDES = ("data.path", "tracking.uri", "threads")
 
 
 @dataclass
@@ -33,31 +49,30 @@ class Checkpoint:
     run_id: str | None
     tracking_uri: str | None
     experiment: str | None
+    threads: int | None
     config: DictConfig
 
     @property
-    def state_file(self) -> Path:
-        return self.folder / "state.npz"
+    def file(self) -> Path:
+        return self.folder / FILE
 
 
-def save(folder: Path, variables: list[np.ndarray], records: list[dict], config: dict, meta: dict) -> None:
-    """Write one checkpoint into `folder` (atomic per file; state.npz is renamed last)."""
+def save(folder: Path, variables: list[np.ndarray], records: list[dict], meta: dict) -> None:
+    """Write the checkpoint of `folder` atomically: one temporary file, fsync, one rename."""
     folder.mkdir(parents=True, exist_ok=True)
     arrays = {f"v{index:04d}": value for index, value in enumerate(variables)}
     arrays["records"] = np.array(json.dumps(records))
-    _atomic_write(folder / "config.yaml", lambda file: OmegaConf.save(OmegaConf.create(config), file))
-    _atomic_write(folder / "meta.json", lambda file: Path(file).write_text(json.dumps(meta, indent=1)))
-    _atomic_write(folder / "state.npz", lambda file: np.savez(file, **arrays))
-
-
-def load_state(checkpoint: Checkpoint) -> tuple[list[np.ndarray], list[dict]]:
-    """The saved variables (in save order) and the per-epoch records."""
+    arrays["meta"] = np.array(json.dumps(meta))
+    descriptor, partial = tempfile.mkstemp(dir=folder, prefix=".checkpoint-", suffix=".partial")
     try:
-        with np.load(checkpoint.state_file, allow_pickle=False) as archive:
-            names = sorted(name for name in archive.files if name.startswith("v"))
-            return [archive[name] for name in names], json.loads(str(archive["records"]))
-    except (OSError, ValueError, KeyError) as error:
-        raise InputError(f"resume: checkpoint {str(checkpoint.state_file)!r} cannot be read ({error}).") from error
+        with os.fdopen(descriptor, "wb") as stream:
+            np.savez(stream, **arrays)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(partial, folder / FILE)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)  # a full disk or a signal leaves no partial file behind
+        raise
 
 
 def find(folder: Path) -> Checkpoint:
@@ -65,24 +80,134 @@ def find(folder: Path) -> Checkpoint:
     folder = Path(folder)
     if (folder / FOLDER).is_dir():
         folder = folder / FOLDER
-    meta_file, config_file = folder / "meta.json", folder / "config.yaml"
-    if not (folder / "state.npz").is_file() or not meta_file.is_file() or not config_file.is_file():
+    file = folder / FILE
+    if not file.is_file():
         raise InputError(
-            f"resume: no checkpoint in {str(folder)!r} (expected state.npz, meta.json and config.yaml, "
-            "written after every epoch). Give a job's output folder, its checkpoint folder, or an MLflow run id."
+            f"resume: no checkpoint in {str(folder)!r} (expected {FILE}, written after every epoch). "
+            "Give a job's output folder, its checkpoint folder, or an MLflow run id."
         )
-    meta = json.loads(meta_file.read_text())
-    return Checkpoint(
-        folder=folder,
-        epoch=int(meta["epoch"]),
-        run_id=meta.get("run_id"),
-        tracking_uri=meta.get("tracking_uri"),
-        experiment=meta.get("experiment"),
-        config=OmegaConf.load(config_file),
+    try:
+        with np.load(file, allow_pickle=False) as archive:
+            meta = json.loads(str(archive["meta"]))
+        return Checkpoint(folder=folder, epoch=int(meta["epoch"]), run_id=meta.get("run_id"),
+                          tracking_uri=meta.get("tracking_uri"), experiment=meta.get("experiment"),
+                          threads=meta.get("threads"), config=OmegaConf.create(meta["config"]))
+    except Exception as error:  # a truncated zip, a broken JSON, a missing key: all the same to the user
+        raise _unreadable(file, error) from error
+
+
+def load_state(checkpoint: Checkpoint) -> tuple[list[np.ndarray], list[dict]]:
+    """The saved variables (in save order) and the per-epoch records."""
+    try:
+        with np.load(checkpoint.file, allow_pickle=False) as archive:
+            names = sorted(name for name in archive.files if name.startswith("v"))
+            return [archive[name] for name in names], json.loads(str(archive["records"]))
+    except Exception as error:
+        raise _unreadable(checkpoint.file, error) from error
+
+
+def _unreadable(file: Path, error: Exception) -> InputError:
+    return InputError(
+        f"resume: the checkpoint {str(file)!r} cannot be read ({type(error).__name__}: {error}); it is damaged. "
+        "Resume from an older copy, or start the job again."
     )
 
 
-def _atomic_write(target: Path, write) -> None:
-    partial = target.with_name(f".{target.name}.partial{target.suffix}")
-    write(partial)
-    os.replace(partial, target)
+class FolderLock:
+    """An exclusive, non-blocking lock on a checkpoint folder for the life of a job."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self._stream = None
+
+    def acquire(self) -> "FolderLock":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._stream = open(self.folder / LOCK_FILE, "a")
+        try:
+            fcntl.flock(self._stream, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._stream.close()
+            raise InputError(
+                f"resume: the checkpoint in {str(self.folder)!r} is in use by a running job (its training or "
+                "another resume of it); wait for that job to end, or stop it first."
+            ) from None
+        return self
+
+    def release(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
+
+@dataclass
+class Resume:
+    checkpoint: Checkpoint
+    config: DictConfig  # the config the resumed job runs with
+    lock: FolderLock
+
+    @property
+    def finished(self) -> bool:
+        return self.checkpoint.epoch >= self.config.epochs
+
+
+def prepare(target: str, cfg: DictConfig, explicit_overrides: list[str], find_run_folder) -> Resume:
+    """The checkpoint `target` (a run id or a folder) names, and the config to continue with.
+
+    The job runs with the checkpoint's config, store and experiment. Only the keys in
+    RESUME_OVERRIDES, and only when given explicitly on this command line, replace the
+    checkpoint's; anything else given is refused. `find_run_folder(uri, run_id)` returns a
+    run's output folder (a tracking look-up, passed in to keep this module free of MLflow).
+    """
+    given = {item.split("=", 1)[0].lstrip("+~"): item for item in explicit_overrides}
+    given.pop("resume", None)
+    changed = [item for key, item in given.items() if key not in RESUME_OVERRIDES]
+    if changed:
+        raise InputError(
+            f"resume: a resumed job trains with its checkpoint's config; these overrides would change it: "
+            f"{' '.join(changed)}. Only {', '.join(RESUME_OVERRIDES)} may be given with resume."
+        )
+    if Path(target).exists():
+        found = find(Path(target))
+    else:
+        found = find(find_run_folder(OmegaConf.select(cfg, "tracking.uri"), target))
+    resumed = found.config.copy()
+    OmegaConf.update(resumed, "tracking.uri", found.tracking_uri, force_add=True)
+    OmegaConf.update(resumed, "tracking.experiment", found.experiment, force_add=True)
+    OmegaConf.update(resumed, "threads", found.threads, force_add=True)
+    OmegaConf.update(resumed, "resume", target, force_add=True)
+    for key in RESUME_OVERRIDES:
+        if key in given:
+            if key == "threads" and OmegaConf.select(cfg, key) != found.threads:
+                log.warning("threads=%s differs from the %s threads the run trained with: the numbers will "
+                            "differ from an uninterrupted run", OmegaConf.select(cfg, key), found.threads)
+            OmegaConf.update(resumed, key, OmegaConf.select(cfg, key), force_add=True)
+    return Resume(found, resumed, FolderLock(found.folder).acquire())
+
+
+def restore(trainer, resume: Resume, run) -> list:
+    """Put the checkpoint's state into `trainer`; log the epochs the run lacks; return the records."""
+    from ganlab.gan import EpochRecord
+
+    found = resume.checkpoint
+    values, saved_records = load_state(found)
+    try:
+        trainer.set_state(values, epochs_done=found.epoch)
+    except ValueError as error:
+        raise InputError(f"resume: {error}; was the checkpoint {str(found.file)!r} written by another model config?") from error
+    history = [EpochRecord.from_dict(values) for values in saved_records]
+    logged = run.logged_steps(scores.D_LOSS)
+    for record in history:
+        if record.epoch not in logged:
+            run.log_metrics(record.summary(), step=record.epoch)
+    log.info("resumed from %s after epoch %d", found.folder, found.epoch)
+    return history
+
+
+def meta(trainer, run, tracking_uri: str, threads: int | None, config: dict) -> dict:
+    return {"epoch": trainer.epochs_done, "run_id": run.run_id, "tracking_uri": tracking_uri,
+            "experiment": run.experiment, "threads": threads, "config": config}
+
+
+def remove(folder: Path) -> None:
+    """Drop a finished job's checkpoint (checkpoint.keep=none)."""
+    shutil.rmtree(folder / FOLDER, ignore_errors=True)

@@ -7,12 +7,15 @@ layer (128 ReLU units) gives the FID features and its last layer the 10 class lo
 It takes images in [-1, 1], the generator's output range.
 
     python -m ganlab.classifier --data /path/to/mnist.npz [--epochs 15] [--seed 0]
+    python -m ganlab.classifier --dataset fashion_mnist --data fashion.npz --out fashion.weights.h5
 
 trains it, prints the accuracy on the 10,000 test images and writes
 `ganlab/weights/mnist_classifier.weights.h5` with `mnist_classifier.json` beside it
 (sha256 of the weights and of the training data, test accuracy, training config,
 versions). `load()` refuses weights whose sha256 differs from the JSON: every score
-computed with them would silently change meaning.
+computed with them would silently change meaning. The JSON also names the dataset the
+classifier was trained on, and `load(..., dataset=...)` refuses to score another one:
+digit features say nothing about Fashion-MNIST samples.
 """
 
 from __future__ import annotations
@@ -25,13 +28,16 @@ import sys
 import time
 from pathlib import Path
 
-import keras
-import numpy as np
-import tensorflow as tf
-from keras import layers
+from ganlab import runtime
 
-from ganlab.data import load_dataset, to_unit_range
-from ganlab.errors import InputError
+tf = runtime.import_tensorflow()  # quietly, on CPU-only machines
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from keras import layers  # noqa: E402
+
+from ganlab.data import DATASETS, load_dataset, to_unit_range  # noqa: E402
+from ganlab.errors import InputError  # noqa: E402
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "mnist_classifier.weights.h5"
@@ -145,8 +151,9 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def load(weights_path: str | Path | None = None) -> Classifier:
-    """Load the classifier after checking the weights' sha256 against the JSON beside them."""
+def check(weights_path: str | Path | None = None, dataset: str | None = None) -> tuple[Path, str, dict]:
+    """(weights path, sha256, metadata) after checking the weights' sha256 against the JSON
+    beside them and, when `dataset` is given, that they were trained on it. Builds nothing."""
     weights_path = Path(weights_path) if weights_path is not None else DEFAULT_WEIGHTS
     json_path = metadata_path(weights_path)
     retrain = "python -m ganlab.classifier --data /path/to/mnist.npz"
@@ -176,6 +183,21 @@ def load(weights_path: str | Path | None = None) -> Classifier:
             f"but {json_path.name} records {expected}. Scores from other weights are not "
             f"comparable; restore the shipped files or retrain with `{retrain}` (which rewrites both)."
         )
+    trained_on = info.get("dataset", "mnist")
+    if dataset is not None and trained_on != dataset:
+        raise InputError(
+            f"eval.classifier: {str(weights_path)!r} was trained on {trained_on}, but the job's data is {dataset}; "
+            f"its scores would mean nothing. Train a classifier on {dataset} (`python -m ganlab.classifier "
+            f"--dataset {dataset} --data /path/to/{dataset}.npz --out {dataset}_classifier.weights.h5`) and pass "
+            f"eval.classifier=/path/to/{dataset}_classifier.weights.h5, or set eval.enabled=false."
+        )
+    return weights_path, actual, info
+
+
+def load(weights_path: str | Path | None = None, dataset: str | None = None) -> Classifier:
+    """The checked classifier (see `check`), built and loaded."""
+    weights_path, actual, info = check(weights_path, dataset)
+    retrain = "python -m ganlab.classifier --data /path/to/mnist.npz"
     network = build_network()
     try:
         network.load_weights(weights_path)
@@ -211,6 +233,7 @@ def augmentation(seed: int) -> keras.Sequential:
 
 def train(
     data_path: str | None = None,
+    dataset_name: str = "mnist",
     epochs: int = 15,
     seed: int = 0,
     weights_path: str | Path = DEFAULT_WEIGHTS,
@@ -219,7 +242,7 @@ def train(
 ) -> dict:
     """Train on the MNIST training set, score the test set, save weights + JSON; return the JSON."""
     keras.utils.set_random_seed(seed)
-    dataset = load_dataset("mnist", data_path)
+    dataset = load_dataset(dataset_name, data_path)
     x_train = as_image_batch(to_unit_range(dataset.x_train))
     x_test = as_image_batch(to_unit_range(dataset.x_test))
 
@@ -243,6 +266,7 @@ def train(
     record = {
         "test_accuracy": accuracy,
         "test_images": len(x_test),
+        "dataset": dataset_name,
         "data_sha256": dataset.sha256(),
         "data_source": dataset.source,
         "input_range": [-1.0, 1.0],
@@ -274,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Train the MNIST classifier that ganlab's scores use and save it in the package.",
     )
     parser.add_argument("--data", default=None, help="MNIST .npz (Keras layout) or IDX folder; default: keras.datasets")
+    parser.add_argument("--dataset", default="mnist", choices=DATASETS, help="what the data is (recorded in the JSON)")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
@@ -282,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs < 1 or args.batch_size < 1:
         parser.error("--epochs and --batch-size must be positive integers")
     try:
-        info = train(args.data, args.epochs, args.seed, args.out, args.batch_size)
+        info = train(args.data, args.dataset, args.epochs, args.seed, args.out, args.batch_size)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

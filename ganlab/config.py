@@ -1,29 +1,70 @@
 """Checks of a composed config before anything is built or trained.
 
-Hydra composes whatever it is given; `validate(cfg)` is where a value of the wrong type
-or out of range becomes an `InputError` that names the key and says what is valid.
-Checks that need the data (batch_size against the training-set size) are in
-`validate_against_data`.
+Hydra composes whatever it is given; this is where a value of the wrong type or out of
+range becomes an `InputError` that names the key and says what is valid.
+`validate_tracking` checks what opening an MLflow run needs (it runs first, since a bad
+store cannot hold a FAILED run); `validate` checks everything else; checks that need the
+data (batch_size against the training-set size) are in `validate_against_data`.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
+import re
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from ganlab import scores
 from ganlab.errors import InputError
-from ganlab.metrics import SCORE_NAMES as EVALUATION_METRICS
 
 MODELS = ("mlp",)
 OPTIMIZERS = ("adam",)
-PRECISIONS = ("fp32", "bf16")
-TRAINING_METRICS = ("d_loss", "g_loss", "d_real", "d_fake", "steps_per_sec")
+DTYPES = ("fp32", "bf16")
+OBJECTIVE_AT = ("final", "best")
+CHECKPOINT_KEEP = ("last", "none")
 MIN_EVAL_SAMPLES = 200  # the Frechet distance needs more samples than feature dimensions
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
+# Experiment names become folder names under mlruns/artifacts/: no separators, no "..".
+EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+_MISSING = "<missing>"
+
+
+def resolve_all(cfg: DictConfig) -> None:
+    """Resolve every interpolation once, so `${oc.env:NOPE}` fails here naming its key."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or "config"
+        raise InputError(f"{key}: cannot be resolved ({type(error).__name__}: {error.msg if hasattr(error, 'msg') else error}).") from None
+
+
+def validate_tracking(cfg: DictConfig) -> None:
+    """The keys needed to open the job's MLflow run."""
+    resolve_all(cfg)
+    uri = _get(cfg, "tracking.uri")
+    if uri is not None:
+        scheme = uri.split("://", 1)[0].lower() if isinstance(uri, str) and "://" in uri else None
+        if scheme not in TRACKING_SCHEMES:
+            raise InputError(
+                f"tracking.uri: got {_show(uri)}; expected null (the SQLite store in ./mlruns) or an MLflow "
+                f"tracking URI such as http://127.0.0.1:5000 or sqlite:////abs/path/mlflow.db "
+                f"(schemes: {', '.join(TRACKING_SCHEMES)})."
+            )
+    experiment = _get(cfg, "tracking.experiment")
+    if not isinstance(experiment, str) or not EXPERIMENT_NAME.fullmatch(experiment) or ".." in experiment:
+        raise InputError(
+            f"tracking.experiment: got {_show(experiment)}; expected a name of letters, digits, '_', '-' and '.' "
+            "(1 to 100 characters, starting with a letter or digit, no '..'), e.g. tracking.experiment=ganlab."
+        )
+    _optional_string(cfg, "tracking.register_model", "a Model Registry name")
+    _boolean(cfg, "tracking.system_metrics")
 
 
 def validate(cfg: DictConfig) -> None:
     """Raise InputError for the first config value that is missing, mistyped or out of range."""
+    resolve_all(cfg)
     _integer(cfg, "seed", minimum=0, maximum=2**32 - 1)
     _integer(cfg, "epochs", minimum=0)
     _integer(cfg, "steps_per_epoch", minimum=1, nullable=True)
@@ -31,14 +72,17 @@ def validate(cfg: DictConfig) -> None:
     _integer(cfg, "random_dim", minimum=1)
     _fraction(cfg, "dropout")
     _fraction(cfg, "label_smoothing")
+    _choice(cfg, "dtype", DTYPES)
+    ema = _get(cfg, "ema")
+    if ema is not None and not (_is_number(ema) and 0.0 < ema < 1.0):
+        raise InputError(f"ema: got {_show(ema)}; expected null or a decay in (0, 1), e.g. ema=0.999.")
     _boolean(cfg, "deterministic")
     _integer(cfg, "threads", minimum=1, nullable=True)
+    _optional_string(cfg, "resume", "an MLflow run id or a job's output folder")
 
-    _choice(cfg, "precision", PRECISIONS)
     _choice(cfg, "model.name", MODELS)
-    _choice(cfg, "model.precision", PRECISIONS)
     for key in ("model.generator_units", "model.discriminator_units"):
-        units = OmegaConf.select(cfg, key)
+        units = _get(cfg, key)
         if not OmegaConf.is_list(units) or not units or not all(_is_int(u) and u >= 1 for u in units):
             raise InputError(f"{key}: got {_show(units)}; expected a non-empty list of positive integers, e.g. [256, 512, 1024].")
     _number(cfg, "model.leaky_relu_slope", minimum=0.0)
@@ -51,22 +95,32 @@ def validate(cfg: DictConfig) -> None:
     _boolean(cfg, "eval.enabled")
     _integer(cfg, "eval.every", minimum=1)
     _integer(cfg, "eval.num_samples", minimum=MIN_EVAL_SAMPLES)
-    if cfg.objective in EVALUATION_METRICS and not cfg.eval.enabled:
-        raise InputError(
-            f"objective: {cfg.objective} is an evaluation score, but eval.enabled is false; "
-            f"turn evaluation on, or pick a training metric ({', '.join(TRAINING_METRICS)}) or null."
-        )
-    _choice(cfg, "objective", TRAINING_METRICS + EVALUATION_METRICS + (None,))
-
     _optional_string(cfg, "eval.classifier", "a path to classifier weights (.weights.h5 with its .json beside it)")
-    _optional_string(cfg, "tracking.uri", "an MLflow tracking URI such as http://127.0.0.1:5000 or sqlite:///path/mlflow.db")
-    experiment = OmegaConf.select(cfg, "tracking.experiment", default="<missing>")
-    if not isinstance(experiment, str) or not experiment.strip():
-        raise InputError(f"tracking.experiment: got {_show(experiment)}; expected a non-empty experiment name.")
+    _validate_objective(cfg)
+    _choice(cfg, "checkpoint.keep", CHECKPOINT_KEEP)
 
-    path = OmegaConf.select(cfg, "data.path")
-    if path is not None and not isinstance(path, str):
+    path = _get(cfg, "data.path")
+    if path is not None and not (isinstance(path, str) and path.strip()):
         raise InputError(f"data.path: got {_show(path)}; expected null (Keras download/cache) or a path to a .npz or IDX folder.")
+    validate_tracking(cfg)
+
+
+def _validate_objective(cfg: DictConfig) -> None:
+    objective = _get(cfg, "objective")
+    valid = list(scores.objective_names())
+    if _get(cfg, "ema") is not None:
+        valid += [scores.ema(name) for name in scores.SCORE_NAMES if scores.direction(name)]
+    if objective is not None and objective not in valid:
+        raise InputError(
+            f"objective: got {_show(objective)}; valid: null or a metric with a direction: {', '.join(valid)}."
+        )
+    metric = scores.lookup(objective) if objective else None
+    if metric is not None and metric.name in scores.SCORE_NAMES and not cfg.eval.enabled:
+        raise InputError(
+            f"objective: {objective} is an evaluation score, but eval.enabled is false; turn evaluation on, "
+            f"or pick a training metric ({', '.join(n for n in scores.TRAINING_NAMES if scores.direction(n))}) or null."
+        )
+    _choice(cfg, "objective_at", OBJECTIVE_AT)
 
 
 def validate_against_data(cfg: DictConfig, num_train_images: int) -> None:
@@ -85,12 +139,17 @@ def steps_per_epoch(cfg: DictConfig, num_train_images: int) -> int:
     return max(1, round(num_train_images / cfg.batch_size))
 
 
+def _get(cfg, key):
+    return OmegaConf.select(cfg, key, default=_MISSING)
+
+
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    """A finite real number: NaN and infinity are refused everywhere."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _show(value) -> str:
@@ -98,7 +157,7 @@ def _show(value) -> str:
 
 
 def _integer(cfg, key, minimum, maximum=None, nullable=False):
-    value = OmegaConf.select(cfg, key, default="<missing>")
+    value = _get(cfg, key)
     if value is None and nullable:
         return
     valid = f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
@@ -109,33 +168,33 @@ def _integer(cfg, key, minimum, maximum=None, nullable=False):
 
 
 def _number(cfg, key, minimum, exclusive=False):
-    value = OmegaConf.select(cfg, key, default="<missing>")
-    below = value <= minimum if exclusive and _is_number(value) else _is_number(value) and value < minimum
+    value = _get(cfg, key)
+    below = _is_number(value) and (value <= minimum if exclusive else value < minimum)
     if not _is_number(value) or below:
         relation = ">" if exclusive else ">="
-        raise InputError(f"{key}: got {_show(value)}; expected a number {relation} {minimum}.")
+        raise InputError(f"{key}: got {_show(value)}; expected a finite number {relation} {minimum}.")
 
 
 def _fraction(cfg, key):
-    value = OmegaConf.select(cfg, key, default="<missing>")
+    value = _get(cfg, key)
     if not _is_number(value) or not 0.0 <= value < 1.0:
         raise InputError(f"{key}: got {_show(value)}; expected a number in [0, 1), e.g. {key}=0.1.")
 
 
 def _optional_string(cfg, key, valid):
-    value = OmegaConf.select(cfg, key, default="<missing>")
+    value = _get(cfg, key)
     if value is not None and not (isinstance(value, str) and value.strip()):
         raise InputError(f"{key}: got {_show(value)}; expected null or {valid}.")
 
 
 def _boolean(cfg, key):
-    value = OmegaConf.select(cfg, key, default="<missing>")
+    value = _get(cfg, key)
     if not isinstance(value, bool):
         raise InputError(f"{key}: got {_show(value)}; expected true or false.")
 
 
 def _choice(cfg, key, choices):
-    value = OmegaConf.select(cfg, key, default="<missing>")
+    value = _get(cfg, key)
     if value not in choices:
         shown = ", ".join("null" if choice is None else choice for choice in choices)
         raise InputError(f"{key}: got {_show(value)}; valid choices: {shown}.")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,7 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     source: str
+    name: str = "mnist"  # which dataset this is (mnist or fashion_mnist)
 
     def sha256(self) -> str:
         """Hash of all four arrays: names the exact data a run or a cache used."""
@@ -69,7 +71,7 @@ def load_dataset(name: str = "mnist", path: str | None = None) -> Dataset:
             )
         arrays = _load_idx_folder(file) if file.is_dir() else _load_npz(file)
         source = str(file.resolve())
-    dataset = Dataset(**arrays, source=source)
+    dataset = Dataset(**arrays, source=source, name=name)
     check_dataset(dataset)
     return dataset
 
@@ -160,8 +162,11 @@ def read_idx(file: Path) -> np.ndarray:
     try:
         with opener(file, "rb") as stream:
             raw = stream.read()
-    except OSError as error:
-        raise InputError(f"data.path: cannot read IDX file {str(file)!r} ({error}).") from error
+    except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
+        raise InputError(
+            f"data.path: cannot read IDX file {str(file)!r} ({type(error).__name__}: {error}); it is truncated or "
+            "damaged. Download it again, or give another copy."
+        ) from error
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise InputError(
             f"data.path: {str(file)!r} is not an IDX file of unsigned bytes "

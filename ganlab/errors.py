@@ -1,12 +1,14 @@
 """The one exception type for bad input: a config value, a data file, a weights file.
 
 Everything that is the user's to fix raises `InputError` with a message that names the
-key or file and says what would be valid. It is a Hydra "compact" exception, so the
-app prints just that message (no traceback) and exits non-zero.
+key or file and says what would be valid. The entry points print just that message
+(no traceback) and exit non-zero; a job's MLflow run records it as `failure_reason`.
 """
 
-from hydra.errors import CompactHydraException
 
-
-class InputError(CompactHydraException, ValueError):
+class InputError(ValueError):
     """Bad input that the user can fix; the message says what and how."""
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite: the nets can no longer be trained."""

@@ -1,34 +1,40 @@
-"""Score a saved generator, a finished MLflow run, or real images against the MNIST test set.
+"""Score a saved generator, an MLflow run, or real images against the dataset's test set.
 
     python -m ganlab.evaluate --generator path/to/generator.keras [--num-samples 10000] [--seed 0]
     python -m ganlab.evaluate --run-id RUN_ID [--tracking-uri URI]
     python -m ganlab.evaluate --real train        # the floor: real training images vs test
 
-A generator is a Keras model from (N, random_dim) N(0, 1) noise to (N, 784) tanh images;
-random_dim is read from its input shape. `--run-id` downloads the run's
-`models/generator.keras`, scores it and logs every score into that run at its last
-epoch (the last step of `g_loss`, else 0). `--real train` scores real training images
-the same way: the best any generator can hope for. The scores are those of
-`ganlab.evaluation.Evaluator`; the table says which direction is better for each.
+A generator is a Keras model from (N, random_dim) N(0, 1) noise to (N, 784) tanh images.
+`--run-id` re-scores a run exactly as training scored it: the run's own
+`eval.num_samples`, dataset, classifier and noise seed, on its final generator (or, for a
+run that did not finish, the generator of its last checkpoint, and it says which epoch).
+It logs the scores into the run under `rescore_<score>` at that epoch, so a re-score can
+never replace a number the run was trained to; it refuses to log twice at one epoch.
+The scores and which way is better come from the registry `ganlab.scores`.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+from ganlab import runtime
 
-from ganlab import classifier as classifier_module
-from ganlab.data import load_dataset, to_unit_range
-from ganlab.errors import InputError
-from ganlab.evaluation import DIRECTION, Evaluator, evaluation_noise
-from ganlab.metrics import SCORE_NAMES
+runtime.quiet_console()  # before anything imports TensorFlow
+
+import numpy as np  # noqa: E402
+
+from ganlab import classifier as classifier_module  # noqa: E402
+from ganlab import scores, tracking  # noqa: E402
+from ganlab.data import load_dataset, to_unit_range  # noqa: E402
+from ganlab.errors import InputError  # noqa: E402
+from ganlab.evaluation import Evaluator, evaluation_noise  # noqa: E402
 
 GENERATOR_ARTIFACT = "models/generator.keras"
+MAX_SAMPLES = 200_000  # the scores need memory for the samples' pairwise distances in blocks; more says nothing new
 
 
 def load_generator(path: str | Path):
@@ -58,11 +64,10 @@ def load_generator(path: str | Path):
 
 
 def generate(generator, num_samples: int, seed: int, batch_size: int = 2000) -> np.ndarray:
-    """num_samples images (N, 784) from N(0, 1) noise drawn with a seeded NumPy generator."""
+    """num_samples images (N, 784) from the same N(0, 1) noise training scores on."""
     import keras
 
-    random_dim = generator.input_shape[1]
-    noise = evaluation_noise(seed, num_samples, random_dim)
+    noise = evaluation_noise(seed, num_samples, generator.input_shape[1])
     batches = [
         keras.ops.convert_to_numpy(generator(noise[start : start + batch_size], training=False))
         for start in range(0, num_samples, batch_size)
@@ -85,134 +90,127 @@ def real_images(dataset, split: str, num_samples: int, seed: int) -> np.ndarray:
     return to_unit_range(pool[np.sort(chosen)])
 
 
-def find_run(run_id: str, tracking_uri: str):
-    """(MlflowClient, Run) for an existing run, or InputError saying where we looked."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+@dataclass
+class RunScoring:
+    """How a run was scored in training, read back from its params."""
 
-    _check_tracking_store(tracking_uri)
-    client = MlflowClient(tracking_uri)
-    try:
-        return client, client.get_run(run_id)
-    except MlflowException as error:
-        raise InputError(
-            f"--run-id: no run {run_id!r} in the tracking store {tracking_uri} ({error.message}). "
-            "Copy the id from the MLflow UI or `mlflow runs search`, and pass --tracking-uri if "
-            "the runs live elsewhere."
-        ) from error
+    run: object
+    num_samples: int
+    seed: int
+    data_name: str
+    data_path: str | None
+    classifier: str | None
 
-
-def score_run(client, run, evaluator: Evaluator, num_samples: int, seed: int):
-    """Download a run's generator, score it, log the scores into the run at its last epoch.
-
-    Returns (Evaluation, step), step being the last step of `g_loss` (0 if none).
-    """
-    from mlflow.exceptions import MlflowException
-
-    run_id = run.info.run_id
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep the report clean
-    with tempfile.TemporaryDirectory() as folder:
+    @classmethod
+    def of(cls, run) -> "RunScoring":
+        params = run.data.params
+        if params.get("eval.enabled") == "False":
+            raise InputError(f"--run-id: run {run.info.run_id} was trained with eval.enabled=false; it has no scores to "
+                             "reproduce. Score its generator with --generator instead.")
         try:
-            local = client.download_artifacts(run_id, GENERATOR_ARTIFACT, folder)
-        except (MlflowException, OSError) as error:
-            raise InputError(
-                f"--run-id: run {run_id} (status {run.info.status}) has no artifact "
-                f"{GENERATOR_ARTIFACT!r} ({error}). Only runs that finished training save the "
-                "generator; pick a finished run."
-            ) from error
-        evaluation = evaluator.evaluate(generate(load_generator(local), num_samples, seed))
-    history = client.get_metric_history(run_id, "g_loss")
-    step = max((metric.step for metric in history), default=0)
-    for name, value in evaluation.scores.items():
-        client.log_metric(run_id, name, value, step=step)
-    return evaluation, step
+            return cls(run, int(params.get("eval.num_samples", 10000)), int(params.get("seed", 0)),
+                       params.get("data.name", "mnist"), params.get("data.path"), params.get("eval.classifier"))
+        except ValueError as error:
+            raise InputError(f"--run-id: run {run.info.run_id} has unreadable params ({error}).") from error
 
 
-def run_seed(run) -> int:
-    """The run's `seed` param (its evaluation noise was drawn with it), else 0."""
+def run_generator(client, run, folder: str):
+    """(generator, epoch) of a run: its final generator, or the last checkpoint's of a run that did not finish."""
+    from mlflow.exceptions import MlflowException
+
+    epochs = int(run.data.params.get("epochs", 0))
     try:
-        return int(run.data.params.get("seed", 0))
-    except ValueError:
-        return 0
+        return load_generator(client.download_artifacts(run.info.run_id, GENERATOR_ARTIFACT, folder)), epochs
+    except (MlflowException, OSError):
+        pass
+    from ganlab import checkpoint
+    from ganlab.models import build_generator
+
+    output_dir = run.data.tags.get("output_dir")
+    if not output_dir:
+        raise InputError(f"--run-id: run {run.info.run_id} ({run.info.status}) has neither {GENERATOR_ARTIFACT} nor a "
+                         "recorded output folder with a checkpoint to score.")
+    found = checkpoint.find(Path(output_dir))
+    generator = build_generator(found.config.model, found.config.random_dim, found.config.dtype)
+    values, _ = checkpoint.load_state(found)
+    for variable, value in zip(generator.variables, values):  # the state starts with G's variables
+        variable.assign(value)
+    return generator, found.epoch
 
 
-def _check_tracking_store(tracking_uri: str) -> None:
-    # MLflow would silently create an empty SQLite store; a missing file means a wrong place.
-    prefix = "sqlite:///"
-    if tracking_uri.startswith(prefix) and not Path(tracking_uri[len(prefix) :]).is_file():
-        raise InputError(
-            f"--tracking-uri: the SQLite store {tracking_uri[len(prefix) :]!r} does not exist. Run "
-            "this command in the directory where you trained (its mlruns/ holds the store) or pass "
-            "--tracking-uri sqlite:////path/to/mlruns/mlflow.db."
-        )
+def score_run(client, run, args) -> tuple[str, dict[str, float], np.ndarray]:
+    """Re-score a run as training did; log `rescore_*` into it at the scored epoch."""
+    scoring = RunScoring.of(run)
+    dataset = load_dataset(scoring.data_name, args.data or scoring.data_path)
+    evaluator = Evaluator.from_dataset(dataset, classifier=classifier_module.load(args.weights or scoring.classifier, dataset=dataset.name),
+                                       cache_dir=args.cache_dir)
+    with tempfile.TemporaryDirectory() as folder:
+        generator, epoch = run_generator(client, run, folder)
+        evaluation = evaluator.evaluate(generate(generator, scoring.num_samples, scoring.seed))
+    run_id = run.info.run_id
+    already = {point.step for point in client.get_metric_history(run_id, scores.rescore(scores.FID))}
+    if args.log and epoch in already:
+        raise InputError(f"--run-id: run {run_id} already holds a re-score at epoch {epoch} "
+                         f"({scores.rescore(scores.FID)}); it is not logged twice. Use --no-log to just print the scores.")
+    if args.log:
+        for name, value in evaluation.scores.items():
+            client.log_metric(run_id, scores.rescore(name), value, step=epoch)
+    title = (f"run {run_id} ({run.info.status}) at epoch {epoch}: {scoring.num_samples} samples (seed {scoring.seed}) "
+             f"vs {evaluator.num_real} real test images of {dataset.source}"
+             + (f"; logged as {scores.RESCORE_PREFIX}<score> at step {epoch}" if args.log else ""))
+    return title, evaluation.scores, evaluation.histogram
 
 
-def format_table(scores: dict[str, float], histogram: np.ndarray | None = None) -> str:
+def format_table(found: dict[str, float], histogram: np.ndarray | None = None) -> str:
     lines = [f"{'score':<18}{'value':>12}   better"]
-    for name in SCORE_NAMES:
-        value = scores[name]
-        shown = f"{int(value)}" if name == "modes_covered" else f"{value:.5g}"
-        lines.append(f"{name:<18}{shown:>12}   {DIRECTION[name]}")
+    for metric in scores.EVALUATION:
+        lines.append(f"{metric.name:<18}{scores.format_value(metric.name, found[metric.name]):>12}   {metric.direction_text}")
     if histogram is not None:
         counts = "  ".join(f"{digit}:{count}" for digit, count in enumerate(histogram))
-        lines.append(f"predicted digits  {counts}")
+        lines.append(f"predicted classes  {counts}")
     return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m ganlab.evaluate",
-        description="Score generated MNIST digits against the 10,000 test images (FID, KID, ...).",
+        description="Score generated digits against the 10,000 test images (FID, KID, precision/recall, ...).",
     )
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--generator", help="a .keras generator: (N, random_dim) noise -> (N, 784) in [-1, 1]")
-    what.add_argument("--run-id", help="a finished MLflow run: score its models/generator.keras, log the scores")
+    what.add_argument("--run-id", help="an MLflow run: re-score it as training did, log rescore_* into it")
     what.add_argument("--real", choices=["train"], help="score real training images (the floor)")
-    parser.add_argument("--data", default=None, help="MNIST .npz (Keras layout) or IDX folder; default: keras.datasets")
-    parser.add_argument("--num-samples", type=int, default=10000)
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=None,
-        help="seeds the noise or the real subset; default 0, or for --run-id the run's own seed "
-        "(which reproduces the scores the run logged at its last epoch)",
-    )
+    parser.add_argument("--data", default=None, help="MNIST .npz (Keras layout) or IDX folder; default: keras.datasets "
+                        "(for --run-id: the run's own data.path)")
+    parser.add_argument("--num-samples", type=int, default=10000, help="for --generator and --real (a run uses its own)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the noise or the real subset (a run uses its own)")
     parser.add_argument("--tracking-uri", default=None, help="default: mlruns/mlflow.db in this directory")
-    parser.add_argument("--weights", default=None, help="classifier weights; default: the shipped ones")
-    parser.add_argument(
-        "--cache-dir", default=None, help="real-statistics cache; default $GANLAB_CACHE_DIR or ~/.cache/ganlab"
-    )
+    parser.add_argument("--no-log", dest="log", action="store_false", help="--run-id: print the scores, log nothing")
+    parser.add_argument("--weights", default=None, help="classifier weights; default: the shipped ones (or the run's)")
+    parser.add_argument("--cache-dir", default=None, help="real-statistics cache; default $GANLAB_CACHE_DIR or ~/.cache/ganlab")
     return parser.parse_args(argv)
 
 
 def run(args: argparse.Namespace) -> str:
     """Do what the arguments say; return the report to print."""
-    if args.num_samples < 1:
-        raise InputError(f"--num-samples must be a positive integer; got {args.num_samples}.")
-    # Check the generator or the run first: a typo should not wait for the real statistics.
-    if args.generator:
-        generator = load_generator(args.generator)
-    elif args.run_id:
-        from ganlab.tracking import default_tracking_uri
-
-        client, mlflow_run = find_run(args.run_id, args.tracking_uri or default_tracking_uri())
+    if not 1 <= args.num_samples <= MAX_SAMPLES:
+        raise InputError(f"--num-samples: got {args.num_samples}; expected 1 to {MAX_SAMPLES:,} (10000 is the standard).")
+    if not 0 <= args.seed < 2**32:
+        raise InputError(f"--seed: got {args.seed}; expected an integer from 0 to 2**32 - 1.")
+    if args.run_id:
+        client, _ = tracking.open_reader(args.tracking_uri)
+        title, found, histogram = score_run(client, tracking.find_run(client, args.run_id), args)
+        return f"{title}\n{format_table(found, histogram)}"
+    generator = load_generator(args.generator) if args.generator else None  # a typo fails before the statistics
     dataset = load_dataset("mnist", args.data)
-    evaluator = Evaluator.from_dataset(
-        dataset, classifier=classifier_module.load(args.weights), cache_dir=args.cache_dir
-    )
+    evaluator = Evaluator.from_dataset(dataset, classifier=classifier_module.load(args.weights), cache_dir=args.cache_dir)
     reference = f"{evaluator.num_real} real test images of {dataset.source}"
-    seed = 0 if args.seed is None else args.seed
-    if args.generator:
-        evaluation = evaluator.evaluate(generate(generator, args.num_samples, seed))
-        title = f"{args.num_samples} samples (seed {seed}) of {args.generator} vs {reference}"
-    elif args.run_id:
-        if args.seed is None:
-            seed = run_seed(mlflow_run)
-        evaluation, step = score_run(client, mlflow_run, evaluator, args.num_samples, seed)
-        title = f"{args.num_samples} samples (seed {seed}) of run {args.run_id} vs {reference} (logged at step {step})"
+    if generator is not None:
+        evaluation = evaluator.evaluate(generate(generator, args.num_samples, args.seed))
+        title = f"{args.num_samples} samples (seed {args.seed}) of {args.generator} vs {reference}"
     else:
-        evaluation = evaluator.evaluate(real_images(dataset, args.real, args.num_samples, seed))
-        title = f"{args.num_samples} real {args.real} images (seed {seed}) vs {reference}"
+        evaluation = evaluator.evaluate(real_images(dataset, args.real, args.num_samples, args.seed))
+        title = f"{args.num_samples} real {args.real} images (seed {args.seed}) vs {reference}"
     return f"{title}\n{format_table(evaluation.scores, evaluation.histogram)}"
 
 

@@ -2,8 +2,8 @@
 
 `Evaluator` holds the classifier (`ganlab.classifier`) and the statistics of a real
 reference set, by default the 10,000 MNIST test images. `Evaluator.score(images)` takes
-generated images in [-1, 1], shaped (N, 784), and returns the MLflow metrics named in
-`ganlab.metrics.SCORE_NAMES`; `Evaluator.evaluate(images)` also returns the predicted-class histogram.
+generated images in [-1, 1], shaped (N, 784), and returns the scores of the registry
+`ganlab.scores.SCORE_NAMES`; `Evaluator.evaluate(images)` also returns the predicted-class histogram.
 
 The real statistics (features, their mean and covariance, logit mean and covariance,
 k-NN radii) cost one forward pass and two 10k x 10k distance sweeps, so they are cached
@@ -26,28 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from ganlab import metrics
+from ganlab.scores import SCORE_NAMES
 from ganlab.classifier import Classifier, softmax
 from ganlab.classifier import load as load_classifier
 from ganlab.data import Dataset, to_unit_range
 from ganlab.errors import InputError
 
 CACHE_FORMAT = 1  # bump when the cached arrays change meaning
-# Which way is better, for tables and for whoever reads the MLflow metrics.
-DIRECTION = {
-    "fid": "lower",
-    "fid_logits": "lower",
-    "classifier_score": "higher (max 10)",
-    "kid": "lower",
-    "kid_std": "spread of kid",
-    "precision": "higher (max 1)",
-    "recall": "higher (max 1)",
-    "density": "higher (~1 = like real)",
-    "coverage": "higher (max 1)",
-    "modes_covered": "higher (max 10)",
-    "kl_uniform": "lower (0 = balanced)",
-}
-
-
 def evaluation_noise(seed: int, num_samples: int, random_dim: int) -> np.ndarray:
     """The noise a generator is scored on: N(0, 1) from a NumPy generator seeded with `seed`.
     Training and `python -m ganlab.evaluate` both draw it here, so a run's seed reproduces its scores."""
@@ -142,20 +127,9 @@ class Evaluator:
             real.features, features, self.density_k, real_radii=real.radii_density
         )
         clock.lap("density_coverage")
-        scores = {
-            "fid": fid,
-            "fid_logits": fid_logits,
-            "classifier_score": class_score,
-            "kid": kid_mean,
-            "kid_std": kid_std,
-            "precision": precision,
-            "recall": recall,
-            "density": density,
-            "coverage": coverage,
-            "modes_covered": float(modes),
-            "kl_uniform": kl_uniform,
-        }
-        return Evaluation(scores, histogram, clock.laps)
+        values = (fid, fid_logits, class_score, kid_mean, kid_std, precision, recall, density, coverage,
+                  float(modes), kl_uniform)  # in the registry's order
+        return Evaluation(dict(zip(SCORE_NAMES, values, strict=True)), histogram, clock.laps)
 
     def _check_generated(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images, dtype=np.float32)
@@ -194,8 +168,8 @@ class Evaluator:
         try:
             with np.load(self.cache_path, allow_pickle=False) as archive:
                 stats = RealStats(**{name: archive[name] for name in RealStats.__dataclass_fields__})
-        except (OSError, ValueError, KeyError, EOFError):
-            return None  # unreadable or older layout: recompute and overwrite
+        except Exception:  # truncated (BadZipFile, EOFError), damaged or an older layout: a cache miss
+            return None  # recomputed and replaced
         self.cache_hit = True
         return stats
 

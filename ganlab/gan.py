@@ -10,19 +10,26 @@ Each step, as in the tutorial:
 The training set lives in a tensor and the random draws come from a seeded
 `tf.random.Generator`, so a step never leaves TensorFlow. The loop knows nothing of
 tracking: it hands an `EpochRecord` per epoch to an optional callback and returns them all.
+
+With `ema` set, the step also keeps an exponential moving average of G's weights (updated
+right after G's step, checkpointed with the rest of the state) for generating and saving
+through `ema_weights()`; it never changes what is trained, and without `ema` the step is
+exactly the plain one above.
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import keras
 import numpy as np
 import tensorflow as tf
-from hydra.errors import CompactHydraException
 from tqdm import tqdm
+
+from ganlab.errors import TrainingDiverged
 
 
 @dataclass
@@ -70,10 +77,6 @@ class EpochRecord:
         }
 
 
-class TrainingDiverged(CompactHydraException, RuntimeError):
-    """A loss became NaN or infinite: the nets can no longer be trained (Hydra prints just this message)."""
-
-
 class GanTrainer:
     """Holds G, D, their optimizers and the training data; runs steps and epochs."""
 
@@ -88,7 +91,10 @@ class GanTrainer:
         learning_rate: float,
         beta_1: float,
         seed: int,
+        ema: float | None = None,
     ):
+        if ema is not None and not (isinstance(ema, (float, np.floating)) and 0 < ema < 1):
+            raise ValueError(f"ema must be None or a float in (0, 1), got {ema!r}")
         self.generator = generator
         self.discriminator = discriminator
         self.batch_size = batch_size
@@ -106,6 +112,12 @@ class GanTrainer:
         self.g_optimizer.build(generator.trainable_variables)
         self.rng = tf.random.Generator.from_seed(seed)
         self.epochs_done = 0
+        # EMA of G's weights: plain copies of G's initial values (nothing random is drawn).
+        self.ema = None if ema is None else float(ema)
+        self.ema_variables = [] if ema is None else [
+            tf.Variable(variable.numpy(), trainable=False, name="ema_" + variable.path.replace("/", "_"))
+            for variable in generator.variables
+        ]
 
     @tf.function
     def train_step(self):
@@ -130,6 +142,9 @@ class GanTrainer:
             g_loss = _bce_from_logits(tf.ones([batch, 1]), fake_logits)
         g_vars = self.generator.trainable_variables
         self.g_optimizer.apply_gradients(zip(tape.gradient(g_loss, g_vars), g_vars))
+        if self.ema is not None:  # decided when tracing: without EMA the step has no extra op
+            for average, variable in zip(self.ema_variables, self.generator.variables):
+                average.assign(self.ema * average + (1 - self.ema) * variable.value)
 
         probabilities = tf.sigmoid(logits)
         return d_loss, g_loss, tf.reduce_mean(probabilities[:batch]), tf.reduce_mean(probabilities[batch:])
@@ -140,6 +155,7 @@ class GanTrainer:
             *self.generator.variables, *self.discriminator.variables,  # weights and dropout seed states
             *self.g_optimizer.variables, *self.d_optimizer.variables,
             self.rng.state,
+            *self.ema_variables,  # empty without EMA
         ]
 
     def get_state(self) -> list[np.ndarray]:
@@ -205,8 +221,27 @@ class GanTrainer:
             records.append(record)
         return records
 
-    def generate(self, noise: np.ndarray, batch_size: int = 2000) -> np.ndarray:
-        """Images in [-1, 1], shape (N, 784), from the given noise (inference mode)."""
+    @contextmanager
+    def ema_weights(self) -> Iterator[keras.Model]:
+        """`with trainer.ema_weights(): ...` runs the body with G holding the EMA weights
+        (to generate or save with them); G gets its live weights back afterwards, also on errors."""
+        if self.ema is None:
+            raise ValueError("EMA weights asked for, but this trainer keeps no EMA of G's weights (it was built with ema=None)")
+        live = [np.array(variable.numpy()) for variable in self.generator.variables]
+        try:
+            for variable, average in zip(self.generator.variables, self.ema_variables):
+                variable.assign(average)
+            yield self.generator
+        finally:
+            for variable, value in zip(self.generator.variables, live):
+                variable.assign(value)
+
+    def generate(self, noise: np.ndarray, batch_size: int = 2000, ema: bool = False) -> np.ndarray:
+        """Images in [-1, 1], shape (N, 784), from the given noise (inference mode);
+        with `ema=True` from the EMA weights (ValueError if the trainer keeps none)."""
+        if ema:
+            with self.ema_weights():
+                return self.generate(noise, batch_size)
         batches = [self.generator(noise[i : i + batch_size], training=False).numpy() for i in range(0, len(noise), batch_size)]
         return np.concatenate(batches)
 

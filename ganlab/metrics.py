@@ -19,11 +19,6 @@ from __future__ import annotations
 
 import numpy as np
 
-# The scores an evaluation reports, under their MLflow metric names.
-SCORE_NAMES = (
-    "fid", "fid_logits", "classifier_score", "kid", "kid_std", "precision", "recall",
-    "density", "coverage", "modes_covered", "kl_uniform",
-)
 BLOCK_ELEMENTS = 1 << 22  # entries of one float32 distance block: 16 MB
 
 

@@ -4,7 +4,7 @@ G: noise (random_dim) -> Dense 256 -> LeakyReLU -> Dense 512 -> LeakyReLU -> Den
 -> LeakyReLU -> Dense 784 tanh. D: image (784) -> Dense 1024 -> LeakyReLU -> Dropout ->
 Dense 512 -> LeakyReLU -> Dropout -> Dense 256 -> LeakyReLU -> Dropout -> Dense 1.
 
-With `model.precision: bf16` the hidden layers compute in bfloat16 (Keras' mixed_bfloat16
+With `dtype: bf16` the hidden layers compute in bfloat16 (Keras' mixed_bfloat16
 policy: float32 weights, bfloat16 math) while each net's output layer stays float32, so
 images and logits, and the losses computed from them, keep full precision.
 
@@ -22,11 +22,17 @@ IMAGE_SIZE = 28 * 28
 HIDDEN_DTYPE = {"fp32": "float32", "bf16": "mixed_bfloat16"}
 
 
-def build_generator(model_cfg) -> keras.Sequential:
+def build_nets(cfg) -> tuple[keras.Sequential, keras.Sequential]:
+    """G and D of a job's config: the `model` group plus the top-level knobs they use."""
+    return (build_generator(cfg.model, cfg.random_dim, cfg.dtype),
+            build_discriminator(cfg.model, cfg.dropout, cfg.dtype))
+
+
+def build_generator(model_cfg, random_dim: int, dtype: str = "fp32") -> keras.Sequential:
     """Noise vectors (N, random_dim) -> images (N, 784) in [-1, 1]."""
-    hidden = HIDDEN_DTYPE[model_cfg.precision]
+    hidden = HIDDEN_DTYPE[dtype]
     net = keras.Sequential(name="generator")
-    net.add(keras.Input(shape=(model_cfg.random_dim,), name="noise"))
+    net.add(keras.Input(shape=(random_dim,), name="noise"))
     for index, units in enumerate(model_cfg.generator_units):
         net.add(keras.layers.Dense(units, kernel_initializer=_kernel_init(model_cfg, index), dtype=hidden))
         net.add(keras.layers.LeakyReLU(negative_slope=model_cfg.leaky_relu_slope, dtype=hidden))
@@ -34,15 +40,15 @@ def build_generator(model_cfg) -> keras.Sequential:
     return net
 
 
-def build_discriminator(model_cfg) -> keras.Sequential:
+def build_discriminator(model_cfg, dropout: float, dtype: str = "fp32") -> keras.Sequential:
     """Images (N, 784) -> one logit each: log-odds that the image is real."""
-    hidden = HIDDEN_DTYPE[model_cfg.precision]
+    hidden = HIDDEN_DTYPE[dtype]
     net = keras.Sequential(name="discriminator")
     net.add(keras.Input(shape=(IMAGE_SIZE,), name="image"))
     for index, units in enumerate(model_cfg.discriminator_units):
         net.add(keras.layers.Dense(units, kernel_initializer=_kernel_init(model_cfg, index), dtype=hidden))
         net.add(keras.layers.LeakyReLU(negative_slope=model_cfg.leaky_relu_slope, dtype=hidden))
-        net.add(keras.layers.Dropout(model_cfg.dropout, dtype=hidden))
+        net.add(keras.layers.Dropout(dropout, dtype=hidden))
     net.add(keras.layers.Dense(1, name="logit", dtype="float32"))
     return net
 

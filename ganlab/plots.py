@@ -97,17 +97,24 @@ def save_sweep_heatmap(rows: list[dict], row_key: str, column_key: str, metric: 
     return _save(fig, path)
 
 
-def save_montage(image_files: list[Path], labels: list[str], path: str | Path) -> Path:
-    """Several PNGs side by side (up to 4 per row), each with its label above it."""
+def save_montage(image_files: list[Path], labels: list[str], path: str | Path, title: str | None = None) -> Path:
+    """Several PNGs side by side (up to 4 per row), each with its label above it, inside the picture."""
     columns = min(4, len(image_files))
     rows = int(np.ceil(len(image_files) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 4.3 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 4.4 * rows + (0.5 if title else 0)),
+                             squeeze=False, layout="constrained")  # constrained: titles never leave the canvas
     for ax in axes.flat:
         ax.axis("off")
     for ax, file, label in zip(axes.flat, image_files, labels):
         ax.imshow(plt.imread(file))
         ax.set_title(label, fontsize=10)
-    return _save(fig, path)
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def _numeric_first(value):

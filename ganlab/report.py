@@ -1,12 +1,19 @@
-"""Tables of a sweep's scores: mean and standard deviation over seeds, at chosen epochs.
+"""Compare a sweep's groups across seeds: tables with confidence intervals, difference tests, plots.
 
-    python -m ganlab.report --experiment baseline --epochs 1,5,10,25 --by precision --out docs/baseline
+    python -m ganlab.report --experiment ganlab --by dropout,label_smoothing --epochs 5,10 --out report
+    python -m ganlab.report --by dropout --reference dropout=0.3 --metrics fid,recall
 
 Reads the child runs of a sweep's parent run (the newest sweep of the experiment unless
-`--parent` names one), groups them by the params named in `--by` (the remaining
-variation, usually `seed`, becomes the error bar), and writes `scores.md` and
-`scores.csv` (metric at each epoch: mean ± std over the group's runs) and
-`samples_<group>.png` (the first run's sample grids at those epochs side by side).
+`--parent` names one), groups them by the params named in `--by` (the runs of a group
+differ only in `seed`: the seeds are the replicates) and writes into `--out`:
+- `comparison.csv` / `comparison.md`: per group, metric and epoch the mean, std and 95%
+  confidence interval over seeds, and each group's difference from the reference group
+  (`--reference`, default the tutorial's dropout 0.3 / label_smoothing 0.1 when those are
+  grouped) with its Welch 95% interval, p-value and the seeds per group needed to detect
+  it (80% power); `comparison_<metric>.png`: mean against epoch per group with the band;
+- `scores.md` / `scores.csv`: mean ± std per group at the chosen epochs;
+- `samples_<group>.png`: the first run's sample grids at those epochs side by side.
+Only reads: it never creates a store or an experiment.
 """
 
 from __future__ import annotations
@@ -18,41 +25,68 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ganlab import plots, tracking
+from ganlab import comparison, plots, scores, tracking
 from ganlab.errors import InputError
 
-DEFAULT_METRICS = ("fid", "classifier_score", "modes_covered", "precision", "recall")
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m ganlab.report", description=__doc__.splitlines()[0])
+    parser.add_argument("--experiment", default="ganlab")
+    parser.add_argument("--tracking-uri", default=None, help="default: sqlite:///<cwd>/mlruns/mlflow.db")
+    parser.add_argument("--parent", default=None, help="the sweep's parent run id (default: the newest sweep)")
+    parser.add_argument("--by", default="", help="comma-separated params that make the groups, e.g. dropout,label_smoothing")
+    parser.add_argument("--reference", default=None, help="the group others are compared with, KEY=VALUE[,KEY=VALUE]")
+    parser.add_argument("--epochs", default="1,5,10,25,50", help="epochs for scores.md and the sample montage")
+    parser.add_argument("--metrics", default=",".join(scores.HEADLINE))
+    parser.add_argument("--out", default="report")
+    return parser.parse_args(argv)
 
 
-def sweep_children(client, experiment_id: str, parent: str | None):
-    if parent is None:
-        parents = client.search_runs([experiment_id], filter_string="tags.`sweep.parent` = 'true'",
-                                     order_by=["attributes.start_time DESC"], max_results=1)
-        if not parents:
-            raise InputError("--parent: the experiment has no sweep; run one with -m, or name a parent run id.")
-        parent = parents[0].info.run_id
-    children = client.search_runs([experiment_id], filter_string=f"tags.`{tracking.PARENT_RUN_TAG}` = '{parent}'",
-                                  max_results=10000)
-    if not children:
-        raise InputError(f"--parent: run {parent} has no child runs.")
-    return parent, children
+def parse_reference(text: str | None, keys: list[str]) -> dict[str, str] | None:
+    if not text:
+        return None
+    pairs = [item.partition("=") for item in text.split(",") if item]
+    reference = {key: value for key, _, value in pairs}
+    if any(not sep or not value for _, sep, value in pairs) or set(reference) - set(keys):
+        raise InputError(f"--reference: got {text!r}; expected KEY=VALUE pairs of the --by keys ({', '.join(keys) or 'none'}).")
+    return reference
 
 
-def metric_at(client, run_id: str, metric: str, epoch: int) -> float | None:
-    values = [point.value for point in client.get_metric_history(run_id, metric) if point.step == epoch]
-    return values[-1] if values else None
+def grouped_runs(children, keys) -> dict[str, list]:
+    groups: dict[str, list] = {}
+    for run in children:
+        if run.info.status == "FINISHED":
+            label = comparison.group_label({key: run.data.params.get(key, "") for key in keys}, keys) or "all runs"
+            groups.setdefault(label, []).append(run)
+    return groups
 
 
-def summarize(client, runs, metrics, epochs) -> list[dict]:
-    """One row per (epoch, metric): mean, std and count over `runs` (missing epochs skipped)."""
-    rows = []
-    for epoch in epochs:
-        for metric in metrics:
-            values = [v for v in (metric_at(client, run.info.run_id, metric, epoch) for run in runs) if v is not None]
-            if values:
-                std = statistics.stdev(values) if len(values) > 1 else 0.0
-                rows.append({"epoch": epoch, "metric": metric, "mean": statistics.fmean(values), "std": std, "runs": len(values)})
-    return rows
+def observations(client, groups: dict[str, list], keys, metrics) -> tuple[list, dict]:
+    """Every logged value of `metrics` per run (histories fetched once per run and metric)."""
+    found, histories = [], {}
+    for runs in groups.values():
+        for run in runs:
+            histories[run.info.run_id] = tracking.metric_histories(client, run.info.run_id, metrics)
+            group = {key: run.data.params.get(key, "") for key in keys}
+            for metric, history in histories[run.info.run_id].items():
+                found += [comparison.Observation(group, run.data.params.get("seed", ""), metric, step, value)
+                          for step, value in history.items()]
+    return found, histories
+
+
+def score_tables(groups, histories, metrics, epochs) -> dict[str, list[dict]]:
+    """mean ± std per group, epoch and metric (epochs a run lacks are skipped)."""
+    tables = {}
+    for label, runs in groups.items():
+        rows = []
+        for epoch in epochs:
+            for metric in metrics:
+                values = [histories[run.info.run_id][metric][epoch] for run in runs if epoch in histories[run.info.run_id][metric]]
+                if values:
+                    std = statistics.stdev(values) if len(values) > 1 else 0.0
+                    rows.append({"epoch": epoch, "metric": metric, "mean": statistics.fmean(values), "std": std, "runs": len(values)})
+        tables[label] = rows
+    return tables
 
 
 def markdown(groups: dict[str, list[dict]], metrics, epochs) -> str:
@@ -70,60 +104,75 @@ def markdown(groups: dict[str, list[dict]], metrics, epochs) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--experiment", default="ganlab")
-    parser.add_argument("--tracking-uri", default=None, help="default: sqlite:///<cwd>/mlruns/mlflow.db")
-    parser.add_argument("--parent", default=None, help="the sweep's parent run id (default: the newest sweep)")
-    parser.add_argument("--by", default="", help="comma-separated params that make the groups, e.g. precision")
-    parser.add_argument("--epochs", default="1,5,10,25,50")
-    parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS))
-    parser.add_argument("--out", default="report")
-    args = parser.parse_args(argv)
+def write_sample_montages(client, groups, keys, epochs, out: Path) -> None:
+    with tempfile.TemporaryDirectory() as scratch:
+        for runs in groups.values():
+            grids, titles = [], []
+            for epoch in epochs:
+                try:
+                    local = client.download_artifacts(runs[0].info.run_id, f"samples/epoch_{epoch:03d}.png", scratch)
+                except Exception:  # that epoch was not trained or not evaluated
+                    continue
+                grids.append(Path(local).rename(Path(scratch) / f"{len(grids)}.png"))
+                titles.append(f"epoch {epoch}")
+            if grids:
+                name = "samples" + ("_" + "_".join(str(runs[0].data.params.get(key)) for key in keys) if keys else "")
+                plots.save_montage(grids, titles, out / f"{name}.png")
+
+
+def run(args) -> str:
     try:
         epochs = [int(epoch) for epoch in args.epochs.split(",")]
     except ValueError:
-        print(f"error: --epochs: expected comma-separated integers, got {args.epochs!r}", file=sys.stderr)
-        return 2
-    metrics = [metric for metric in args.metrics.split(",") if metric]
-    keys = [key for key in args.by.split(",") if key]
+        raise InputError(f"--epochs: expected comma-separated integers, got {args.epochs!r}.") from None
     try:
-        client, experiment_id = tracking.open_store(args.tracking_uri, args.experiment)
-        parent, children = sweep_children(client, experiment_id, args.parent)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    finished = [run for run in children if run.info.status == "FINISHED"]
-    grouped: dict[str, list] = {}
-    for run in sorted(finished, key=lambda r: int(r.data.tags.get("sweep.job_num", 0))):
-        label = ", ".join(f"{key}={run.data.params.get(key)}" for key in keys) or "all runs"
-        grouped.setdefault(label, []).append(run)
+        metrics = scores.check_names([m for m in args.metrics.split(",") if m], "--metrics")
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    keys = [key for key in args.by.split(",") if key]
+    client, experiment_id = tracking.open_reader(args.tracking_uri, args.experiment)
+    parent, children = tracking.sweep_children(client, experiment_id, args.parent)
+    if not children:
+        raise InputError(f"--parent: run {parent} has no child runs.")
+    groups = grouped_runs(children, keys)
+    if not groups:
+        raise InputError(f"sweep {parent} has no finished runs to compare.")
+    reference = parse_reference(args.reference, keys)
+    found, histories = observations(client, groups, keys, metrics)
+    if reference is None:
+        reference = comparison.default_reference([{k: r.data.params.get(k, "") for k in keys} for rs in groups.values() for r in rs], keys)
+    try:
+        rows = comparison.compare(found, keys, reference, metrics=metrics)
+    except ValueError as error:
+        raise InputError(f"--reference: {error}") from None
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tables = {label: summarize(client, runs, metrics, epochs) for label, runs in grouped.items()}
-    text = f"Sweep {parent}: {len(finished)} finished runs; mean ± std over the runs of each group.\n\n"
-    text += markdown({f"{label} ({len(grouped[label])} runs)": rows for label, rows in tables.items()}, metrics, epochs)
+    comparison.write_csv(rows, out / "comparison.csv")
+    comparison.write_markdown(rows, out / "comparison.md", {m: scores.direction(m) for m in metrics})
+    for metric in metrics:
+        comparison.plot_metric(rows, metric, out / f"comparison_{metric}.png")
+    finished = sum(len(runs) for runs in groups.values())
+    tables = score_tables(groups, histories, metrics, epochs)
+    text = f"Sweep {parent}: {finished} finished runs; mean ± std over the runs of each group.\n\n"
+    text += markdown({f"{label} ({len(groups[label])} runs)": rows for label, rows in tables.items()}, metrics, epochs)
     (out / "scores.md").write_text(text)
     with open(out / "scores.csv", "w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=["group", "epoch", "metric", "mean", "std", "runs"])
         writer.writeheader()
-        for label, rows in tables.items():
-            writer.writerows({"group": label, **row} for row in rows)
-    with tempfile.TemporaryDirectory() as scratch:
-        for label, runs in grouped.items():
-            grids, titles = [], []
-            for epoch in epochs:
-                try:
-                    grids.append(Path(client.download_artifacts(runs[0].info.run_id, f"samples/epoch_{epoch:03d}.png", scratch)).rename(Path(scratch) / f"{len(grids)}.png"))
-                    titles.append(f"epoch {epoch}")
-                except Exception:  # that epoch was not trained or not evaluated
-                    continue
-            if grids:
-                name = "samples" + ("_" + "_".join(str(runs[0].data.params.get(key)) for key in keys) if keys else "")
-                plots.save_montage(grids, titles, out / f"{name}.png")
-    print(text)
-    print(f"written to {out}/")
+        for label, table in tables.items():
+            writer.writerows({"group": label, **row} for row in table)
+    write_sample_montages(client, groups, keys, epochs, out)
+    return text + f"\nwritten to {out}/ (comparison.csv, comparison.md, comparison_<metric>.png, scores.md, samples_*.png)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        print(run(args))
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,37 +1,61 @@
-"""MLflow tracking for ganlab jobs: the store, one run per job, sweep parent runs.
+"""The one way into MLflow: open a store, find a run, list a sweep's children, run a job's run.
 
 Everything goes through an explicit `MlflowClient` (no global active run), so a failed
-job cannot leak its run into the next job of the same process. The default store is a
-SQLite database in `mlruns/` of the directory the command runs in, with artifacts in
-`mlruns/artifacts/` given as an absolute location, so `mlflow ui` finds them from
-anywhere. Nothing here imports TensorFlow.
+job cannot leak its run into the next job of the same process. Writers open a store
+with `open_store` (creating the SQLite file, schema and experiment under a file lock);
+readers use `open_reader`, which never creates anything. The default store is a SQLite
+database in `mlruns/` of the directory the command runs in, with artifacts in
+`mlruns/artifacts/<experiment>/` given as an absolute location, so `mlflow ui` finds
+them from anywhere. Calls to a tracking server are bounded in time (see
+`bound_server_waits`). Nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
 
 import fcntl
+import getpass
 import logging
+import os
 import platform
 import subprocess
 import time
 import traceback
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig, OmegaConf
 
 from ganlab.errors import InputError
 
 log = logging.getLogger(__name__)
+logging.getLogger("mlflow").setLevel(logging.WARNING)  # MLflow sets INFO when imported: no schema-migration chatter
 
 PARENT_RUN_TAG = "mlflow.parentRunId"
-PACKAGES = ("tensorflow", "keras", "mlflow", "hydra-core", "numpy")
+NOTE_TAG = "mlflow.note.content"  # a run's description, rendered as Markdown by the UI
+SWEEP_PARENT_TAG = "sweep.parent"
+PACKAGES = ("tensorflow", "keras", "mlflow", "hydra-core", "numpy", "scipy")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SERVER_TIMEOUT_S = 10
+# Bounded waits on a tracking server (each can be overridden in the environment): a
+# request gives up after 10 s and is retried once, so a server whose API hangs fails a
+# job within about half a minute instead of MLflow's default of many minutes.
+SERVER_WAIT_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # no download bars in the console
+}
+
+
+def bound_server_waits() -> None:
+    for name, value in SERVER_WAIT_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+bound_server_waits()
 
 
 def default_tracking_uri(root: str | Path | None = None) -> str:
@@ -44,8 +68,24 @@ def resolve_uri(uri: str | None) -> str:
     return uri or default_tracking_uri()
 
 
+def ui_hint(uri: str | None, experiment_id: str | None = None, run_id: str | None = None) -> str:
+    """Two lines: the `mlflow ui` command for this store and the URL of the run (or experiment)."""
+    uri = resolve_uri(uri)
+    if uri.startswith(("http://", "https://")):
+        base, command = uri.rstrip("/"), None
+    else:
+        base, command = "http://127.0.0.1:5000", f"mlflow ui --backend-store-uri {uri} --port 5000"
+    url = f"{base}/#/experiments/{experiment_id}" if experiment_id else base
+    if experiment_id and run_id:
+        url += f"/runs/{run_id}"
+    elif experiment_id:
+        url += "?workflowType=machine_learning"  # MLflow 3 opens on the GenAI overview otherwise
+    lines = ([f"look at it: {command}"] if command else []) + [f"then open {url}"]
+    return "\n".join(lines)
+
+
 def open_store(uri: str | None, experiment: str) -> tuple[MlflowClient, str]:
-    """Client and experiment id for `experiment` at `uri`, creating both if needed.
+    """Client and experiment id for `experiment` at `uri`, creating both if needed (for writers).
 
     A SQLite store's file, schema and experiment are created under a file lock, so jobs
     and sweeps started at the same moment never race on a migration. A server URI is
@@ -55,7 +95,7 @@ def open_store(uri: str | None, experiment: str) -> tuple[MlflowClient, str]:
     if uri.startswith(("http://", "https://")):
         check_server(uri)
     if not uri.startswith("sqlite:///"):
-        return _get_or_create_experiment(MlflowClient(tracking_uri=uri), experiment, None)
+        return _store_call(uri, lambda: _get_or_create_experiment(MlflowClient(tracking_uri=uri), experiment, None))
     db_file = Path(uri.removeprefix("sqlite:///"))
     try:
         db_file.parent.mkdir(parents=True, exist_ok=True)
@@ -65,7 +105,40 @@ def open_store(uri: str | None, experiment: str) -> tuple[MlflowClient, str]:
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         artifact_location = (db_file.parent / "artifacts" / experiment).as_uri()
-        return _get_or_create_experiment(MlflowClient(tracking_uri=uri), experiment, artifact_location)
+        return _store_call(uri, lambda: _get_or_create_experiment(MlflowClient(tracking_uri=uri), experiment, artifact_location))
+
+
+def open_reader(uri: str | None, experiment: str | None = None, option: str = "--tracking-uri") -> tuple[MlflowClient, str | None]:
+    """Client (and the experiment's id) of an existing store; never creates a store or an experiment."""
+    uri = resolve_uri(uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise InputError(
+            f"{option}: the SQLite store {uri.removeprefix('sqlite:///')!r} does not exist. Run this command "
+            "in the directory where you trained (its mlruns/ holds the store) or pass "
+            f"{option} sqlite:////path/to/mlruns/mlflow.db."
+        )
+    if uri.startswith(("http://", "https://")):
+        check_server(uri)
+    client = MlflowClient(tracking_uri=uri)
+    if experiment is None:
+        return client, None
+    found = _store_call(uri, lambda: client.get_experiment_by_name(experiment))
+    if found is None:
+        names = sorted(e.name for e in _store_call(uri, client.search_experiments))
+        raise InputError(f"--experiment: no experiment {experiment!r} in {uri}; it holds: {', '.join(names) or 'none'}.")
+    return client, found.experiment_id
+
+
+def _store_call(uri: str, call):
+    """Run one store call; a broken store or a failing server becomes an InputError naming the URI."""
+    try:
+        return call()
+    except MlflowException as error:
+        raise InputError(f"tracking.uri: the MLflow store {uri} failed ({error.message.splitlines()[0][:300]}).") from error
+    except Exception as error:  # SQLAlchemy's errors for a file that is not a database, and the like
+        if type(error).__module__.startswith(("sqlalchemy", "requests", "urllib3")):
+            raise InputError(f"tracking.uri: the MLflow store {uri} cannot be used ({type(error).__name__}: {str(error).splitlines()[0][:300]}).") from error
+        raise
 
 
 def _get_or_create_experiment(client: MlflowClient, experiment: str, artifact_location: str | None):
@@ -95,17 +168,60 @@ def check_server(uri: str) -> None:
         ) from error
 
 
-def find_run(uri: str | None, experiment: str, run_id: str):
-    """The run `run_id` in the store, or InputError saying where it was looked for."""
-    client, _ = open_store(uri, experiment)
+def find_run(client: MlflowClient, run_id: str, option: str = "--run-id"):
+    """The run `run_id`, or InputError saying where it was looked for."""
     try:
         return client.get_run(run_id)
     except MlflowException as error:
-        raise InputError(f"resume: no MLflow run {run_id!r} in {resolve_uri(uri)}.") from error
+        raise InputError(f"{option}: no MLflow run {run_id!r} in {client.tracking_uri}.") from error
+
+
+def sweep_children(client: MlflowClient, experiment_id: str, parent_id: str | None = None):
+    """(parent run id, child runs in job order) of a sweep; the newest sweep when `parent_id` is None."""
+    if parent_id is None:
+        parents = client.search_runs([experiment_id], filter_string=f"tags.`{SWEEP_PARENT_TAG}` = 'true'",
+                                     order_by=["attributes.start_time DESC"], max_results=1)
+        if not parents:
+            raise InputError("--parent: the experiment has no sweep; run one with -m, or name a parent run id.")
+        parent_id = parents[0].info.run_id
+    children = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent_id}'",
+                                  max_results=10000)
+    return parent_id, sorted(children, key=lambda child: int(child.data.tags.get("sweep.job_num", 0)))
+
+
+def metric_histories(client: MlflowClient, run_id: str, names) -> dict[str, dict[int, float]]:
+    """{metric: {step: value}} of one run, each history fetched once (the last value of a step wins)."""
+    return {name: {point.step: point.value for point in client.get_metric_history(run_id, name)} for name in names}
+
+
+# Short names for run names, where a knob's full name would not fit the UI's column.
+SHORT_KEYS = {"label_smoothing": "ls", "optimizer.lr": "lr", "optimizer.beta_1": "beta_1", "eval.num_samples": "n_eval"}
+RUN_NAME_LENGTH = 40
+
+
+def run_name(overrides, keys=None) -> str:
+    """A short run name from `key=value` overrides: only `keys` (a sweep's swept keys) if given,
+    never paths or tracking keys; e.g. `dropout=0.1 ls=0`. At most RUN_NAME_LENGTH characters."""
+    parts = []
+    for item in overrides:
+        key, _, value = item.partition("=")
+        key = key.lstrip("+~")
+        if (keys is not None and key not in keys) or key.startswith(("data.path", "tracking.", "hydra", "resume")):
+            continue
+        parts.append(f"{SHORT_KEYS.get(key, key)}={_short_value(value)}")
+    name = " ".join(parts) or "default"
+    return name if len(name) <= RUN_NAME_LENGTH else name[: RUN_NAME_LENGTH - 1] + "~"
+
+
+def _short_value(value: str) -> str:
+    try:
+        return format(float(value), "g") if "." in value or "e" in value.lower() else value
+    except ValueError:
+        return value
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
-    """{'model': {'dropout': 0.3}} -> {'model.dropout': 0.3}; lists stay values."""
+    """{'model': {'name': 'mlp'}} -> {'model.name': 'mlp'}; lists stay values."""
     flat = {}
     for key, value in config.items():
         name = f"{prefix}{key}"
@@ -116,15 +232,29 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def resolved_config(cfg: DictConfig) -> dict:
-    """The job's config with interpolations resolved, without Hydra's own section."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    container.pop("hydra", None)
-    return container
+# Config keys that say where and how a job runs, not what it trains: kept in config.yaml, not params.
+NOT_PARAMS = ("tracking.", "resume", "checkpoint.")
+
+
+def run_params(config: dict) -> dict[str, Any]:
+    """A run's params: one per knob the run used, from the resolved config.
+
+    Nulls are left out (the job logs the value it resolved them to, e.g. steps_per_epoch
+    and threads), as are the tracking and resume keys and, with evaluation off, the
+    evaluation settings.
+    """
+    params = {}
+    for key, value in flatten(config).items():
+        if value is None or key.startswith(NOT_PARAMS):
+            continue
+        if key.startswith("eval.") and key != "eval.enabled" and not config.get("eval", {}).get("enabled", True):
+            continue
+        params[key] = value
+    return params
 
 
 def environment_tags() -> dict[str, str]:
-    """Git commit and dirtiness of the code, and versions of what ran it."""
+    """Git commit and dirtiness of the code, versions of what ran it, and who and what started it."""
     tags = {"version.python": platform.python_version(), "version.ganlab": _version("ganlab")}
     for package in PACKAGES:
         tags[f"version.{package}"] = _version(package)
@@ -133,28 +263,23 @@ def environment_tags() -> dict[str, str]:
     tags["git.dirty"] = dirty
     if commit != "unknown":
         tags["mlflow.source.git.commit"] = commit
+    tags["mlflow.user"] = _user()
     return tags
 
 
 class JobRun:
-    """One MLflow run for one training job, closed with the right status whatever happens.
+    """One MLflow run for one job, closed with the right status whatever happens.
 
     Use as a context manager: on a normal exit the run ends FINISHED; on an exception it
     ends FAILED (KILLED for Ctrl-C or SIGTERM) with a `failure_reason` tag and an
-    `error.txt` artifact, and the exception goes on. Metrics logged before stay.
+    `error.txt` artifact, and the exception goes on. Metrics logged before stay. Once the
+    run exists, any failure, even while it is being opened or closed, still ends it:
+    every step of closing is best-effort and none can stop `set_terminated`.
     """
 
-    def __init__(
-        self,
-        cfg: DictConfig,
-        output_dir: Path,
-        run_name: str,
-        tags: dict[str, str],
-        parent_run_id: str | None = None,
-        log_file: Path | None = None,
-        resume_run_id: str | None = None,
-    ):
-        self.cfg = cfg
+    def __init__(self, uri: str | None, experiment: str, output_dir: Path, run_name: str, tags: dict[str, Any],
+                 parent_run_id: str | None = None, log_file: Path | None = None, resume_run_id: str | None = None):
+        self.uri, self.experiment = uri, experiment
         self.output_dir = Path(output_dir)
         self.run_name = run_name
         self.tags = {key: str(value) for key, value in tags.items()}  # a server takes strings only
@@ -163,26 +288,39 @@ class JobRun:
         self.log_file = log_file
         self.resume_run_id = resume_run_id
         self.client: MlflowClient | None = None
+        self.experiment_id: str | None = None
         self.run_id: str | None = None
+        self._closers: list = []  # called first when the run ends (e.g. a system-metrics monitor)
 
     def __enter__(self) -> "JobRun":
-        self.client, experiment_id = open_store(self.cfg.tracking.uri, self.cfg.tracking.experiment)
+        self.client, self.experiment_id = open_store(self.uri, self.experiment)
+        tags = {**environment_tags(), **self.tags}
         if self.resume_run_id:  # the same run goes on: params stay as first logged
             self.run_id = self.resume_run_id
-            self.client.update_run(self.run_id, status="RUNNING")
-            self.set_tags({**environment_tags(), **self.tags})
-            log.info("MLflow run %s resumed in %s", self.run_id, resolve_uri(self.cfg.tracking.uri))
-            return self
-        run = self.client.create_run(experiment_id, run_name=self.run_name, tags={**environment_tags(), **self.tags})
-        self.run_id = run.info.run_id
-        log.info("MLflow run %s (%s) in %s", self.run_id, self.run_name, resolve_uri(self.cfg.tracking.uri))
-        config = resolved_config(self.cfg)
-        self.log_params(flatten(config))
-        config_file = self.output_dir / "config.yaml"
-        config_file.parent.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(OmegaConf.create(config), config_file)
-        self.log_artifact(config_file)
+            self._guarded(lambda: (self.client.update_run(self.run_id, status="RUNNING"), self.set_tags(tags)))
+            log.info("MLflow run %s resumed in %s", self.run_id, resolve_uri(self.uri))
+        else:
+            run = _store_call(resolve_uri(self.uri), lambda: self.client.create_run(self.experiment_id, run_name=self.run_name, tags=tags))
+            self.run_id = run.info.run_id
+            log.info("MLflow run %s (%s) in %s", self.run_id, self.run_name, resolve_uri(self.uri))
         return self
+
+    def _guarded(self, action) -> None:
+        """Do `action` while opening; if it fails the run is closed FAILED before the error goes on."""
+        try:
+            action()
+        except BaseException as error:
+            self.__exit__(type(error), error, error.__traceback__)
+            raise
+
+    def start(self, params: dict[str, Any], config_file: Path | None = None) -> None:
+        """The first logging of a new run: its params and resolved config."""
+        self.log_params(params)
+        if config_file is not None:
+            self.log_artifact(config_file)
+
+    def on_close(self, action) -> None:
+        self._closers.append(action)
 
     def log_params(self, params: dict[str, Any]) -> None:
         items = [Param(key, str(value)) for key, value in params.items()]
@@ -197,6 +335,10 @@ class JobRun:
         items = [Metric(key, float(value), now, step) for key, value in metrics.items()]
         self.client.log_batch(self.run_id, metrics=items)
 
+    def log_image(self, image, key: str, step: int) -> None:
+        """An image under `key` at `step`: the UI shows it with a step slider and side by side in Compare."""
+        self.client.log_image(self.run_id, image, key=key, step=step)
+
     def logged_steps(self, metric: str) -> set[int]:
         return {point.step for point in self.client.get_metric_history(self.run_id, metric)}
 
@@ -206,31 +348,35 @@ class JobRun:
     def __exit__(self, error_type, error, trace) -> bool:
         if self.run_id is None:
             return False
+        for close in self._closers:
+            self._safely(close)
         if error is None:
             status = RunStatus.FINISHED
         else:
             interrupted = isinstance(error, KeyboardInterrupt)
             status = RunStatus.KILLED if interrupted else RunStatus.FAILED
             reason = "interrupted (Ctrl-C or SIGTERM)" if interrupted else f"{type(error).__name__}: {error}"
-            log.error("run %s %s: %s", self.run_id, RunStatus.to_string(status), reason)
+            log.info("run %s ends %s", self.run_id, RunStatus.to_string(status))
             error_file = self.output_dir / "error.txt"
-            error_file.write_text("".join(traceback.format_exception(error_type, error, trace)))
+            self._safely(lambda: error_file.write_text("".join(traceback.format_exception(error_type, error, trace))))
             self._safely(lambda: self.set_tags({"failure_reason": reason[:5000]}))
-            self._safely(lambda: self.log_artifact(error_file))
+            if error_file.is_file():
+                self._safely(lambda: self.log_artifact(error_file))
         if self.log_file is not None and Path(self.log_file).exists():
             for handler in logging.getLogger().handlers:
-                handler.flush()
+                self._safely(handler.flush)
             self._safely(lambda: self.log_artifact(Path(self.log_file)))
-        self.client.set_terminated(self.run_id, RunStatus.to_string(status))
+        self._safely(lambda: self.client.set_terminated(self.run_id, RunStatus.to_string(status)))
         return False
 
     @staticmethod
     def _safely(action) -> None:
-        # While closing a failed run, a second error must not hide the first one.
+        # While closing a run, a second error (a full disk, a lost server) must not hide the
+        # first one or keep the run from being terminated.
         try:
             action()
         except Exception as error:  # noqa: BLE001
-            log.warning("could not record on the failed run: %s", error)
+            log.warning("while closing the run: %s: %s", type(error).__name__, error)
 
 
 def _version(package: str) -> str:
@@ -238,6 +384,13 @@ def _version(package: str) -> str:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return "not installed"
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 def _git_state(folder: Path) -> tuple[str, str]:
@@ -252,9 +405,3 @@ def _git_state(folder: Path) -> tuple[str, str]:
         return commit, dirty
     except (OSError, subprocess.SubprocessError):
         return "unknown", "unknown"
-
-
-def run_name_from_overrides(overrides: Iterable[str]) -> str:
-    """A readable run name from the job's overrides, leaving out paths and tracking keys."""
-    shown = [item for item in overrides if not item.split("=")[0].lstrip("+~").startswith(("data.path", "tracking."))]
-    return ",".join(shown) or "default"

@@ -32,10 +32,33 @@ def test_default_config_is_the_tutorial():
     assert cfg.tracking.experiment == "ganlab" and cfg.eval.num_samples == 10000
 
 
-def test_top_level_knobs_reach_groups_by_interpolation():
+def test_each_knob_has_one_name():
+    """The knobs the nets use live at the top level only: no model.* copy to drift or go unchecked."""
     cfg = compose_train(["dropout=0.1", "random_dim=64"])
-    assert cfg.model.dropout == 0.1
-    assert cfg.model.random_dim == 64
+    assert (cfg.dropout, cfg.random_dim) == (0.1, 64)
+    assert not {"dropout", "random_dim", "dtype", "precision"} & set(cfg.model)
+    assert "precision" not in cfg  # `precision` is a score (k-NN precision); the knob is `dtype`
+
+
+@pytest.mark.parametrize("override", ["model.dropout=1.5", "model.random_dim=7", "precision=bf16"])
+def test_a_second_name_for_a_knob_is_refused_by_hydra(override):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException):
+        compose_train([override])
+
+
+def test_run_params_hold_one_name_per_knob_and_no_nulls():
+    from ganlab.job import resolved
+    from ganlab.scores import REGISTRY
+    from ganlab.tracking import run_params
+
+    params = run_params(resolved(compose_train(["dropout=0.1"])))
+    assert params["dropout"] == 0.1 and params["dtype"] == "fp32"
+    assert not [key for key in params if key.startswith("model.") and key.split(".")[1] in ("dropout", "random_dim", "dtype")]
+    assert None not in params.values()
+    assert not set(params) & set(REGISTRY)  # no param shares a name with a metric
+    assert not [key for key in params if key.startswith(("tracking.", "resume", "checkpoint."))]
 
 
 def test_configs_compose_into_a_tmp_dir(tmp_path):
@@ -51,7 +74,8 @@ def test_dropout_knob_sets_all_three_dropout_layers():
 
     from ganlab.models import build_discriminator
 
-    net = build_discriminator(compose_train(["dropout=0.1"]).model)
+    cfg = compose_train(["dropout=0.1"])
+    net = build_discriminator(cfg.model, cfg.dropout)
     rates = [layer.rate for layer in net.layers if isinstance(layer, keras.layers.Dropout)]
     assert rates == [0.1, 0.1, 0.1]
 
@@ -59,10 +83,9 @@ def test_dropout_knob_sets_all_three_dropout_layers():
 def test_model_matches_the_tutorial_architecture():
     import keras
 
-    from ganlab.models import build_discriminator, build_generator
+    from ganlab.models import build_nets
 
-    cfg = compose_train()
-    generator, discriminator = build_generator(cfg.model), build_discriminator(cfg.model)
+    generator, discriminator = build_nets(compose_train())
     dense = lambda net: [layer for layer in net.layers if isinstance(layer, keras.layers.Dense)]  # noqa: E731
     assert [layer.units for layer in dense(generator)] == [256, 512, 1024, 784]
     assert [layer.units for layer in dense(discriminator)] == [1024, 512, 256, 1]
@@ -76,9 +99,9 @@ def test_model_matches_the_tutorial_architecture():
 
 def _trainer(cfg, images):
     from ganlab.gan import GanTrainer
-    from ganlab.models import build_discriminator, build_generator
+    from ganlab.models import build_nets
 
-    return GanTrainer(build_generator(cfg.model), build_discriminator(cfg.model), images,
+    return GanTrainer(*build_nets(cfg), images,
                       batch_size=cfg.batch_size, label_smoothing=cfg.label_smoothing,
                       learning_rate=cfg.optimizer.lr, beta_1=cfg.optimizer.beta_1, seed=cfg.seed)
 
@@ -121,7 +144,7 @@ def test_steps_per_epoch_is_derived_or_taken():
 
 
 def test_same_seed_gives_identical_per_step_losses_and_another_seed_does_not():
-    from ganlab.train import configure_tensorflow
+    from ganlab.runtime import configure_tensorflow
 
     images = np.random.default_rng(0).integers(0, 256, (512, 784), dtype=np.uint8)
 
@@ -158,7 +181,22 @@ def test_same_seed_gives_identical_per_step_losses_and_another_seed_does_not():
         ("eval.every=0", "eval.every"),
         ("eval.num_samples=10", "eval.num_samples"),
         ("objective=accuracy", "objective"),
-        ("precision=fp16", "precision"),
+        ("dtype=fp16", "dtype"),
+        ("ema=1.0", "ema"),
+        ("ema=0", "ema"),
+        ("objective_at=worst", "objective_at"),
+        ("checkpoint.keep=all", "checkpoint.keep"),
+        ("optimizer.lr=nan", "optimizer.lr"),
+        ("optimizer.lr=inf", "optimizer.lr"),
+        ("model.leaky_relu_slope=nan", "model.leaky_relu_slope"),
+        ("model.first_layer_init_stddev=inf", "model.first_layer_init_stddev"),
+        ("dropout=nan", "dropout"),
+        ("data.path=''", "data.path"),
+        ("tracking.uri=123", "tracking.uri"),
+        ("tracking.uri=foo://bar", "tracking.uri"),
+        ("tracking.experiment=123", "tracking.experiment"),
+        ("tracking.experiment=../../x", "tracking.experiment"),
+        ("tracking.experiment=/abs/x", "tracking.experiment"),
         ("threads=0", "threads"),
         ("model.generator_units=[256,0]", "model.generator_units"),
         ("model.leaky_relu_slope=-1", "model.leaky_relu_slope"),
@@ -177,6 +215,17 @@ def test_validate_names_the_bad_key(override, key):
         config.validate(compose_train([override]))
 
 
+def test_an_unresolvable_interpolation_names_its_key():
+    with pytest.raises(InputError, match=r"^epochs: cannot be resolved"):
+        config.validate(compose_train(["epochs=${oc.env:GANLAB_NO_SUCH_VARIABLE}"]))
+
+
+def test_ema_objective_needs_ema():
+    config.validate(compose_train(["ema=0.999", "objective=ema_fid"]))
+    with pytest.raises(InputError, match="^objective: got 'ema_fid'"):
+        config.validate(compose_train(["objective=ema_fid"]))
+
+
 def test_batch_size_above_training_set_is_rejected():
     cfg = compose_train(["batch_size=5000"])
     config.validate(cfg)
@@ -187,8 +236,8 @@ def test_batch_size_above_training_set_is_rejected():
 def test_bf16_runs_hidden_layers_in_bfloat16_and_keeps_outputs_float32():
     from ganlab.models import build_discriminator, build_generator
 
-    cfg = compose_train(["precision=bf16"])
-    for net in (build_generator(cfg.model), build_discriminator(cfg.model)):
+    cfg = compose_train(["dtype=bf16"])
+    for net in (build_generator(cfg.model, cfg.random_dim, cfg.dtype), build_discriminator(cfg.model, cfg.dropout, cfg.dtype)):
         dense = [layer for layer in net.layers if layer.__class__.__name__ == "Dense"]
         assert all(layer.compute_dtype == "bfloat16" and layer.variable_dtype == "float32" for layer in dense[:-1])
         assert dense[-1].compute_dtype == "float32"
@@ -199,8 +248,8 @@ def test_baseline_experiment_is_the_tutorial_scored_every_epoch():
     cfg = compose_train(["experiment=baseline"])
     config.validate(cfg)
     assert (cfg.seed, cfg.epochs, cfg.batch_size, cfg.dropout, cfg.label_smoothing) == (10, 50, 128, 0.3, 0.1)
-    assert cfg.precision == "fp32" and cfg.eval.every == 1 and cfg.tracking.experiment == "baseline"
-    assert cfg.optimizer.lr == 2e-4 and cfg.model.dropout == 0.3
+    assert cfg.dtype == "fp32" and cfg.eval.every == 1 and cfg.tracking.experiment == "baseline"
+    assert cfg.optimizer.lr == 2e-4
 
 
 def test_evaluation_objective_needs_evaluation():

@@ -13,7 +13,7 @@ from ganlab import evaluate
 from ganlab.data import load_dataset, to_unit_range
 from ganlab.errors import InputError
 from ganlab.evaluation import Evaluator
-from ganlab.metrics import SCORE_NAMES
+from ganlab.scores import SCORE_NAMES, rescore
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "mnist_small.npz"
@@ -177,22 +177,28 @@ def test_cli_run_id_scores_and_logs_into_the_run(tmp_path, capsys, monkeypatch):
     client = MlflowClient(uri)
     run = client.create_run(client.create_experiment("test", artifact_location=str(tmp_path / "artifacts")))
     run_id = run.info.run_id
-    client.log_param(run_id, "seed", 3)  # the default noise seed for --run-id
-    for epoch in range(3):
-        client.log_metric(run_id, "g_loss", 1.0 / (epoch + 1), step=epoch)
+    # What training records: its seed, sample count and data, and a score at each evaluated epoch.
+    for key, value in {"seed": 3, "epochs": 2, "eval.num_samples": 300, "data.name": "mnist", "data.path": str(FIXTURE)}.items():
+        client.log_param(run_id, key, value)
+    for epoch in (1, 2):
+        client.log_metric(run_id, "fid", 100.0 / epoch, step=epoch)
     client.log_artifact(run_id, str(save_untrained_generator(tmp_path / "generator.keras")), "models")
     client.set_terminated(run_id)
 
-    args = ["--run-id", run_id, "--tracking-uri", uri, "--data", str(FIXTURE), "--num-samples", "300"]
+    args = ["--run-id", run_id, "--tracking-uri", uri]
     assert evaluate.main(args) == 0
     title = capsys.readouterr().out.splitlines()[0]
-    assert "(seed 3)" in title and "logged at step 2" in title
-    logged = client.get_run(run_id).data.metrics
-    assert set(SCORE_NAMES) <= set(logged)
-    assert [m.step for m in client.get_metric_history(run_id, "fid")] == [2]
+    assert "at epoch 2: 300 samples (seed 3)" in title and "step 2" in title
+    # The training values stay exactly as they were; the re-score sits beside them.
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "fid")] == [(1, 100.0), (2, 50.0)]
+    for name in SCORE_NAMES:
+        assert [m.step for m in client.get_metric_history(run_id, rescore(name))] == [2], name
+    assert evaluate.main(args) == 2  # a second re-score at the same epoch is refused, not logged twice
+    assert "already holds a re-score at epoch 2" in capsys.readouterr().err
+    assert len(client.get_metric_history(run_id, rescore("fid"))) == 1
 
     assert evaluate.main(["--run-id", "0" * 32, "--tracking-uri", uri, "--data", str(FIXTURE)]) == 2
-    assert "no run" in capsys.readouterr().err
+    assert "no MLflow run" in capsys.readouterr().err
 
 
 def test_cli_refuses_a_missing_tracking_store(tmp_path, capsys):

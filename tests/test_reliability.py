@@ -26,15 +26,23 @@ def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def kill_after_first_checkpoint(cwd: Path) -> tuple[subprocess.Popen, Path]:
-    process = start_cli(KILLABLE, cwd)
-    deadline = time.monotonic() + 300
-    while not list(cwd.glob("outputs/runs/*/checkpoint/state.npz")):
+def wait_for_logged_epoch(process: subprocess.Popen, cwd: Path, epoch: int, deadline_s: float = 900) -> None:
+    """Wait for the event "epoch N's metrics are in the store" (polled; the deadline only guards a hang)."""
+    deadline = time.monotonic() + deadline_s
+    while True:
         assert process.poll() is None, process.communicate()[1][-2000:]
-        assert time.monotonic() < deadline
+        runs = all_runs(cwd) if (cwd / "mlruns" / "mlflow.db").exists() else []
+        if runs and epoch in {p.step for p in store_client(cwd).get_metric_history(runs[0].info.run_id, "d_loss")}:
+            return
+        assert time.monotonic() < deadline, "the job never logged its epoch"
         time.sleep(0.2)
+
+
+def kill_after_first_epoch(cwd: Path) -> tuple[subprocess.Popen, Path]:
+    process = start_cli(KILLABLE, cwd)
+    wait_for_logged_epoch(process, cwd, 1)
     process.send_signal(signal.SIGTERM)
-    process.communicate(timeout=120)
+    process.communicate(timeout=300)
     return process, next(cwd.glob("outputs/runs/*/checkpoint")).parent
 
 
@@ -56,7 +64,7 @@ def uninterrupted(tmp_path_factory):
 
 @pytest.mark.parametrize("resume_by", ["run_id", "folder"])
 def test_killed_run_resumes_into_the_same_run_with_the_same_numbers(workdir, uninterrupted, resume_by):
-    process, first_dir = kill_after_first_checkpoint(workdir)
+    process, first_dir = kill_after_first_epoch(workdir)
     assert process.returncode != 0
     (killed,) = all_runs(workdir)
     assert killed.info.status == "KILLED"

@@ -1,0 +1,437 @@
+"""Does a setting change quality beyond seed noise? Per-seed scores in, intervals and tests out.
+
+A GAN's scores move a lot from one seed to the next, so a sweep's table of means can show
+differences that are only noise. Given one value per (group, seed, metric, epoch), this
+module summarizes each group (mean, sample std, 95% Student-t interval of the mean),
+compares it with a reference group (Welch's difference of means with its 95% interval and
+p-value), and estimates how many seeds per group a two-sample t-test would need to detect
+the observed difference with 80% power. It writes the result as CSV, Markdown, a PNG per
+metric and one plain-English sentence per swept key (for a sweep's MLflow description).
+
+Pure NumPy/SciPy/matplotlib: nothing here knows about TensorFlow, MLflow or Hydra.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import astuple, dataclass, fields
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from scipy import stats  # noqa: E402
+
+from ganlab.plots import _save  # noqa: E402
+
+CONFIDENCE = 0.95
+# The tutorial's values of the knobs a sweep usually varies: the natural reference.
+TUTORIAL_SETTINGS = {"dropout": "0.3", "label_smoothing": "0.1"}
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One score of one seed: `group` maps the grouping keys to their values, as strings."""
+
+    group: dict[str, str]
+    seed: str
+    metric: str
+    epoch: int
+    value: float
+
+
+@dataclass(frozen=True)
+class Summary:
+    n: int
+    mean: float
+    std: float
+    ci_low: float
+    ci_high: float
+
+
+@dataclass(frozen=True)
+class Difference:
+    diff: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+
+
+@dataclass(frozen=True)
+class ComparisonRow:
+    """One group at one metric and epoch; the diff fields are None where there is nothing to compare."""
+
+    group: str
+    metric: str
+    epoch: int
+    n: int
+    mean: float
+    std: float
+    ci_low: float
+    ci_high: float
+    diff: float | None
+    diff_ci_low: float | None
+    diff_ci_high: float | None
+    p_value: float | None
+    seeds_needed: int | None
+
+
+CSV_HEADER = [field.name for field in fields(ComparisonRow)]
+
+
+def group_label(group: dict[str, str], by: Sequence[str] | None = None) -> str:
+    """`key=value` pairs joined by spaces, keys in the order of `by` (then any others as given)."""
+    keys = list(group)
+    if by:
+        keys = [key for key in by if key in group] + [key for key in keys if key not in by]
+    return " ".join(f"{key}={group[key]}" for key in keys) or "all runs"
+
+
+def summarize(values: Iterable[float]) -> Summary:
+    """Mean, sample std (ddof=1) and the 95% Student-t interval of the mean (df = n - 1).
+    With one value the spread is unknown: std and the interval are NaN."""
+    values = np.asarray(list(values), dtype=float)
+    n = len(values)
+    mean = float(values.mean()) if n else math.nan
+    if n < 2:
+        return Summary(n, mean, math.nan, math.nan, math.nan)
+    std = float(values.std(ddof=1))
+    half_width = stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1) * std / math.sqrt(n)
+    return Summary(n, mean, std, float(mean - half_width), float(mean + half_width))
+
+
+def welch(a_values: Iterable[float], b_values: Iterable[float]) -> Difference:
+    """mean(a) - mean(b), its 95% interval with the Welch–Satterthwaite df, and the p-value of
+    Welch's t-test (scipy.stats.ttest_ind, equal_var=False).
+
+    The interval and p-value are NaN when either group has fewer than 2 values or both
+    variances are zero (no noise estimate); the difference itself is NaN only if a group is empty.
+    """
+    a, b = np.asarray(list(a_values), dtype=float), np.asarray(list(b_values), dtype=float)
+    diff = float(a.mean() - b.mean()) if len(a) and len(b) else math.nan
+    if len(a) < 2 or len(b) < 2:
+        return Difference(diff, math.nan, math.nan, math.nan)
+    var_a_of_mean, var_b_of_mean = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    standard_error = math.sqrt(var_a_of_mean + var_b_of_mean)
+    if standard_error == 0:
+        return Difference(diff, math.nan, math.nan, math.nan)
+    df = (var_a_of_mean + var_b_of_mean) ** 2 / (
+        var_a_of_mean**2 / (len(a) - 1) + var_b_of_mean**2 / (len(b) - 1)
+    )
+    half_width = stats.t.ppf(0.5 + CONFIDENCE / 2, df) * standard_error
+    p_value = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    return Difference(diff, float(diff - half_width), float(diff + half_width), p_value)
+
+
+def seeds_needed(
+    diff: float, std_a: float, std_b: float, alpha: float = 0.05, power: float = 0.8, max_seeds: int = 1000
+) -> int | None:
+    """Seeds per group for a two-sided two-sample t-test (equal n, pooled sd
+    sqrt((std_a² + std_b²) / 2)) to detect `diff` with at least `power`: the smallest n >= 2,
+    with the exact power from the noncentral t distribution.
+
+    None when there is nothing to estimate (diff is 0 or NaN, an sd is NaN, or both sds are 0)
+    and when even `max_seeds` per group would not reach `power`.
+    """
+    if diff is None or not math.isfinite(diff) or diff == 0:
+        return None
+    pooled_sd = math.sqrt((std_a**2 + std_b**2) / 2)
+    if not math.isfinite(pooled_sd) or pooled_sd == 0:
+        return None
+    effect_size = abs(diff) / pooled_sd
+    candidates = np.arange(2, max_seeds + 1)
+    powers = _t_test_power(effect_size, candidates, alpha)
+    reaching = np.flatnonzero(powers >= power)  # power grows with n, so the first is the answer
+    return int(candidates[reaching[0]]) if len(reaching) else None
+
+
+def _t_test_power(effect_size: float, n_per_group: np.ndarray, alpha: float) -> np.ndarray:
+    """Power of the two-sided two-sample t-test with n per group, for Cohen's d = `effect_size`."""
+    df = 2 * n_per_group - 2
+    noncentrality = effect_size * np.sqrt(n_per_group / 2)
+    critical = stats.t.ppf(1 - alpha / 2, df)
+    with np.errstate(all="ignore"):  # nct warns on far tails that are simply ~0
+        return stats.nct.sf(critical, df, noncentrality) + stats.nct.cdf(-critical, df, noncentrality)
+
+
+def default_reference(groups: Iterable[dict[str, str]], by: Sequence[str]) -> dict[str, str] | None:
+    """The group at the tutorial's settings (dropout 0.3, label_smoothing 0.1), when every
+    grouping key is one of those knobs and that group exists (values match numerically)."""
+    if not by or any(key not in TUTORIAL_SETTINGS for key in by):
+        return None
+    wanted = {key: TUTORIAL_SETTINGS[key] for key in by}
+    return next((dict(group) for group in groups if _matches(group, wanted, by)), None)
+
+
+def compare(
+    observations: Iterable[Observation],
+    by: Sequence[str],
+    reference: dict[str, str] | None = None,
+    metrics: Sequence[str] | None = None,
+    epochs: Sequence[int] | None = None,
+) -> list[ComparisonRow]:
+    """One row per (group, metric, epoch) that has values; groups are the distinct values of
+    the keys in `by` and their seeds the replicates (if a seed has several values at one
+    metric and epoch, the last one counts). Diff fields compare each group with `reference`
+    at the same metric and epoch; they are None for the reference itself, when no reference
+    is given, and where the reference has no values.
+
+    Sorted by metric (as given, else first seen), epoch, then group (reference first).
+    Raises ValueError if `reference` matches no group.
+    """
+    observations = list(observations)
+    groups: dict[tuple, dict[str, str]] = {}
+    # (group key, metric, epoch) -> {seed: value}
+    values: dict[tuple, dict[str, float]] = {}
+    seen_metrics: list[str] = []
+    for observation in observations:
+        key = tuple(observation.group.get(name) for name in by)
+        groups.setdefault(key, {name: observation.group.get(name) for name in by})
+        values.setdefault((key, observation.metric, int(observation.epoch)), {})[observation.seed] = observation.value
+        if observation.metric not in seen_metrics:
+            seen_metrics.append(observation.metric)
+
+    reference_key = None
+    if reference is not None:
+        reference_key = next((key for key, group in groups.items() if _matches(group, reference, by)), None)
+        if reference_key is None:
+            existing = ", ".join(group_label(group, by) for group in groups.values()) or "none"
+            raise ValueError(f"reference {group_label(reference, by)!r} matches no group "
+                             f"(grouped by {', '.join(by) or 'nothing'}); the groups are: {existing}")
+
+    ordered_groups = sorted(groups, key=lambda key: (key != reference_key, [_value_order(value) for value in key]))
+    rows = []
+    for metric in metrics if metrics is not None else seen_metrics:
+        metric_epochs = sorted({epoch for (_, name, epoch) in values if name == metric})
+        for epoch in metric_epochs if epochs is None else sorted(epochs):
+            reference_values = list(values.get((reference_key, metric, epoch), {}).values())
+            for key in ordered_groups:
+                group_values = list(values.get((key, metric, epoch), {}).values())
+                if not group_values:
+                    continue
+                summary = summarize(group_values)
+                diff_fields = (None, None, None, None, None)
+                if reference_key is not None and key != reference_key and reference_values:
+                    difference = welch(group_values, reference_values)
+                    needed = seeds_needed(difference.diff, summary.std, summarize(reference_values).std)
+                    diff_fields = (*astuple(difference), needed)
+                rows.append(ComparisonRow(group_label(groups[key], by), metric, epoch, *astuple(summary), *diff_fields))
+    return rows
+
+
+def write_csv(rows: Iterable[ComparisonRow], path: str | Path) -> Path:
+    """The rows as CSV: empty cells for None, floats at full (repr) precision, NaN as `nan`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(CSV_HEADER)
+        for row in rows:
+            writer.writerow(["" if cell is None else repr(float(cell)) if isinstance(cell, float) else cell
+                             for cell in astuple(row)])
+    return path
+
+
+LEGEND = (
+    "Each row is one group of runs (the same settings, different seeds) at one epoch. "
+    "**n** is the number of seeds; **mean ± 95% CI** is the mean over those seeds and the "
+    "half-width of the 95% confidence interval of that mean (Student t; none with a single seed). "
+    "**diff [95% CI]** is the group's mean minus the reference group's mean at the same epoch, "
+    "with its 95% interval from Welch's t-test (which does not assume equal spreads); **p** is "
+    "that test's p-value. A difference is **clear** at 95% when its interval excludes 0; "
+    "otherwise the data cannot tell it apart from seed noise. **seeds needed** is how many seeds "
+    "per group a t-test would need to detect a difference this size 80% of the time, given the "
+    "observed spreads (empty if it cannot be estimated or would exceed 1000)."
+)
+
+
+def write_markdown(
+    rows: Sequence[ComparisonRow], path: str | Path, metric_directions: dict[str, str] | None = None
+) -> Path:
+    """A legend, then one table per metric; clear differences get better/worse where
+    `metric_directions` says whether lower or higher is better for that metric."""
+    metric_directions = metric_directions or {}
+    lines = [LEGEND, ""]
+    for metric in _in_order(row.metric for row in rows):
+        direction = _better(metric_directions.get(metric))
+        metric_rows = [row for row in rows if row.metric == metric]
+        reference = _reference_label(metric_rows)
+        title = f"## {metric}" + (f" ({direction} is better)" if direction else "")
+        lines += [title, "", f"Reference: {reference}." if reference else "No reference group.", ""]
+        lines += ["| group | epoch | n | mean ± 95% CI | diff [95% CI] | p | seeds needed | difference at 95% |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for row in metric_rows:
+            spread = "" if math.isnan(row.ci_high) else f" ± {_number((row.ci_high - row.ci_low) / 2)}"
+            cells = [row.group, str(row.epoch), str(row.n), f"{_number(row.mean)}{spread}"]
+            if row.diff is None:
+                cells += ["reference" if row.group == reference else "–", "", "", ""]
+            else:
+                interval = "" if math.isnan(row.diff_ci_low) else f" [{_number(row.diff_ci_low)}, {_number(row.diff_ci_high)}]"
+                cells += [f"{_signed(row.diff)}{interval}", _p(row.p_value),
+                          "" if row.seeds_needed is None else str(row.seeds_needed), _verdict(row, direction, bold=True)]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    return path
+
+
+def plot_metric(rows: Sequence[ComparisonRow], metric: str, path: str | Path) -> Path:
+    """Mean of `metric` against epoch per group, the 95% CI of the mean as a shaded band;
+    the reference group is drawn first."""
+    metric_rows = [row for row in rows if row.metric == metric]
+    if not metric_rows:
+        raise ValueError(f"no rows for metric {metric!r}; the rows have: {', '.join(_in_order(r.metric for r in rows))}")
+    labels = _in_order(row.group for row in metric_rows)
+    reference = _reference_label(metric_rows)
+    if reference in labels:
+        labels.remove(reference)
+        labels.insert(0, reference)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label in labels:
+        group_rows = sorted((row for row in metric_rows if row.group == label), key=lambda row: row.epoch)
+        epochs = [row.epoch for row in group_rows]
+        line, = ax.plot(epochs, [row.mean for row in group_rows], "o-", markersize=3,
+                        label=label + (" (reference)" if label == reference else ""))
+        ax.fill_between(epochs, [row.ci_low for row in group_rows], [row.ci_high for row in group_rows],
+                        color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"{metric} (mean over seeds)")
+    ax.set_title(f"{metric}: mean and 95% CI of the mean over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def sentence(rows: Sequence[ComparisonRow], key: str, metric: str, epoch: int, direction: str | None = None) -> str:
+    """What the data show for swept `key` at `epoch` for `metric`, in one sentence: each group
+    that differs from the reference only in `key`, clearly different or not."""
+    block = [row for row in rows if row.metric == metric and row.epoch == epoch]
+    if not block:
+        return f"{key}: no {metric} values at epoch {epoch}."
+    reference = _reference_label(block)
+    if reference is None:
+        return f"{key}: at epoch {epoch}, no reference group has {metric} values to compare against."
+    reference_pairs = _pairs(reference)
+    compared = [row for row in block if row.diff is not None and _differs_only_in(_pairs(row.group), reference_pairs, key)]
+    if not compared:
+        return f"{key}: at epoch {epoch}, no group other than the reference {reference} has {metric} values."
+    better = _better(direction)
+    clauses = []
+    for index, row in enumerate(compared):
+        pairs = _pairs(row.group)
+        name = f"{key}={pairs[key]}" if key in pairs else row.group
+        numbers = _sentence_numbers(row, first=index == 0)
+        verdict = _verdict(row, better, bold=False)
+        if index > 0:
+            clauses.append(f"{name}: {verdict} ({numbers})")
+        elif _is_clear(row):
+            clauses.append(f"at epoch {epoch}, {metric} is {verdict} with {name} than the reference {reference} ({numbers})")
+        elif _has_interval(row):
+            clauses.append(f"at epoch {epoch}, {metric} shows {verdict} between {name} and the reference {reference} ({numbers})")
+        else:
+            clauses.append(f"at epoch {epoch}, {metric} cannot be compared between {name} and the reference {reference}: "
+                           f"{verdict} ({numbers})")
+    return f"{key}: " + "; ".join(clauses) + "."
+
+
+def _has_interval(row: ComparisonRow) -> bool:
+    return row.diff_ci_low is not None and not math.isnan(row.diff_ci_low)
+
+
+def _is_clear(row: ComparisonRow) -> bool:
+    """The Welch 95% interval of the difference excludes 0."""
+    return _has_interval(row) and (row.diff_ci_low > 0 or row.diff_ci_high < 0)
+
+
+def _verdict(row: ComparisonRow, better: str | None, bold: bool) -> str:
+    if not _has_interval(row):
+        return "too few seeds (or no spread) for an interval"
+    if not _is_clear(row):
+        return "no clear difference"
+    side = "higher" if row.diff > 0 else "lower"
+    quality = f" ({'better' if side == better else 'worse'})" if better else ""
+    return f"**clear**: {side}{quality}" if bold else f"clearly {side}{quality}"
+
+
+def _sentence_numbers(row: ComparisonRow, first: bool) -> str:
+    text = _signed(row.diff)
+    if not math.isnan(row.diff_ci_low):
+        text += f", {'95% CI' if first else 'CI'} {_number(row.diff_ci_low)} to {_number(row.diff_ci_high)}"
+    if not math.isnan(row.p_value):
+        text += ", p" + ("" if _p(row.p_value).startswith("<") else "=") + _p(row.p_value)
+    return text
+
+
+def _reference_label(rows: Sequence[ComparisonRow]) -> str | None:
+    """The reference group: at an epoch where some rows have a diff, the one row without."""
+    for epoch in _in_order(row.epoch for row in rows):
+        block = [row for row in rows if row.epoch == epoch]
+        if any(row.diff is not None for row in block):
+            return next((row.group for row in block if row.diff is None), None)
+    return None
+
+
+def _better(direction: str | None) -> str | None:
+    """'lower' or 'higher' from a direction such as 'lower' or 'higher (max 10)'; else None."""
+    direction = (direction or "").strip().lower()
+    return next((side for side in ("lower", "higher") if direction.startswith(side)), None)
+
+
+def _pairs(label: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in label.split(" ") if "=" in part)
+
+
+def _differs_only_in(pairs: dict[str, str], reference_pairs: dict[str, str], key: str) -> bool:
+    if set(pairs) != set(reference_pairs):
+        return True  # a label we cannot take apart: keep it rather than hide it
+    return all(_same_value(pairs[name], reference_pairs[name]) for name in pairs if name != key)
+
+
+def _matches(group: dict[str, str], wanted: dict[str, str], by: Sequence[str]) -> bool:
+    if set(wanted) != set(by):
+        return False
+    return all(_same_value(group.get(key), wanted[key]) for key in by)
+
+
+def _same_value(a, b) -> bool:
+    """Equal as strings or as numbers ("0.30" and "0.3" are the same setting)."""
+    if a is None or b is None:
+        return a is b
+    if str(a) == str(b):
+        return True
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return False
+
+
+def _value_order(value):
+    try:
+        return (0, float(value), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))
+
+
+def _in_order(items: Iterable) -> list:
+    """Distinct items in first-seen order."""
+    return list(dict.fromkeys(items))
+
+
+def _number(value: float) -> str:
+    return "nan" if value is None or math.isnan(value) else f"{value:.4g}"
+
+
+def _signed(value: float) -> str:
+    return "nan" if value is None or math.isnan(value) else f"{value:+.4g}"
+
+
+def _p(p_value: float | None) -> str:
+    if p_value is None or math.isnan(p_value):
+        return ""
+    return "<0.001" if p_value < 0.001 else f"{p_value:.2g}"

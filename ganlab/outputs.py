@@ -1,0 +1,75 @@
+"""What a job leaves behind: its config, models, pictures, per-step losses, and the closing lines.
+
+Everything is written into the job's output folder and logged into its MLflow run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from ganlab import plots, scores, tracking
+
+
+
+def save_config(config: dict, output_dir: Path) -> Path:
+    """The resolved config as `config.yaml` in the output folder."""
+    path = Path(output_dir) / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.create(config), path)
+    return path
+
+
+def save_outputs(trainer, records: list, steps: int, output_dir: Path, run) -> None:
+    """G and D (and G's EMA and best-epoch versions) as .keras files, the final grid, the
+    loss curve and the per-step losses, in the folder and in the run."""
+    from ganlab.epochs import BEST_GENERATOR, fixed_noise
+
+    models_dir = Path(output_dir) / "models"
+    models_dir.mkdir(parents=True, exist_ok=True)
+    trainer.generator.save(models_dir / "generator.keras")
+    trainer.discriminator.save(models_dir / "discriminator.keras")
+    saved = [models_dir / "generator.keras", models_dir / "discriminator.keras"]
+    if trainer.ema is not None:
+        with trainer.ema_weights():
+            trainer.generator.save(models_dir / "generator_ema.keras")
+        saved.append(models_dir / "generator_ema.keras")
+    if (Path(output_dir) / BEST_GENERATOR).is_file():
+        saved.append(Path(output_dir) / BEST_GENERATOR)
+    for path in saved:
+        run.log_artifact(path, "models")
+    # No title: the sweep montage puts these side by side and says the epoch once.
+    final_grid = plots.save_sample_grid(trainer.generate(fixed_noise(trainer.random_dim)), Path(output_dir) / "samples.png")
+    run.log_artifact(final_grid)
+    if records:
+        d_losses = np.concatenate([record.d_losses for record in records])
+        g_losses = np.concatenate([record.g_losses for record in records])
+        run.log_artifact(plots.save_loss_curve(d_losses, g_losses, steps, Path(output_dir) / "loss_curve.png"))
+        epochs = np.concatenate([np.full(len(record.d_losses), record.epoch) for record in records])
+        per_step = np.column_stack([epochs, np.arange(1, len(d_losses) + 1), d_losses, g_losses])
+        np.savetxt(Path(output_dir) / "losses.csv", per_step, fmt=["%d", "%d", "%.9g", "%.9g"], delimiter=",",
+                   header="epoch,step,d_loss,g_loss", comments="")
+        run.log_artifact(Path(output_dir) / "losses.csv")
+
+
+def print_summary(epoch_end, resumed_epochs: int, objective: float | None, objective_name: str | None,
+                  total_seconds: float, startup_seconds: float, output_dir: Path, run) -> None:
+    """The job's closing block: what ran, how fast, the main scores, and how to look at it."""
+    trained = epoch_end.history[resumed_epochs:]
+    steps = sum(len(record.d_losses) for record in trained)
+    seconds = sum(record.seconds for record in trained)
+    final = epoch_end.final_metrics()
+    shown = ", ".join(f"{name} {scores.format_value(name, final[name])}" for name in scores.HEADLINE if name in final)
+    lines = [
+        f"ganlab: trained {len(trained)} epoch{'s' if len(trained) != 1 else ''} ({steps} steps) in {seconds:.1f} s"
+        f" ({steps / seconds if seconds else 0:.1f} steps/s); total {total_seconds:.1f} s, first step after {startup_seconds:.1f} s",
+    ]
+    if objective_name:
+        lines.append(f"  objective {objective_name} = {scores.format_value(objective_name, objective)}")
+    if shown:
+        lines.append(f"  scores: {shown}")
+    lines.append(f"  outputs in {output_dir}")
+    lines += ["  " + line for line in tracking.ui_hint(run.uri, run.experiment_id, run.run_id).splitlines()]
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,163 @@
+"""The score registry: every metric ganlab logs, with which way is better.
+
+One home for each metric's name, direction, format and meaning. The evaluator, the
+epoch record, config validation of `objective`, the sweep's best pick and tables,
+`ganlab.report`, `ganlab.evaluate` and the README's table all read it; no other module
+spells a metric name.
+
+Derived names follow fixed patterns and inherit their base metric's direction:
+`ema_<score>` (the EMA generator's scores), `rescore_<score>` (a later re-scoring of a
+finished run), `<metric>_best` and `<metric>_best_epoch` (the best value so far and the
+epoch it came from).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+LOWER, HIGHER = "lower", "higher"
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    better: str | None  # LOWER, HIGHER, or None where neither is better (a spread, a probability)
+    fmt: str  # format spec for tables
+    meaning: str
+    note: str = ""  # what the direction means in numbers, e.g. "max 10"
+
+    @property
+    def direction_text(self) -> str:
+        text = self.better or "neither"
+        return f"{text} ({self.note})" if self.note else text
+
+
+# Scores of generated samples, in the order an evaluation reports them.
+EVALUATION = (
+    Metric("fid", LOWER, ".4g", "Frechet distance between Gaussians fitted to real and generated classifier features: quality and diversity together"),
+    Metric("fid_logits", LOWER, ".4g", "the same on the 10 class logits: is the class mix and class confidence right"),
+    Metric("classifier_score", HIGHER, ".4g", "exp E[KL(p(y|x) || p(y))], MNIST's Inception Score: confident and varied digits", "max 10"),
+    Metric("kid", LOWER, ".4g", "Kernel Inception Distance: unbiased MMD^2 (cubic kernel) over 100 subsets of 1,000"),
+    Metric("kid_std", None, ".3g", "spread of kid across subsets; the error on kid is about kid_std / 10", "a spread"),
+    Metric("precision", HIGHER, ".3f", "share of generated samples inside the real data's k-NN manifold (k=3): realism", "max 1"),
+    Metric("recall", HIGHER, ".3f", "share of real samples inside the generated manifold: diversity", "max 1"),
+    Metric("density", None, ".3f", "how crowded real neighbourhoods are with generated samples (k=5); about 1 for real data", "~1 like real"),
+    Metric("coverage", HIGHER, ".3f", "share of real neighbourhoods holding at least one generated sample", "max 1"),
+    Metric("modes_covered", HIGHER, ".0f", "digit classes holding at least 1% of the samples", "max 10"),
+    Metric("kl_uniform", LOWER, ".3g", "KL divergence of the predicted class mix from uniform", "0 = balanced"),
+)
+# What every epoch of training logs.
+TRAINING = (
+    Metric("d_loss", LOWER, ".4g", "discriminator loss, epoch mean"),
+    Metric("g_loss", LOWER, ".4g", "generator loss, epoch mean"),
+    Metric("d_real", None, ".3f", "mean D probability on real images", "a probability"),
+    Metric("d_fake", None, ".3f", "mean D probability on generated images", "a probability"),
+    Metric("steps_per_sec", HIGHER, ".1f", "training speed of the epoch"),
+)
+REGISTRY = {metric.name: metric for metric in (*EVALUATION, *TRAINING)}
+SCORE_NAMES = tuple(metric.name for metric in EVALUATION)
+TRAINING_NAMES = tuple(metric.name for metric in TRAINING)
+
+# The scores short summaries show (a job's closing lines, the report's default).
+HEADLINE = ("fid", "classifier_score", "precision", "recall", "modes_covered")
+# Names the code refers to directly.
+FID = "fid"
+MODES_COVERED = "modes_covered"
+D_LOSS, G_LOSS, D_REAL, D_FAKE, STEPS_PER_SEC = TRAINING_NAMES
+
+EMA_PREFIX = "ema_"
+RESCORE_PREFIX = "rescore_"
+BEST_SUFFIX = "_best"
+BEST_EPOCH_SUFFIX = "_best_epoch"
+
+
+def ema(name: str) -> str:
+    return EMA_PREFIX + name
+
+
+def rescore(name: str) -> str:
+    return RESCORE_PREFIX + name
+
+
+def best(name: str) -> str:
+    return name + BEST_SUFFIX
+
+
+def best_epoch(name: str) -> str:
+    return name + BEST_EPOCH_SUFFIX
+
+
+def lookup(name: str) -> Metric | None:
+    """The registry entry for `name`, through the derived patterns; None if unknown."""
+    for prefix in (EMA_PREFIX, RESCORE_PREFIX):
+        if name.startswith(prefix):
+            return lookup(name[len(prefix):])
+    if name.endswith(BEST_EPOCH_SUFFIX):
+        return None  # an epoch number, not a score
+    if name.endswith(BEST_SUFFIX):
+        return lookup(name[: -len(BEST_SUFFIX)])
+    return REGISTRY.get(name)
+
+
+def is_known(name: str) -> bool:
+    return lookup(name) is not None or (name.endswith(BEST_EPOCH_SUFFIX) and lookup(name[: -len(BEST_EPOCH_SUFFIX)]) is not None)
+
+
+def direction(name: str) -> str | None:
+    """LOWER, HIGHER or None for any known name; KeyError for an unknown one."""
+    metric = lookup(name)
+    if metric is None:
+        raise KeyError(name)
+    return metric.better
+
+
+def objective_names() -> tuple[str, ...]:
+    """Metrics a sweep can optimise: those with a direction."""
+    return tuple(metric.name for metric in REGISTRY.values() if metric.better)
+
+
+def is_better(name: str, candidate: float, incumbent: float | None) -> bool:
+    """Is `candidate` strictly better than `incumbent` (None or NaN: anything finite is)?"""
+    if candidate is None or math.isnan(candidate):
+        return False
+    if incumbent is None or math.isnan(incumbent):
+        return True
+    return candidate > incumbent if direction(name) == HIGHER else candidate < incumbent
+
+
+def pick_best(name: str, items, value):
+    """The item whose `value(item)` is best for metric `name`; None if none has a number."""
+    chosen, chosen_value = None, None
+    for item in items:
+        candidate = value(item)
+        if candidate is not None and is_better(name, candidate, chosen_value):
+            chosen, chosen_value = item, candidate
+    return chosen
+
+
+def format_value(name: str, value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    metric = lookup(name)
+    return format(value, metric.fmt if metric else ".4g")
+
+
+def check_names(names, option: str) -> list[str]:
+    """`names` if all are known metrics, else ValueError naming the unknown and the valid ones."""
+    names = list(names)
+    unknown = [name for name in names if not is_known(name)]
+    if unknown:
+        raise ValueError(
+            f"{option}: unknown metric {', '.join(unknown)}; valid: {', '.join(REGISTRY)} "
+            f"(and the derived {EMA_PREFIX}<score>, {RESCORE_PREFIX}<score>, <metric>{BEST_SUFFIX})."
+        )
+    return names
+
+
+def markdown_table() -> str:
+    """The README's score table, generated from the registry."""
+    lines = ["| score | what it measures | better |", "|---|---|---|"]
+    for metric in EVALUATION:
+        lines.append(f"| `{metric.name}` | {metric.meaning} | {metric.direction_text} |")
+    return "\n".join(lines)

@@ -1,0 +1,236 @@
+"""`python -m ganlab.reproduce` and the baseline record: a small record made and reproduced for
+real on the bundled fixture, a perturbed record that differs, the verdict rules alone, and
+the committed table that must be the committed record's."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import FIXTURE_MNIST, REPO, artifact_paths, run_cli, store_client
+from ganlab import reproduce, scores
+from ganlab.reproduce import CONSISTENT, DIFFERS, EXACT, JobResult, Record
+
+# The smallest baseline that still scores: 1 seed, 1 epoch of the fixture (16 steps), 500 samples.
+RECORD_SWEEP = ["-m", "experiment=baseline", "seed=0", "epochs=1", "threads=1", "eval.num_samples=500",
+                f"data.path={FIXTURE_MNIST}"]
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory):
+    """A record written from a real sweep, then reproduced by the CLI: (workdir, record, result)."""
+    workdir = tmp_path_factory.mktemp("reproduce")
+    made = run_cli(RECORD_SWEEP, workdir)
+    assert made.returncode == 0, made.stderr[-3000:]
+    record = workdir / "record"
+    written = run_cli(["--write-record", str(record), "--experiment", "baseline"], workdir, module="ganlab.reproduce")
+    assert written.returncode == 0, written.stderr[-3000:]
+    result = run_cli(["--seeds", "0", "--epochs", "1", "--data", str(FIXTURE_MNIST), "--record", str(record)],
+                     workdir, module="ganlab.reproduce")
+    return workdir, record, result
+
+
+def reproduction_parent(workdir: Path):
+    client = store_client(workdir)
+    experiment = client.get_experiment_by_name(reproduce.EXPERIMENT)
+    parents = client.search_runs([experiment.experiment_id], filter_string="tags.`sweep.parent` = 'true'")
+    assert len(parents) == 1
+    return client, parents[0]
+
+
+def test_record_holds_every_value_and_its_machine(reproduced):
+    _, record, _ = reproduced
+    with open(record / reproduce.RUNS_CSV, newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert tuple(rows[0]) == ("precision", "seed", "epoch", "metric", "value")
+    metrics = {row["metric"] for row in rows if row["epoch"] == "1"}
+    assert set(scores.SCORE_NAMES) | {scores.D_LOSS, scores.G_LOSS} <= metrics
+    steps = [row for row in rows if row["metric"] == reproduce.STEP_METRICS[0]]
+    assert [int(row["epoch"]) for row in steps] == list(range(1, 17))  # the fixture's 16 steps (< 20)
+    assert {row["precision"] for row in rows} == {"fp32"} and {row["seed"] for row in rows} == {"0"}
+    machine = json.loads((record / reproduce.MACHINE_JSON).read_text())
+    for key in ("cpu_model", "isa", "cores", "threads", "accelerator", "git_commit", "python", "data_sha256", "date"):
+        assert key in machine, key
+    assert machine["threads"] == 1
+    assert {"tensorflow", "keras", "numpy", "scipy", "mlflow", "hydra-core"} <= set(machine["versions"])
+    assert machine["overrides"] == ["experiment=baseline", "eval.num_samples=500"]  # applied again by a reproduction
+    assert (record / reproduce.TABLE_MD).read_text() == reproduce.baseline_table(reproduce.read_record(record))
+
+
+def test_reproducing_on_the_same_machine_is_exact(reproduced):
+    workdir, _, result = reproduced
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "seed 0: exact - same ISA, versions, threads and data as the record" in result.stdout
+    assert "verdict: exact" in result.stdout
+    client, parent = reproduction_parent(workdir)
+    assert parent.data.tags["reproduce.verdict"] == EXACT
+    assert parent.data.tags["reproduce.seed0"] == EXACT
+    assert {"reproduce/comparison.csv", "reproduce/comparison.md"} <= artifact_paths(client, parent.info.run_id)
+    local = client.download_artifacts(parent.info.run_id, "reproduce/comparison.csv", str(workdir))
+    with open(local, newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert rows and all(row["exact"] == "True" for row in rows)
+    assert any(row["metric"] == scores.FID and row["z"] for row in rows)
+
+
+def test_a_perturbed_record_differs(reproduced, tmp_path):
+    workdir, record, _ = reproduced
+    perturbed = tmp_path / "perturbed"
+    shutil.copytree(record, perturbed)
+    rows = list(csv.reader(open(perturbed / reproduce.RUNS_CSV, newline="")))
+    for row in rows[1:]:
+        if row[2] == "1" and row[3] == scores.FID:
+            row[4] = repr(float(row[4]) * 1.01)
+    with open(perturbed / reproduce.RUNS_CSV, "w", newline="") as stream:
+        csv.writer(stream, lineterminator="\n").writerows(rows)
+    _, parent = reproduction_parent(workdir)
+    result = run_cli(["--seeds", "0", "--epochs", "1", "--record", str(perturbed), "--compare-run", parent.info.run_id],
+                     workdir, module="ganlab.reproduce")
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"seed 0: differs - same ISA, versions, threads and data as the record, yet {scores.FID} at epoch 1" in result.stdout
+    assert "verdict: differs" in result.stdout
+
+
+# --------------------------------------------------------------------------- the verdict alone
+
+MACHINE = {"cpu_model": "Test CPU", "isa": ["avx2"], "threads": 1, "data_sha256": "d" * 64, "git_commit": "c" * 40,
+           "versions": {"tensorflow": "2.21.0", "keras": "3.15.1", "numpy": "2.4.6", "scipy": "1.16.0"},
+           "steps_per_epoch": 469, "date": "2026-11-30"}
+FIDS = {0: 240.0, 1: 230.0, 2: 250.0}  # mean 240, std 10
+
+
+def unit_record() -> Record:
+    values = {}
+    for seed, fid in FIDS.items():
+        values[("fp32", seed, scores.FID, 1)] = fid
+        values[("fp32", seed, scores.D_LOSS, 1)] = 0.5 + seed / 100
+        values[("fp32", seed, scores.STEPS_PER_SEC, 1)] = 3.0
+        values[("fp32", seed, reproduce.STEP_METRICS[0], 1)] = 0.7 + seed / 100
+    return Record(MACHINE, values, Path("record"))
+
+
+def job(seed=0, fid=None, d_loss=None, step=None, **environment) -> JobResult:
+    env = json.loads(json.dumps(MACHINE))
+    env.update(environment)
+    record = unit_record().values
+    return JobResult(seed=seed, precision="fp32",
+                     values={(scores.FID, 1): FIDS[seed] if fid is None else fid,
+                             (scores.D_LOSS, 1): record[("fp32", seed, scores.D_LOSS, 1)] if d_loss is None else d_loss,
+                             (scores.STEPS_PER_SEC, 1): 99.0},  # a timing: never compared
+                     steps={(reproduce.STEP_METRICS[0], 1): record[("fp32", seed, reproduce.STEP_METRICS[0], 1)]
+                            if step is None else step},
+                     environment=env)
+
+
+def test_same_machine_and_numbers_is_exact():
+    verdict = reproduce.judge(job(), unit_record(), epochs=1)
+    assert verdict.verdict == EXACT and verdict.differences == []
+    assert "same ISA, versions, threads and data" in verdict.line()
+
+
+def test_same_machine_other_numbers_differs():
+    assert reproduce.judge(job(fid=240.0 * (1 + 1e-5)), unit_record(), epochs=1).verdict == DIFFERS
+    assert reproduce.judge(job(step=0.7000001), unit_record(), epochs=1).verdict == DIFFERS  # per-step: equal or not
+    assert reproduce.judge(job(fid=240.0 * (1 + 1e-7)), unit_record(), epochs=1).verdict == EXACT  # within 1e-6
+
+
+def test_other_isa_within_the_seed_spread_is_consistent():
+    verdict = reproduce.judge(job(fid=265.0, d_loss=0.9, isa=["avx2", "avx512f"]), unit_record(), epochs=1)  # z = 2.5
+    assert verdict.verdict == CONSISTENT, verdict.line()
+    assert verdict.differences == ["ISA"]
+    assert "ISA differs from the record (avx2 avx512f here, avx2 in the record)" in verdict.line()
+    assert "|z| <= 3" in verdict.line()
+
+
+def test_other_isa_far_from_the_seeds_differs():
+    verdict = reproduce.judge(job(fid=280.0, isa=["avx2", "avx512f"]), unit_record(), epochs=1)  # z = 4
+    assert verdict.verdict == DIFFERS
+    assert f"{scores.FID} at epoch 1" in verdict.line() and "z = 4.00" in verdict.line()
+
+
+def test_the_reason_names_what_differs():
+    other = {"isa": ["avx2", "avx512f", "avx512_bf16"], "threads": 4,
+             "versions": {**MACHINE["versions"], "tensorflow": "2.20.0"}}
+    verdict = reproduce.judge(job(**other), unit_record(), epochs=1)
+    assert verdict.differences == ["ISA", "versions", "threads"]
+    assert "ISA, versions, threads differ from the record" in verdict.line()
+    assert "tensorflow 2.20.0 here, 2.21.0 in the record" in verdict.line()
+    assert verdict.verdict == CONSISTENT  # the same numbers on other ground: consistent, not exact
+    only_versions = reproduce.judge(job(versions={**MACHINE["versions"], "numpy": "2.0.0"}), unit_record(), epochs=1)
+    assert only_versions.differences == ["versions"]
+    mlflow_only = reproduce.judge(job(versions={**MACHINE["versions"], "mlflow": "9.9"}), unit_record(), epochs=1)
+    assert mlflow_only.verdict == EXACT  # MLflow does not compute numbers
+
+
+def test_a_spread_of_zero_falls_back_on_the_pooled_spread():
+    record = unit_record()
+    for seed in FIDS:  # every seed at 0 at epoch 1, spread at epoch 2
+        record.values[("fp32", seed, scores.MODES_COVERED, 1)] = 0.0
+        record.values[("fp32", seed, scores.MODES_COVERED, 2)] = float(seed)
+    mean, spread = reproduce.seed_spread(record, "fp32", scores.MODES_COVERED, 1)
+    assert mean == 0.0 and spread == pytest.approx(0.7071, rel=1e-3)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("args, option", [
+    (["--seeds", "7"], "--seeds"),
+    (["--seeds", "0,x"], "--seeds"),
+    (["--epochs", "2"], "--epochs"),
+    (["--epochs", "0"], "--epochs"),
+    (["--precision", "fp16"], "--precision"),
+    (["--precision", "bf16"], "--precision"),  # the record has fp32 only
+    (["--data", "/nonexistent/mnist.npz"], "--data"),
+])
+def test_bad_options_name_the_option(tmp_path, capsys, args, option):
+    folder = tmp_path / "record"
+    folder.mkdir()
+    record = unit_record()
+    reproduce.write_runs_csv(record.values, folder / reproduce.RUNS_CSV)
+    (folder / reproduce.MACHINE_JSON).write_text(json.dumps(MACHINE))
+    assert reproduce.main(["--record", str(folder), *args]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {option}:") and error.count("\n") == 1
+
+
+def test_a_missing_record_is_bad_input(tmp_path, capsys):
+    assert reproduce.main(["--record", str(tmp_path / "nowhere")]) == 2
+    assert "error: --record:" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def two_dtype_record() -> Record:
+    values = {}
+    for dtype, fid, speed in (("fp32", 60.0, 4.0), ("bf16", 55.0, 3.0)):
+        for seed in (0, 1, 2):
+            for epoch in (1, 5, 25):
+                for metric in scores.HEADLINE:
+                    values[(dtype, seed, metric, epoch)] = fid + seed if metric == scores.FID else 0.5 + seed / 10
+                values[(dtype, seed, scores.STEPS_PER_SEC, epoch)] = speed
+    return Record({**MACHINE, "isa": ["avx2"]}, values, Path("record"))
+
+
+def test_table_shows_fp32_and_the_bf16_verdict():
+    table = reproduce.baseline_table(two_dtype_record())
+    lines = table.splitlines()
+    assert "| epoch | " + " | ".join(scores.HEADLINE) + " |" in lines
+    assert any(line.startswith("| 25 | 61 ± 1 |") for line in lines)
+    assert "bf16 trains slower than fp32: 3 against 4 steps/s (0.75x" in table
+    assert f"bf16 is clearly better in {scores.FID}" in table
+    assert "depend on the CPU" in table
+
+
+def test_committed_table_is_the_committed_record():
+    folder = REPO / "docs" / "baseline"
+    assert (folder / reproduce.RUNS_CSV).is_file(), "no docs/baseline/runs.csv: write the record with --write-record"
+    expected = reproduce.baseline_table(reproduce.read_record(folder))
+    assert (folder / reproduce.TABLE_MD).read_text() == expected, (
+        "docs/baseline/table.md is not the table of docs/baseline/runs.csv; "
+        "run: python -m ganlab.reproduce --write-table docs/baseline")
