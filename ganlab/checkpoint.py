@@ -6,6 +6,8 @@ A checkpoint is ONE file, `checkpoint/checkpoint.npz` in the job's output folder
 - the per-epoch records so far (per-step losses and logged metrics);
 - `meta`: the epoch it was taken after, the MLflow run id, store and experiment, the
   thread count the job ran with, and the job's resolved config.
+A first checkpoint without state is written as soon as the run exists, so a job killed
+even before its first epoch can be resumed (it starts again from its seed).
 
 It is written to a temporary file in the same folder, flushed to disk and renamed over
 the old one, so a kill at any instant leaves either the old checkpoint or the new one,
@@ -17,6 +19,7 @@ included.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -70,8 +73,12 @@ def save(folder: Path, variables: list[np.ndarray], records: list[dict], meta: d
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(partial, folder / FILE)
-    except BaseException:
+    except BaseException as error:
         Path(partial).unlink(missing_ok=True)  # a full disk or a signal leaves no partial file behind
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            raise InputError(f"checkpoint: no space left on the device of {str(folder)!r} to write the "
+                             "checkpoint (about 36 MB for the tutorial's nets); free some space, or set "
+                             "hydra.run.dir to a folder on a larger disk.") from error
         raise
 
 
@@ -138,16 +145,18 @@ class FolderLock:
             self._stream.close()
             self._stream = None
 
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
 
 @dataclass
 class Resume:
     checkpoint: Checkpoint
     config: DictConfig  # the config the resumed job runs with
     lock: FolderLock
-
-    @property
-    def finished(self) -> bool:
-        return self.checkpoint.epoch >= self.config.epochs
 
 
 def prepare(target: str, cfg: DictConfig, explicit_overrides: list[str], find_run_folder) -> Resume:
@@ -190,6 +199,8 @@ def restore(trainer, resume: Resume, run) -> list:
 
     found = resume.checkpoint
     values, saved_records = load_state(found)
+    if not values:  # the job was stopped before its first epoch: it starts again from its seed
+        return []
     try:
         trainer.set_state(values, epochs_done=found.epoch)
     except ValueError as error:
@@ -203,8 +214,11 @@ def restore(trainer, resume: Resume, run) -> list:
     return history
 
 
-def meta(trainer, run, tracking_uri: str, threads: int | None, config: dict) -> dict:
-    return {"epoch": trainer.epochs_done, "run_id": run.run_id, "tracking_uri": tracking_uri,
+def meta(epoch: int, run, threads: int | None, config: dict) -> dict:
+    """What a checkpoint records besides the state: enough to resume the same run in the same store."""
+    from ganlab.tracking import resolve_uri
+
+    return {"epoch": epoch, "run_id": run.run_id, "tracking_uri": resolve_uri(run.uri),
             "experiment": run.experiment, "threads": threads, "config": config}
 
 

@@ -292,7 +292,7 @@ def train(
     return save(network, weights_path, record)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m ganlab.classifier",
         description="Train the MNIST classifier that ganlab's scores use and save it in the package.",
@@ -306,6 +306,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1:
         parser.error("--epochs and --batch-size must be positive integers")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
         info = train(args.data, args.dataset, args.epochs, args.seed, args.out, args.batch_size)
     except InputError as error:

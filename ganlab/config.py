@@ -31,18 +31,23 @@ EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 _MISSING = "<missing>"
 
 
-def resolve_all(cfg: DictConfig) -> None:
-    """Resolve every interpolation once, so `${oc.env:NOPE}` fails here naming its key."""
+def resolve_all(cfg: DictConfig, keys=None) -> None:
+    """Resolve every interpolation of `keys` (default: all but Hydra's own section) once, so
+    `epochs='${oc.env:NOPE}'` fails here naming its key."""
     try:
-        OmegaConf.to_container(cfg, resolve=True)
+        for key in keys or [key for key in cfg if key != "hydra"]:
+            node = OmegaConf.select(cfg, str(key))
+            if OmegaConf.is_config(node):
+                OmegaConf.to_container(node, resolve=True)
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or "config"
-        raise InputError(f"{key}: cannot be resolved ({type(error).__name__}: {error.msg if hasattr(error, 'msg') else error}).") from None
+        reason = str(error).splitlines()[0]
+        raise InputError(f"{key}: cannot be resolved ({type(error).__name__}: {reason}).") from None
 
 
 def validate_tracking(cfg: DictConfig) -> None:
     """The keys needed to open the job's MLflow run."""
-    resolve_all(cfg)
+    resolve_all(cfg, ["tracking"])
     uri = _get(cfg, "tracking.uri")
     if uri is not None:
         scheme = uri.split("://", 1)[0].lower() if isinstance(uri, str) and "://" in uri else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ IDX_FILES = {  # key -> accepted file names (the original, and a common variant)
     "y_test": ("t10k-labels-idx1-ubyte", "t10k-labels.idx1-ubyte"),
 }
 IMAGE_SHAPE = (28, 28)
+KERAS_CACHE = {"mnist": "mnist.npz", "fashion_mnist": "fashion-mnist"}  # under <Keras home>/datasets/
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,13 @@ class Dataset:
         for array in (self.x_train, self.y_train, self.x_test, self.y_test):
             digest.update(np.ascontiguousarray(array).tobytes())
         return digest.hexdigest()
+
+    def location(self) -> str:
+        """The file or folder the data was read from; for keras.datasets, where Keras caches it."""
+        if not self.source.startswith("keras.datasets."):
+            return self.source
+        keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser()
+        return str(keras_home / "datasets" / KERAS_CACHE[self.name])
 
 
 def to_unit_range(images: np.ndarray) -> np.ndarray:

@@ -3,7 +3,8 @@
 `EpochEnd` is the callback `GanTrainer.train` calls with each `EpochRecord`. At an
 evaluated epoch (every `eval.every`, and the last) it draws the fixed-noise sample grid,
 scores `eval.num_samples` samples with the classifier (and the EMA generator's with an
-`ema_` prefix), and keeps the objective's best value so far (`<objective>_best`,
+`ema_` prefix), logs the grid and the class histogram as MLflow images (keys `samples`
+and `classes`, step = epoch) beside their PNG files, and keeps the objective's best value so far (`<objective>_best`,
 `<objective>_best_epoch`) with the generator that reached it. Then it writes the
 checkpoint and only then logs the epoch's metrics: a kill in between is mended on
 resume, which logs the checkpoint's epochs that the run lacks.
@@ -11,7 +12,6 @@ resume, which logs the checkpoint's epochs that the run lacks.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import shutil
 import time
@@ -45,29 +45,14 @@ class EpochEnd:
         self.untrained: dict[str, float] = {}  # scores of the untrained nets (epochs=0)
         self.sample_noise = fixed_noise(cfg.random_dim)
         self.eval_noise = evaluation_noise(cfg.seed, cfg.eval.num_samples, cfg.random_dim) if evaluator else None
-        self.lock = checkpoint.FolderLock(self.output_dir / checkpoint.FOLDER)
 
     # ------------------------------------------------------------------ checkpoint and resume
-
-    @contextlib.contextmanager
-    def holding_checkpoint_lock(self):
-        self.lock.acquire()
-        try:
-            yield
-        finally:
-            self.lock.release()
 
     def save_checkpoint(self) -> None:
         from ganlab.job import resolved
 
-        meta = checkpoint.meta(self.trainer, self.run, self.run_uri, self.threads, resolved(self.cfg))
+        meta = checkpoint.meta(self.trainer.epochs_done, self.run, self.threads, resolved(self.cfg))
         checkpoint.save(self.output_dir / checkpoint.FOLDER, self.trainer.get_state(), [r.to_dict() for r in self.history], meta)
-
-    @property
-    def run_uri(self) -> str:
-        from ganlab.tracking import resolve_uri
-
-        return resolve_uri(self.cfg.tracking.uri)
 
     def resume_from(self, resume) -> None:
         self.history = checkpoint.restore(self.trainer, resume, self.run)
@@ -91,7 +76,7 @@ class EpochEnd:
             record.metrics.update(self.evaluate(record.epoch))
         record.metrics.update(self.track_best(record))
         self.history.append(record)
-        self.save_checkpoint()
+        self.save_checkpoint()  # before logging: a kill in between is mended on resume
         summary = record.summary()
         self.run.log_metrics(summary, step=record.epoch)
         shown = ", ".join(f"{name} {scores.format_value(name, summary[name])}" for name in summary if scores.lookup(name))
@@ -109,6 +94,7 @@ class EpochEnd:
         result = self.evaluator.evaluate(self.trainer.generate(self.eval_noise))
         histogram = plots.save_class_histogram(result.histogram, self.output_dir / "classes" / f"epoch_{epoch:03d}.png", title=f"epoch {epoch}")
         self.run.log_artifact(histogram, "classes")
+        self.run.log_image(histogram, key="classes", step=epoch)
         found = dict(result.scores)
         if self.trainer.ema is not None:
             ema_result = self.evaluator.evaluate(self.trainer.generate(self.eval_noise, ema=True))

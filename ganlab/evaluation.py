@@ -118,7 +118,7 @@ class Evaluator:
         modes, kl_uniform, histogram = metrics.mode_stats(logits.argmax(axis=1))
         clock.lap("fid+score+modes")
         kid_mean, kid_std = metrics.kid(real.features, features, self.kid_subsets, self.kid_subset_size, seed=self.seed)
-        clock.lap("kid")
+        clock.lap("kernel_distance")
         precision, recall = metrics.precision_recall(
             real.features, features, self.precision_k, real_radii=real.radii_precision
         )

@@ -50,12 +50,9 @@ def run_job(cfg: DictConfig, context: JobContext) -> float | None:
     config.validate_tracking(cfg)  # a store must be usable before a run can record anything
     resume = None
     if cfg.get("resume"):
+        _refuse_finished_run(str(cfg.resume), cfg.tracking.uri)
         resume = checkpoint.prepare(str(cfg.resume), cfg, context.overrides, _run_output_dir)
         cfg = resume.config
-        if resume.finished and _run_status(resume) == "FINISHED":
-            resume.lock.release()
-            raise AlreadyFinished(f"run {resume.checkpoint.run_id} has trained all {cfg.epochs} epochs already; "
-                                  "nothing to resume (it stays as it was).")
     threads = cfg.threads if cfg.threads is not None else context.threads
     tags = {**context.tags, **runtime_tags(threads)}
     if resume is None:
@@ -64,7 +61,8 @@ def run_job(cfg: DictConfig, context: JobContext) -> float | None:
         tags.update({"resumed_from_epoch": resume.checkpoint.epoch, "resumed_from": str(resume.checkpoint.folder)})
     run = tracking.JobRun(cfg.tracking.uri, cfg.tracking.experiment, context.output_dir, context.run_name, tags,
                           parent_run_id=context.parent_run_id, log_file=context.log_file,
-                          resume_run_id=resume.checkpoint.run_id if resume else None)
+                          resume_run_id=resume.checkpoint.run_id if resume else None,
+                          system_metrics=cfg.tracking.system_metrics)
     try:
         with signals_as_interrupt(), run:
             return train_job(cfg, context, run, threads, resume)
@@ -78,47 +76,62 @@ def train_job(cfg, context: JobContext, run: tracking.JobRun, threads: int | Non
     started = time.perf_counter()
     config.validate(cfg)
     warn_about_slow_bf16(cfg.dtype)
-    config_file = outputs.save_config(resolved(cfg), context.output_dir)
-    if resume is None:  # a resumed run keeps the params it was started with
-        run.start(tracking.run_params({**resolved(cfg), "threads": threads}), config_file)
-    dataset = load_dataset(cfg.data.name, cfg.data.path)
-    config.validate_against_data(cfg, len(dataset.x_train))
-    steps = config.steps_per_epoch(cfg, len(dataset.x_train))
-    if resume is None:
-        run.log_params({"steps_per_epoch": steps})
-    run.set_tags({"data.source": dataset.source, "data.sha256": dataset.sha256()})
-    if cfg.eval.enabled:  # refuse altered weights or a classifier of another dataset before training
-        from ganlab import classifier
+    folder = context.output_dir / checkpoint.FOLDER
+    with checkpoint.FolderLock(folder):  # no resume of this job while it runs
+        config_file = outputs.save_config(resolved(cfg), context.output_dir)
+        if resume is None:  # a resumed run keeps the params it was started with
+            run.start(tracking.run_params({**resolved(cfg), "threads": threads}), config_file)
+            checkpoint.save(folder, [], [], checkpoint.meta(0, run, threads, resolved(cfg)))  # resumable from here on
+        dataset, steps = load_data(cfg, run, new_run=resume is None)
+        trainer = build_trainer(cfg, dataset, threads)
+        from ganlab.epochs import EpochEnd
 
-        run.set_tags({"eval.classifier_sha256": classifier.check(cfg.eval.classifier, dataset.name)[1]})
-
-    runtime.configure_tensorflow(cfg.seed, threads, cfg.deterministic)
-    from ganlab.epochs import EpochEnd  # TensorFlow loads once the input is good
-    from ganlab.gan import GanTrainer
-    from ganlab.models import build_nets
-
-    trainer = GanTrainer(*build_nets(cfg), dataset.x_train, batch_size=cfg.batch_size, label_smoothing=cfg.label_smoothing,
-                         learning_rate=cfg.optimizer.lr, beta_1=cfg.optimizer.beta_1, seed=cfg.seed, ema=cfg.ema)
-    evaluator = build_evaluator(cfg, dataset)  # after G and D, so their initial weights never depend on evaluation
-    epoch_end = EpochEnd(cfg, context.output_dir, run, trainer, evaluator, threads)
-    with epoch_end.holding_checkpoint_lock():
+        epoch_end = EpochEnd(cfg, context.output_dir, run, trainer, build_evaluator(cfg, dataset), threads)
         if resume is not None:
             epoch_end.resume_from(resume)
-        epoch_end.save_checkpoint()  # from the start, so even a job killed in its first epoch can resume
-        if resume is not None:
+            epoch_end.save_checkpoint()
             run.set_tags({"output_dir": str(context.output_dir)})  # re-pointed only once a checkpoint is here
         log.info("training %d epochs of %d steps (batch %d) on %s", cfg.epochs, steps, cfg.batch_size, dataset.source)
         first_step_at = time.perf_counter()
         if cfg.epochs == 0:
             epoch_end.score_untrained()
         epoch_end.train(cfg.epochs - trainer.epochs_done, steps, progress_bars=not context.parallel)
-        outputs.save_outputs(trainer, epoch_end.history, steps, context.output_dir, run)
+        outputs.save_outputs(trainer, epoch_end.history, steps, context.output_dir, run,
+                             register_as=cfg.tracking.register_model, best_epoch=epoch_end.best_so_far()[1])
     if cfg.checkpoint.keep == "none":
         checkpoint.remove(context.output_dir)
     objective = epoch_end.objective_value()
     outputs.print_summary(epoch_end, resume.checkpoint.epoch if resume else 0, objective, cfg.objective,
                           time.perf_counter() - started, first_step_at - started, context.output_dir, run)
     return objective
+
+
+def load_data(cfg, run: tracking.JobRun, new_run: bool):
+    """The checked dataset and the resolved steps per epoch; records both on the run."""
+    dataset = load_dataset(cfg.data.name, cfg.data.path)
+    config.validate_against_data(cfg, len(dataset.x_train))
+    steps = config.steps_per_epoch(cfg, len(dataset.x_train))
+    digest = dataset.sha256()
+    run.set_tags({"data.source": dataset.source, "data.sha256": digest})
+    if new_run:  # a resumed run has these from its start
+        run.log_params({"steps_per_epoch": steps})
+        run.log_dataset(dataset.name, digest, dataset.location(),  # the UI's Dataset column
+                        profile={"train images": len(dataset.x_train), "test images": len(dataset.x_test)})
+    if cfg.eval.enabled:  # refuse altered weights or a classifier of another dataset before training
+        from ganlab import classifier
+
+        run.set_tags({"eval.classifier_sha256": classifier.check(cfg.eval.classifier, dataset.name)[1]})
+    return dataset, steps
+
+
+def build_trainer(cfg, dataset, threads: int | None):
+    """Seed and set up TensorFlow (it loads only now, once the input is good), then G, D and their trainer."""
+    runtime.configure_tensorflow(cfg.seed, threads, cfg.deterministic)
+    from ganlab.gan import GanTrainer
+    from ganlab.models import build_nets
+
+    return GanTrainer(*build_nets(cfg), dataset.x_train, batch_size=cfg.batch_size, label_smoothing=cfg.label_smoothing,
+                      learning_rate=cfg.optimizer.lr, beta_1=cfg.optimizer.beta_1, seed=cfg.seed, ema=cfg.ema)
 
 
 def warn_about_slow_bf16(dtype: str) -> None:
@@ -131,7 +144,8 @@ def warn_about_slow_bf16(dtype: str) -> None:
 
 
 def build_evaluator(cfg, dataset):
-    """The scoring evaluator (None when evaluation is off); checks the classifier fits the data."""
+    """The scoring evaluator (None when evaluation is off). Built after G and D, so their
+    initial weights never depend on whether evaluation is on."""
     if not cfg.eval.enabled:
         return None
     from ganlab import classifier
@@ -166,9 +180,19 @@ def _run_output_dir(uri: str | None, run_id: str) -> Path:
     return Path(run.data.tags["output_dir"])
 
 
-def _run_status(resume) -> str | None:
-    client, _ = tracking.open_reader(resume.checkpoint.tracking_uri, option="tracking.uri")
-    return tracking.find_run(client, resume.checkpoint.run_id, option="resume").info.status
+def _refuse_finished_run(target: str, uri: str | None) -> None:
+    """A FINISHED run has trained all its epochs (only a complete job ends FINISHED): nothing to resume."""
+    if Path(target).exists():
+        found = checkpoint.find(Path(target))
+        uri, target = found.tracking_uri, found.run_id
+    try:
+        client, _ = tracking.open_reader(uri, option="tracking.uri")
+        run = client.get_run(target)
+    except Exception:  # no store or no such run: prepare() says so
+        return
+    if run.info.status == "FINISHED":
+        raise AlreadyFinished(f"run {target} has trained all {run.data.params.get('epochs', 'its')} epochs already; "
+                              "nothing to resume (it stays as it was).")
 
 
 @contextlib.contextmanager

@@ -1,6 +1,8 @@
 """What a job leaves behind: its config, models, pictures, per-step losses, and the closing lines.
 
-Everything is written into the job's output folder and logged into its MLflow run.
+Everything is written into the job's output folder and logged into its MLflow run. The
+final generator (and the best epoch's) is also logged as an MLflow Model, which
+`mlflow.pyfunc.load_model` turns back into a noise -> images function.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ def save_config(config: dict, output_dir: Path) -> Path:
     return path
 
 
-def save_outputs(trainer, records: list, steps: int, output_dir: Path, run) -> None:
+def save_outputs(trainer, records: list, steps: int, output_dir: Path, run, register_as: str | None = None,
+                 best_epoch: int | None = None) -> None:
     """G and D (and G's EMA and best-epoch versions) as .keras files, the final grid, the
-    loss curve and the per-step losses, in the folder and in the run."""
+    loss curve and the per-step losses, in the folder and in the run; G as the MLflow Model
+    `generator` (registered as `register_as` when given) and the best epoch's G as `generator_best`."""
     from ganlab.epochs import BEST_GENERATOR, fixed_noise
 
     models_dir = Path(output_dir) / "models"
@@ -40,6 +44,7 @@ def save_outputs(trainer, records: list, steps: int, output_dir: Path, run) -> N
         saved.append(Path(output_dir) / BEST_GENERATOR)
     for path in saved:
         run.log_artifact(path, "models")
+    log_generators(trainer, output_dir, run, register_as, best_epoch)
     # No title: the sweep montage puts these side by side and says the epoch once.
     final_grid = plots.save_sample_grid(trainer.generate(fixed_noise(trainer.random_dim)), Path(output_dir) / "samples.png")
     run.log_artifact(final_grid)
@@ -52,6 +57,19 @@ def save_outputs(trainer, records: list, steps: int, output_dir: Path, run) -> N
         np.savetxt(Path(output_dir) / "losses.csv", per_step, fmt=["%d", "%d", "%.9g", "%.9g"], delimiter=",",
                    header="epoch,step,d_loss,g_loss", comments="")
         run.log_artifact(Path(output_dir) / "losses.csv")
+
+
+def log_generators(trainer, output_dir: Path, run, register_as: str | None, best_epoch: int | None) -> None:
+    """G as MLflow Models: noise (N, random_dim) float32 in, images (N, 784) float32 in [-1, 1] out."""
+    from ganlab.epochs import BEST_GENERATOR, fixed_noise
+
+    example = fixed_noise(trainer.random_dim, count=2)
+    run.log_model(trainer.generator, "generator", example, step=trainer.epochs_done, register_as=register_as)
+    if (Path(output_dir) / BEST_GENERATOR).is_file():
+        import keras
+
+        best = keras.models.load_model(Path(output_dir) / BEST_GENERATOR)
+        run.log_model(best, "generator_best", example, step=best_epoch or trainer.epochs_done)
 
 
 def print_summary(epoch_end, resumed_epochs: int, objective: float | None, objective_name: str | None,

@@ -143,7 +143,7 @@ def read_record(folder: Path) -> Record:
         raise InputError(f"--record: {folder} is not a readable record ({type(error).__name__}: {error}).") from None
     if not values:
         raise InputError(f"--record: {runs} holds no values.")
-    return Record(info, values, folder)
+    return Record(info, values, folder.resolve())
 
 
 def write_runs_csv(values: dict, path: Path) -> Path:
@@ -358,7 +358,8 @@ def baseline_table(record: Record) -> str:
     machine = record.machine
     reference = DTYPES[0] if DTYPES[0] in record.precisions() else record.precisions()[0]
     seeds = record.seeds(reference)
-    epochs = [epoch for epoch in TABLE_EPOCHS if epoch in record.epochs(reference)] or record.epochs(reference)[-1:]
+    recorded = record.epochs(reference)
+    epochs = sorted({epoch for epoch in TABLE_EPOCHS if epoch in recorded} | {recorded[-1]})
     lines = [f"Baseline, {reference}: mean ± std over seeds {', '.join(map(str, seeds))} "
              f"(generated from docs/baseline/{RUNS_CSV} by `python -m ganlab.reproduce --write-table docs/baseline`).", "",
              "| epoch | " + " | ".join(scores.HEADLINE) + " |", "|---" * (len(scores.HEADLINE) + 1) + "|"]
@@ -537,12 +538,13 @@ def judge(job: JobResult, record: Record, epochs: int) -> SeedVerdict:
     checks = compare(job, record, epochs)
     unequal = [check for check in checks if not check.exact]
     span = "epoch 1" if epochs == 1 else f"epochs 1-{epochs}"
-    steps = sum(is_step(check.metric) for check in checks)
+    steps = len({check.epoch for check in checks if is_step(check.metric)})
+    values = sum(not is_step(check.metric) for check in checks)
     if not differences:
         same = "same ISA, versions, threads and data as the record"
         if not unequal:
-            return SeedVerdict(job.seed, EXACT, f"{same}; its first {steps} per-step losses and all "
-                                                f"{len(checks) - steps} values of {span} equal the record's", named, checks)
+            return SeedVerdict(job.seed, EXACT, f"{same}; the losses of its first {steps} steps and all {values} "
+                                                f"recorded values of {span} equal the record's", named, checks)
         first = unequal[0]
         code = ""
         if job.environment.get("git_commit") != record.machine.get("git_commit"):
@@ -632,7 +634,7 @@ class Plan:
     data: str | None
 
 
-def plan(args, record: Record) -> Plan:
+def check_options(args, record: Record) -> Plan:
     """Check the options against the record; InputError naming the option and what is valid."""
     if args.precision not in record.precisions():
         raise InputError(f"--precision: got {args.precision!r}; valid: {', '.join(DTYPES)}, and the record has "
@@ -657,16 +659,16 @@ def plan(args, record: Record) -> Plan:
     return Plan(seeds, args.epochs, args.precision, data)
 
 
-def sweep_command(plan_: Plan, record: Record, uri: str | None, experiment: str, sweep_dir: Path) -> list[str]:
+def sweep_command(planned: Plan, record: Record, uri: str | None, experiment: str, sweep_dir: Path) -> list[str]:
     """The baseline as one sweep of `ganlab.train`: the record's overrides, these seeds, threads=1."""
     command = [sys.executable, "-m", "ganlab.train", "-m", *record.machine.get("overrides", []),
-               f"seed={','.join(map(str, plan_.seeds))}", f"epochs={plan_.epochs}", f"dtype={plan_.precision}",
+               f"seed={','.join(map(str, planned.seeds))}", f"epochs={planned.epochs}", f"dtype={planned.precision}",
                f"threads={record.machine.get('threads') or 1}", f"tracking.experiment={experiment}",
                f"hydra.sweep.dir={sweep_dir}"]
     if uri:
         command.append(f"tracking.uri={uri}")
-    if plan_.data:
-        command.append(f"data.path={plan_.data}")
+    if planned.data:
+        command.append(f"data.path={planned.data}")
     return command
 
 
@@ -674,36 +676,36 @@ class ReproductionFailed(RuntimeError):
     """The sweep did not start or left no runs to compare."""
 
 
-def run_reproduction(plan_: Plan, record: Record, uri: str | None, experiment: str) -> str:
+def run_reproduction(planned: Plan, record: Record, uri: str | None, experiment: str) -> str:
     """Train the jobs (output streams to the console); return the sweep's parent run id."""
     from ganlab import sweep
 
     stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
     sweep_dir = (Path.cwd() / "outputs" / "reproduce" / stamp).resolve()
-    command = sweep_command(plan_, record, uri, experiment, sweep_dir)
+    command = sweep_command(planned, record, uri, experiment, sweep_dir)
     print("ganlab.reproduce: " + " ".join(command[1:]), flush=True)
     finished = subprocess.run(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     parent = sweep.read_sweep_file(sweep_dir).get("parent_run_id")
     if parent is None:
-        raise ReproductionFailed(f"the reproduction sweep exited {finished.returncode} before it started a run; "
-                                 "see its output above.")
+        raise ReproductionFailed(f"the reproduction sweep (exit status {finished.returncode}) left no MLflow parent run "
+                                 f"in {sweep_dir}; see its output above.")
     return parent
 
 
-def read_reproduction(client, parent: str, plan_: Plan) -> list[JobResult]:
+def read_reproduction(client, parent: str, planned: Plan) -> list[JobResult]:
     experiment_id = tracking.find_run(client, parent, option="--compare-run").info.experiment_id
     _, children = tracking.sweep_children(client, experiment_id, parent)
     jobs = [read_job(client, child) for child in children]
-    by_seed = {job.seed: job for job in jobs if job.precision == plan_.precision}
-    missing = [seed for seed in plan_.seeds if seed not in by_seed]
+    by_seed = {job.seed: job for job in jobs if job.precision == planned.precision}
+    missing = [seed for seed in planned.seeds if seed not in by_seed]
     if missing:
         found = ", ".join(f"seed {job.seed} {job.precision}" for job in jobs) or "no jobs"
-        raise ReproductionFailed(f"the sweep {parent} has no {plan_.precision} job of seed "
+        raise ReproductionFailed(f"the sweep {parent} has no {planned.precision} job of seed "
                                  f"{', '.join(map(str, missing))} (it has {found}).")
-    return [by_seed[seed] for seed in plan_.seeds]
+    return [by_seed[seed] for seed in planned.seeds]
 
 
-def report(verdicts: list[SeedVerdict], record: Record, plan_: Plan) -> str:
+def report(verdicts: list[SeedVerdict], record: Record, planned: Plan) -> str:
     machine = record.machine
     differences = {name for verdict in verdicts for name in verdict.differences}
     if differences:
@@ -711,8 +713,8 @@ def report(verdicts: list[SeedVerdict], record: Record, plan_: Plan) -> str:
     else:
         environment = (f"same ISA ({' '.join(machine.get('isa', [])) or 'none'}), versions and threads "
                        f"({machine.get('threads')}) as the record")
-    lines = ["", f"ganlab.reproduce: {plan_.precision}, seeds {','.join(map(str, plan_.seeds))}, {plan_.epochs} "
-                 f"epoch{'s' if plan_.epochs != 1 else ''}, against the record in {record.folder} "
+    lines = ["", f"ganlab.reproduce: {planned.precision}, seeds {','.join(map(str, planned.seeds))}, {planned.epochs} "
+                 f"epoch{'s' if planned.epochs != 1 else ''}, against the record in {record.folder} "
                  f"(made {machine.get('date')} on {machine.get('cpu_model')}, commit {str(machine.get('git_commit'))[:7]})",
              f"environment: {environment}"]
     lines += [verdict.line() for verdict in verdicts]
@@ -734,12 +736,12 @@ def log_on_parent(client, parent: str, verdicts: list[SeedVerdict], record: Reco
 
 def reproduce(args) -> int:
     record = read_record(Path(args.record))
-    plan_ = plan(args, record)
-    parent = args.compare_run or run_reproduction(plan_, record, args.tracking_uri, args.experiment)
+    planned = check_options(args, record)
+    parent = args.compare_run or run_reproduction(planned, record, args.tracking_uri, args.experiment)
     client, _ = tracking.open_reader(args.tracking_uri)
-    verdicts = [judge(job, record, plan_.epochs) for job in read_reproduction(client, parent, plan_)]
+    verdicts = [judge(job, record, planned.epochs) for job in read_reproduction(client, parent, planned)]
     log_on_parent(client, parent, verdicts, record)
-    print(report(verdicts, record, plan_))
+    print(report(verdicts, record, planned))
     print(f"comparison table: reproduce/comparison.csv and comparison.md of MLflow run {parent}")
     print(tracking.ui_hint(args.tracking_uri, client.get_run(parent).info.experiment_id, parent), flush=True)
     return 1 if overall(verdicts) == DIFFERS else 0

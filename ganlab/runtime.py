@@ -77,7 +77,17 @@ def configure_tensorflow(seed: int, threads: int | None, deterministic: bool) ->
     if deterministic:
         tf.config.experimental.enable_op_determinism()
     else:
-        tf.config.experimental.disable_op_determinism()  # an earlier job of the process may have turned it on
+        # An earlier job of the process may have turned it on; TensorFlow's public API can
+        # only turn it on, so turning it off goes through the module that API wraps.
+        from tensorflow.python.framework import config as framework_config
+
+        framework_config.disable_op_determinism()
+
+
+def op_determinism_enabled() -> bool:
+    from tensorflow.python.framework import config as framework_config
+
+    return framework_config.is_op_determinism_enabled()
 
 
 def threads_for_job(threads: int | None, cpus_per_task: int | None, parallel_jobs: int | None) -> int:

@@ -159,5 +159,6 @@ def markdown_table() -> str:
     """The README's score table, generated from the registry."""
     lines = ["| score | what it measures | better |", "|---|---|---|"]
     for metric in EVALUATION:
-        lines.append(f"| `{metric.name}` | {metric.meaning} | {metric.direction_text} |")
+        meaning = metric.meaning.replace("|", "\\|")  # a bare | would end the table cell
+        lines.append(f"| `{metric.name}` | {meaning} | {metric.direction_text} |")
     return "\n".join(lines)

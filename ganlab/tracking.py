@@ -7,13 +7,18 @@ readers use `open_reader`, which never creates anything. The default store is a 
 database in `mlruns/` of the directory the command runs in, with artifacts in
 `mlruns/artifacts/<experiment>/` given as an absolute location, so `mlflow ui` finds
 them from anywhere. Calls to a tracking server are bounded in time (see
-`bound_server_waits`). Nothing here imports TensorFlow.
+`bound_server_waits`). What the UI shows beside metrics also comes through `JobRun`:
+images per step, the training data as the run's dataset input, the generator as an MLflow
+Model, and MLflow's system metrics. Nothing here imports TensorFlow until a model is logged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import getpass
+import io
+import json
 import logging
 import os
 import platform
@@ -24,7 +29,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+import mlflow
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -36,6 +42,8 @@ logging.getLogger("mlflow").setLevel(logging.WARNING)  # MLflow sets INFO when i
 PARENT_RUN_TAG = "mlflow.parentRunId"
 NOTE_TAG = "mlflow.note.content"  # a run's description, rendered as Markdown by the UI
 SWEEP_PARENT_TAG = "sweep.parent"
+DATASET_CONTEXT_TAG = "mlflow.data.context"  # the UI's badge beside a run's dataset
+DIGEST_LENGTH = 36  # the most characters of a dataset digest MLflow stores
 PACKAGES = ("tensorflow", "keras", "mlflow", "hydra-core", "numpy", "scipy")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SERVER_TIMEOUT_S = 10
@@ -78,8 +86,10 @@ def ui_hint(uri: str | None, experiment_id: str | None = None, run_id: str | Non
     url = f"{base}/#/experiments/{experiment_id}" if experiment_id else base
     if experiment_id and run_id:
         url += f"/runs/{run_id}"
-    elif experiment_id:
-        url += "?workflowType=machine_learning"  # MLflow 3 opens on the GenAI overview otherwise
+    if experiment_id:
+        # MLflow 3's UI shows an experiment as GenAI (traces) unless the URL or the browser's
+        # last choice in the sidebar says machine learning; an experiment tag does not decide it.
+        url += "?workflowType=machine_learning"
     lines = ([f"look at it: {command}"] if command else []) + [f"then open {url}"]
     return "\n".join(lines)
 
@@ -278,7 +288,8 @@ class JobRun:
     """
 
     def __init__(self, uri: str | None, experiment: str, output_dir: Path, run_name: str, tags: dict[str, Any],
-                 parent_run_id: str | None = None, log_file: Path | None = None, resume_run_id: str | None = None):
+                 parent_run_id: str | None = None, log_file: Path | None = None, resume_run_id: str | None = None,
+                 system_metrics: bool = False):
         self.uri, self.experiment = uri, experiment
         self.output_dir = Path(output_dir)
         self.run_name = run_name
@@ -287,6 +298,7 @@ class JobRun:
             self.tags[PARENT_RUN_TAG] = parent_run_id
         self.log_file = log_file
         self.resume_run_id = resume_run_id
+        self.system_metrics = system_metrics
         self.client: MlflowClient | None = None
         self.experiment_id: str | None = None
         self.run_id: str | None = None
@@ -303,7 +315,23 @@ class JobRun:
             run = _store_call(resolve_uri(self.uri), lambda: self.client.create_run(self.experiment_id, run_name=self.run_name, tags=tags))
             self.run_id = run.info.run_id
             log.info("MLflow run %s (%s) in %s", self.run_id, self.run_name, resolve_uri(self.uri))
+        if self.system_metrics:
+            self._guarded(self._start_system_metrics)
         return self
+
+    def _start_system_metrics(self) -> None:
+        """MLflow's own sampler of CPU, memory, disk, network (and NVIDIA GPU, with nvidia-ml-py)
+        use: `system/...` metrics every 10 s (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL) from a
+        background thread, until the run closes."""
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        except ImportError as error:  # psutil missing
+            log.warning("tracking.system_metrics: %s, so this run logs no system metrics (pip install psutil).", error)
+            return
+        monitor = SystemMetricsMonitor(self.run_id, resume_logging=self.resume_run_id is not None,
+                                       tracking_uri=resolve_uri(self.uri))
+        monitor.start()
+        self.on_close(monitor.finish)
 
     def _guarded(self, action) -> None:
         """Do `action` while opening; if it fails the run is closed FAILED before the error goes on."""
@@ -336,8 +364,47 @@ class JobRun:
         self.client.log_batch(self.run_id, metrics=items)
 
     def log_image(self, image, key: str, step: int) -> None:
-        """An image under `key` at `step`: the UI shows it with a step slider and side by side in Compare."""
+        """An image (an array, or a PNG file) under `key` at `step`: the UI shows it with a step
+        slider and side by side in the chart view. MLflow stores it as the artifact
+        `images/<key>+step+<step>+...png` (and a small .webp) and tags the run `mlflow.loggedImages`."""
+        if isinstance(image, (str, Path)):
+            from PIL import Image
+
+            with Image.open(image) as picture:
+                image = picture.convert("RGB")
         self.client.log_image(self.run_id, image, key=key, step=step)
+
+    def log_dataset(self, name: str, digest: str, source: str, profile: dict | None = None) -> None:
+        """The training data as the run's dataset input (the UI's Dataset column): its name, a
+        digest of its content (cut to MLflow's 36 characters) and the file it was read from."""
+        dataset = Dataset(name=name, digest=digest[:DIGEST_LENGTH], source_type="local",
+                          source=json.dumps({"uri": source}), profile=json.dumps(profile) if profile else None)
+        self.client.log_inputs(self.run_id, [DatasetInput(dataset, [InputTag(DATASET_CONTEXT_TAG, "training")])])
+
+    def log_model(self, model, name: str, input_example, step: int, register_as: str | None = None) -> str:
+        """A Keras model as an MLflow Model of this run (the UI's Models column), with its
+        signature and input example, loadable anywhere with
+        `mlflow.pyfunc.load_model(uri).predict(inputs)`; also registered in the Model Registry
+        under `register_as` when given. Returns the model's URI (models:/<model id>).
+
+        The run is passed by id: no active run is started, so the run's status stays JobRun's
+        business. MLflow's model logging reads the process-wide tracking URI, which points at
+        this store for the call only. The TensorFlow flavor is used because the Keras one fails
+        on an input example in MLflow 3.x (mlflow/mlflow#16183); it loads the same .keras file.
+        """
+        import mlflow.tensorflow
+        from mlflow.models import Model, infer_signature
+
+        signature = infer_signature(input_example, model.predict(input_example, verbose=0))
+        params = self.client.get_run(self.run_id).data.params
+        logged = self.client.create_logged_model(self.experiment_id, name=name, source_run_id=self.run_id, params=params)
+        requirements = [f"{package}=={_version(package)}" for package in ("tensorflow", "keras")]
+        # MLflow checks the input example with `model.predict`, whose progress bar goes to stdout.
+        with _tracking_uri_set_to(resolve_uri(self.uri)), contextlib.redirect_stdout(io.StringIO()):
+            info = Model.log(artifact_path=None, name=name, flavor=mlflow.tensorflow, model=model, run_id=self.run_id,
+                             model_id=logged.model_id, step=step, signature=signature, input_example=input_example,
+                             pip_requirements=requirements, registered_model_name=register_as)
+        return info.model_uri
 
     def logged_steps(self, metric: str) -> set[int]:
         return {point.step for point in self.client.get_metric_history(self.run_id, metric)}
@@ -377,6 +444,17 @@ class JobRun:
             action()
         except Exception as error:  # noqa: BLE001
             log.warning("while closing the run: %s: %s", type(error).__name__, error)
+
+
+@contextlib.contextmanager
+def _tracking_uri_set_to(uri: str):
+    """The process-wide tracking URI set to `uri` for a block, then put back as it was."""
+    previous = mlflow.get_tracking_uri() if mlflow.tracking.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
 
 
 def _version(package: str) -> str:

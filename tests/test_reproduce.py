@@ -234,3 +234,24 @@ def test_committed_table_is_the_committed_record():
     assert (folder / reproduce.TABLE_MD).read_text() == expected, (
         "docs/baseline/table.md is not the table of docs/baseline/runs.csv; "
         "run: python -m ganlab.reproduce --write-table docs/baseline")
+
+
+def test_constraints_pin_the_record_versions():
+    machine = json.loads((REPO / "docs" / "baseline" / reproduce.MACHINE_JSON).read_text())
+    pins = dict(line.split("==", 1) for line in (REPO / "constraints.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    for package, version in machine["versions"].items():
+        assert pins.get(package) == version, f"constraints.txt pins {package} {pins.get(package)}, the record {version}"
+
+
+README_MARKERS = ("<!-- baseline-table -->", "<!-- /baseline-table -->")
+
+
+def test_readme_table_is_the_record():
+    readme = (REPO / "README.md").read_text()
+    start, end = README_MARKERS
+    assert start in readme and end in readme, (
+        f"README.md lacks the markers {start} ... {end}: paste docs/baseline/table.md between them.")
+    pasted = readme.split(start, 1)[1].split(end, 1)[0]
+    assert pasted.strip() == (REPO / "docs" / "baseline" / reproduce.TABLE_MD).read_text().strip(), (
+        "the README's baseline table is not docs/baseline/table.md: paste that file between the markers again.")

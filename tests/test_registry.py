@@ -1,0 +1,226 @@
+"""One home per piece of knowledge: the score registry, one name per knob, Hydra at the edge,
+readers that never create, and the best job, the best epoch and the seed comparison read it."""
+
+from __future__ import annotations
+
+import ast
+import csv
+import math
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from conftest import QUICK, REPO, all_runs, artifact_paths, run_cli, store_client
+from ganlab import report, scores, sweep_report
+
+MODULES = sorted((REPO / "ganlab").glob("*.py"))
+
+
+# ---------------------------------------------------------------------------- one home
+
+
+def string_literals(path: Path) -> set[str]:
+    return {node.value for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+
+
+# A string equal to a score's name that means something else: the record's dtype column.
+NOT_A_SCORE = {("reproduce.py", "precision")}
+
+
+def test_only_the_registry_spells_a_score_name():
+    spelled = {name: [m.name for m in MODULES if name in string_literals(m) and (m.name, name) not in NOT_A_SCORE]
+               for name in scores.SCORE_NAMES}
+    assert all(modules == ["scores.py"] for modules in spelled.values()), spelled
+
+
+def test_hydra_is_imported_only_at_the_entry_points():
+    importing = []
+    for module in MODULES:
+        tree = ast.parse(module.read_text())
+        names = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+        names += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+        if any(name == "hydra" or name.startswith("hydra.") for name in names):
+            importing.append(module.name)
+    assert len(importing) <= 3 and set(importing) <= {"train.py", "sweep.py"}, importing
+
+
+def test_readme_scores_table_is_the_registry():
+    docs = (REPO / "docs" / "evaluation.md").read_text()
+    assert scores.markdown_table() in docs
+
+
+@pytest.mark.parametrize("name", scores.objective_names())
+def test_the_best_job_follows_the_metric_direction(name):
+    """A sweep's best pick takes the highest value of a higher-is-better score, the lowest otherwise."""
+    values = [3.0, 7.0, 5.0]
+    children = [SimpleNamespace(info=SimpleNamespace(status="FINISHED", run_id=str(i)), data=SimpleNamespace(metrics={name: v}))
+                for i, v in enumerate(values)]
+    children.append(SimpleNamespace(info=SimpleNamespace(status="FINISHED", run_id="nan"), data=SimpleNamespace(metrics={name: math.nan})))
+    best = scores.pick_best(name, children, lambda child: child.data.metrics.get(name))
+    expected = "1" if scores.direction(name) == scores.HIGHER else "0"
+    assert best.info.run_id == expected
+
+
+def test_derived_names_inherit_their_direction():
+    assert scores.direction("ema_classifier_score") == scores.HIGHER
+    assert scores.direction("rescore_fid") == scores.LOWER and scores.direction("recall_best") == scores.HIGHER
+    assert scores.is_known("fid_best_epoch") and not scores.is_known("foo")
+    with pytest.raises(ValueError, match="unknown metric foo; valid: fid, fid_logits"):
+        scores.check_names(["fid", "foo"], "--metrics")
+
+
+def test_determinism_can_be_turned_off_again_in_the_same_process():
+    from ganlab.runtime import configure_tensorflow, op_determinism_enabled
+
+    configure_tensorflow(0, None, deterministic=True)
+    assert op_determinism_enabled()
+    configure_tensorflow(0, None, deterministic=False)
+    assert not op_determinism_enabled()
+    configure_tensorflow(0, None, deterministic=True)
+
+
+# ---------------------------------------------------------------------------- through the CLI
+
+
+def test_a_second_name_for_a_knob_exits_before_keras(workdir):
+    result = run_cli([*QUICK, "model.dropout=1.5"], workdir)
+    assert result.returncode != 0 and "model.dropout" in result.stderr
+    assert all_runs(workdir) == []
+
+
+def test_fashion_mnist_is_not_scored_with_the_digit_classifier(workdir):
+    result = run_cli([*QUICK, "data=fashion_mnist"], workdir)  # the fixture's bytes, named fashion_mnist
+    assert result.returncode != 0
+    assert "was trained on mnist, but the job's data is fashion_mnist" in result.stderr
+    assert "python -m ganlab.classifier --dataset fashion_mnist" in result.stderr
+    assert result.stderr.count("was trained on mnist") == 1  # printed once
+    (run,) = all_runs(workdir)
+    assert run.info.status == "FAILED" and "d_loss" not in run.data.metrics
+
+
+@pytest.fixture(scope="module")
+def seeds_sweep(tmp_path_factory):
+    """dropout x seed with a higher-is-better objective and EMA: 4 jobs, 2 epochs, scored every epoch."""
+    cwd = tmp_path_factory.mktemp("seeds_sweep")
+    result = run_cli(["-m", "dropout=0.1,0.3", "seed=0,1", "objective=classifier_score", "ema=0.99",
+                      "eval.every=1", *QUICK, "epochs=2"], cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = all_runs(cwd)
+    parent = next(run for run in runs if run.data.tags.get("sweep.parent") == "true")
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return cwd, result, parent, children
+
+
+def test_a_higher_is_better_objective_tags_the_highest_job(seeds_sweep):
+    _, result, parent, children = seeds_sweep
+    best = max(children, key=lambda child: child.data.metrics["classifier_score"])
+    assert parent.data.tags["best.run_id"] == best.info.run_id
+    assert parent.data.metrics["classifier_score"] == best.data.metrics["classifier_score"]
+    assert parent.data.params["dropout"] == best.data.params["dropout"]
+    assert best.info.run_id in parent.data.tags["mlflow.note.content"]
+    assert "mlflow ui --backend-store-uri" in result.stdout and parent.info.run_id in result.stdout
+
+
+def test_every_run_tracks_its_best_epoch_and_ema_scores(seeds_sweep):
+    cwd, _, _, children = seeds_sweep
+    client = store_client(cwd)
+    for child in children:
+        history = {p.step: p.value for p in client.get_metric_history(child.info.run_id, "classifier_score")}
+        best = {p.step: p.value for p in client.get_metric_history(child.info.run_id, "classifier_score_best")}
+        best_epoch = {p.step: p.value for p in client.get_metric_history(child.info.run_id, "classifier_score_best_epoch")}
+        assert best[2] == max(history.values()) and history[int(best_epoch[2])] == best[2]
+        assert [p.step for p in client.get_metric_history(child.info.run_id, "ema_fid")] == [1, 2]
+        assert {"models/generator_best.keras", "models/generator_ema.keras"} <= artifact_paths(client, child.info.run_id)
+        assert child.data.params["ema"] == "0.99" and len(child.info.run_name) <= 40
+        assert child.info.run_name.startswith("dropout=") and "seed=" in child.info.run_name
+
+
+def test_a_sweep_over_seeds_and_a_knob_compares_the_groups(seeds_sweep):
+    cwd, _, parent, children = seeds_sweep
+    client = store_client(cwd)
+    assert {"summary/comparison.csv", "summary/comparison.md", "summary/comparison_fid.png"} <= artifact_paths(client, parent.info.run_id)
+    table = client.download_artifacts(parent.info.run_id, "summary/comparison.csv", str(cwd))
+    with open(table) as stream:
+        rows = [row for row in csv.DictReader(stream) if row["metric"] == "fid" and row["epoch"] == "2"]
+    by_group = {row["group"]: row for row in rows}
+    assert set(by_group) == {"dropout=0.1", "dropout=0.3"} and by_group["dropout=0.3"]["diff"] == ""  # the reference
+    values = {g: [c.data.metrics["fid"] for c in children if f"dropout={c.data.params['dropout']}" == g] for g in by_group}
+    assert float(by_group["dropout=0.1"]["mean"]) == pytest.approx(np.mean(values["dropout=0.1"]))
+    assert float(by_group["dropout=0.1"]["diff"]) == pytest.approx(np.mean(values["dropout=0.1"]) - np.mean(values["dropout=0.3"]))
+    assert "dropout" in parent.data.tags["mlflow.note.content"].split("Across seeds")[1]
+
+
+# ---------------------------------------------------------------------------- the report
+
+
+def synthetic_sweep(tmp_path: Path, values: dict[str, list[float]]):
+    """A store with a parent and one child per (dropout, seed), fid logged at epoch 5 with known values."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    (tmp_path / "mlruns").mkdir()
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("study", artifact_location=(tmp_path / "artifacts").as_uri())
+    parent = client.create_run(experiment, tags={"sweep.parent": "true"}).info.run_id
+    for dropout, fids in values.items():
+        for seed, fid in enumerate(fids):
+            run = client.create_run(experiment, tags={"mlflow.parentRunId": parent, "sweep.job_num": str(len(fids) * 10 + seed)})
+            for key, value in {"dropout": dropout, "seed": seed, "label_smoothing": 0.1}.items():
+                client.log_param(run.info.run_id, key, value)
+            client.log_metric(run.info.run_id, "fid", fid, step=5)
+            client.set_terminated(run.info.run_id)
+    client.set_terminated(parent)
+    return uri
+
+
+def test_report_compares_groups_against_scipy(tmp_path, capsys):
+    values = {"0.3": [60.0, 64.0, 59.0], "0.5": [50.0, 55.0, 52.0, 49.0], "0.0": [61.0, 70.0, 65.0]}
+    uri = synthetic_sweep(tmp_path, values)
+    out = tmp_path / "report"
+    code = report.main(["--tracking-uri", uri, "--experiment", "study", "--by", "dropout", "--metrics", "fid",
+                        "--epochs", "5", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    with open(out / "comparison.csv") as stream:
+        header = stream.readline().strip()
+        rows = {row["group"]: row for row in csv.DictReader([header, *stream])}
+    assert header == "group,metric,epoch,n,mean,std,ci_low,ci_high,diff,diff_ci_low,diff_ci_high,p_value,seeds_needed"
+    reference, other = np.array(values["0.3"]), np.array(values["0.5"])
+    low, high = scipy.stats.t.interval(0.95, len(other) - 1, loc=other.mean(), scale=scipy.stats.sem(other))
+    row = rows["dropout=0.5"]
+    assert float(row["mean"]) == pytest.approx(other.mean()) and float(row["std"]) == pytest.approx(other.std(ddof=1))
+    assert (float(row["ci_low"]), float(row["ci_high"])) == pytest.approx((low, high))
+    assert float(row["diff"]) == pytest.approx(other.mean() - reference.mean())
+    assert float(row["p_value"]) == pytest.approx(scipy.stats.ttest_ind(other, reference, equal_var=False).pvalue)
+    assert rows["dropout=0.3"]["diff"] == "" and rows["dropout=0.3"]["p_value"] == ""  # the tutorial's 0.3 is the reference
+    assert (out / "comparison_fid.png").read_bytes()[:4] == b"\x89PNG"
+    assert "clear" in (out / "comparison.md").read_text()
+
+
+def test_report_refuses_unknown_metrics_and_experiments_and_creates_nothing(tmp_path, capsys):
+    uri = synthetic_sweep(tmp_path, {"0.3": [1.0, 2.0]})
+    assert report.main(["--tracking-uri", uri, "--experiment", "study", "--metrics", "foo,fid", "--out", str(tmp_path / "r")]) == 2
+    error = capsys.readouterr().err
+    assert "--metrics: unknown metric foo; valid: fid," in error and "classifier_score" in error
+    assert report.main(["--tracking-uri", uri, "--experiment", "stdy", "--out", str(tmp_path / "r")]) == 2
+    assert "no experiment 'stdy'" in capsys.readouterr().err
+    from mlflow.tracking import MlflowClient
+
+    assert MlflowClient(uri).get_experiment_by_name("stdy") is None
+    missing = f"sqlite:///{tmp_path / 'nowhere' / 'mlflow.db'}"
+    assert report.main(["--tracking-uri", missing, "--out", str(tmp_path / "r")]) == 2
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_the_montage_names_each_tile_once_inside_the_picture(tmp_path):
+    from ganlab import plots
+
+    grids = [plots.save_sample_grid(np.zeros((100, 784)), tmp_path / f"{i}.png") for i in range(3)]
+    path = plots.save_montage(grids, ["dropout=0.1 ls=0", "dropout=0.3 ls=0", "dropout=0.5 ls=0"], tmp_path / "m.png",
+                              title="final samples (epoch 2)")
+    image = __import__("matplotlib.pyplot", fromlist=["imread"]).imread(path)
+    assert (image[0, :, :3] == 1.0).all() and (image[:, 0, :3] == 1.0).all()  # a white margin: nothing cut at the edges
+    assert sweep_report._cell("fid", 12.3456) == "12.35"
