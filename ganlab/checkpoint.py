@@ -159,14 +159,8 @@ class Resume:
     lock: FolderLock
 
 
-def prepare(target: str, cfg: DictConfig, explicit_overrides: list[str], find_run_folder) -> Resume:
-    """The checkpoint `target` (a run id or a folder) names, and the config to continue with.
-
-    The job runs with the checkpoint's config, store and experiment. Only the keys in
-    RESUME_OVERRIDES, and only when given explicitly on this command line, replace the
-    checkpoint's; anything else given is refused. `find_run_folder(uri, run_id)` returns a
-    run's output folder (a tracking look-up, passed in to keep this module free of MLflow).
-    """
+def check_overrides(explicit_overrides: list[str]) -> dict[str, str]:
+    """The keys given with resume (key -> override); InputError for any that would change what is trained."""
     given = {item.split("=", 1)[0].lstrip("+~"): item for item in explicit_overrides}
     given.pop("resume", None)
     changed = [item for key, item in given.items() if key not in RESUME_OVERRIDES]
@@ -175,6 +169,18 @@ def prepare(target: str, cfg: DictConfig, explicit_overrides: list[str], find_ru
             f"resume: a resumed job trains with its checkpoint's config; these overrides would change it: "
             f"{' '.join(changed)}. Only {', '.join(RESUME_OVERRIDES)} may be given with resume."
         )
+    return given
+
+
+def prepare(target: str, cfg: DictConfig, explicit_overrides: list[str], find_run_folder) -> Resume:
+    """The checkpoint `target` (a run id or a folder) names, and the config to continue with.
+
+    The job runs with the checkpoint's config, store and experiment. Only the keys in
+    RESUME_OVERRIDES, and only when given explicitly on this command line, replace the
+    checkpoint's; anything else given is refused. `find_run_folder(uri, run_id)` returns a
+    run's output folder (a tracking look-up, passed in to keep this module free of MLflow).
+    """
+    given = check_overrides(explicit_overrides)
     if Path(target).exists():
         found = find(Path(target))
     else:

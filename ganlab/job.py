@@ -50,6 +50,7 @@ def run_job(cfg: DictConfig, context: JobContext) -> float | None:
     config.validate_tracking(cfg)  # a store must be usable before a run can record anything
     resume = None
     if cfg.get("resume"):
+        checkpoint.check_overrides(context.overrides)
         _refuse_finished_run(str(cfg.resume), cfg.tracking.uri)
         resume = checkpoint.prepare(str(cfg.resume), cfg, context.overrides, _run_output_dir)
         cfg = resume.config

@@ -12,6 +12,8 @@ differ only in `seed`: the seeds are the replicates) and writes into `--out`:
   grouped) with its Welch 95% interval, p-value and the seeds per group needed to detect
   it (80% power); `comparison_<metric>.png`: mean against epoch per group with the band;
 - `scores.md` / `scores.csv`: mean ± std per group at the chosen epochs;
+- the sweep's own summary, as its parent run holds it: `sweep_summary.csv`/`.md`, the fid
+  heatmap over two keys and the montage of final samples (`ganlab.sweep_report`);
 - `samples_<group>.png`: the first run's sample grids at those epochs side by side.
 Only reads: it never creates a store or an experiment.
 """
@@ -25,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ganlab import comparison, plots, scores, tracking
+from ganlab import comparison, plots, scores, sweep_report, tracking
 from ganlab.errors import InputError
 
 
@@ -61,27 +63,14 @@ def grouped_runs(children, keys) -> dict[str, list]:
     return groups
 
 
-def observations(client, groups: dict[str, list], keys, metrics) -> tuple[list, dict]:
-    """Every logged value of `metrics` per run (histories fetched once per run and metric)."""
-    found, histories = [], {}
-    for runs in groups.values():
-        for run in runs:
-            histories[run.info.run_id] = tracking.metric_histories(client, run.info.run_id, metrics)
-            group = {key: run.data.params.get(key, "") for key in keys}
-            for metric, history in histories[run.info.run_id].items():
-                found += [comparison.Observation(group, run.data.params.get("seed", ""), metric, step, value)
-                          for step, value in history.items()]
-    return found, histories
-
-
-def score_tables(groups, histories, metrics, epochs) -> dict[str, list[dict]]:
+def score_tables(groups, logged, metrics, epochs) -> dict[str, list[dict]]:
     """mean ± std per group, epoch and metric (epochs a run lacks are skipped)."""
     tables = {}
     for label, runs in groups.items():
         rows = []
         for epoch in epochs:
             for metric in metrics:
-                values = [histories[run.info.run_id][metric][epoch] for run in runs if epoch in histories[run.info.run_id][metric]]
+                values = [logged[run.info.run_id][metric][epoch] for run in runs if epoch in logged[run.info.run_id][metric]]
                 if values:
                     std = statistics.stdev(values) if len(values) > 1 else 0.0
                     rows.append({"epoch": epoch, "metric": metric, "mean": statistics.fmean(values), "std": std, "runs": len(values)})
@@ -138,23 +127,17 @@ def run(args) -> str:
     if not groups:
         raise InputError(f"sweep {parent} has no finished runs to compare.")
     reference = parse_reference(args.reference, keys)
-    found, histories = observations(client, groups, keys, metrics)
-    if reference is None:
-        reference = comparison.default_reference([{k: r.data.params.get(k, "") for k in keys} for rs in groups.values() for r in rs], keys)
-    try:
-        rows = comparison.compare(found, keys, reference, metrics=metrics)
-    except ValueError as error:
-        raise InputError(f"--reference: {error}") from None
-
+    finished = [run for runs in groups.values() for run in runs]
+    logged = sweep_report.histories(client, finished, metrics)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    comparison.write_csv(rows, out / "comparison.csv")
-    comparison.write_markdown(rows, out / "comparison.md", {m: scores.direction(m) for m in metrics})
-    for metric in metrics:
-        comparison.plot_metric(rows, metric, out / f"comparison_{metric}.png")
-    finished = sum(len(runs) for runs in groups.values())
-    tables = score_tables(groups, histories, metrics, epochs)
-    text = f"Sweep {parent}: {finished} finished runs; mean ± std over the runs of each group.\n\n"
+    try:
+        sweep_report.seed_comparison(finished, logged, keys, metrics, reference, out)
+    except ValueError as error:
+        raise InputError(f"--reference: {error}") from None
+    sweep_report.summarize(client, children, keys, None, out)  # the sweep's table, heatmap and montage
+    tables = score_tables(groups, logged, metrics, epochs)
+    text = f"Sweep {parent}: {len(finished)} finished runs; mean ± std over the runs of each group.\n\n"
     text += markdown({f"{label} ({len(groups[label])} runs)": rows for label, rows in tables.items()}, metrics, epochs)
     (out / "scores.md").write_text(text)
     with open(out / "scores.csv", "w", newline="") as stream:
@@ -163,7 +146,7 @@ def run(args) -> str:
         for label, table in tables.items():
             writer.writerows({"group": label, **row} for row in table)
     write_sample_montages(client, groups, keys, epochs, out)
-    return text + f"\nwritten to {out}/ (comparison.csv, comparison.md, comparison_<metric>.png, scores.md, samples_*.png)"
+    return text + f"\nwritten to {out}/ (comparison.csv/.md, comparison_<metric>.png, scores.md/.csv, sweep_summary.csv/.md, samples_*.png)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -93,15 +93,16 @@ def lookup(name: str) -> Metric | None:
     for prefix in (EMA_PREFIX, RESCORE_PREFIX):
         if name.startswith(prefix):
             return lookup(name[len(prefix):])
-    if name.endswith(BEST_EPOCH_SUFFIX):
-        return None  # an epoch number, not a score
+    if name.endswith(BEST_EPOCH_SUFFIX):  # an epoch number: known, but no direction
+        base = lookup(name[: -len(BEST_EPOCH_SUFFIX)])
+        return Metric(name, None, ".0f", f"the epoch of {base.name}{BEST_SUFFIX}") if base else None
     if name.endswith(BEST_SUFFIX):
         return lookup(name[: -len(BEST_SUFFIX)])
     return REGISTRY.get(name)
 
 
 def is_known(name: str) -> bool:
-    return lookup(name) is not None or (name.endswith(BEST_EPOCH_SUFFIX) and lookup(name[: -len(BEST_EPOCH_SUFFIX)]) is not None)
+    return lookup(name) is not None
 
 
 def direction(name: str) -> str | None:

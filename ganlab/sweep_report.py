@@ -131,30 +131,49 @@ def _montage(client, children, rows, keys, folder: Path) -> Path | None:
     return plots.save_montage(grids, labels, folder / "sweep_samples.png", title=title)
 
 
+def histories(client, runs, metrics) -> dict[str, dict[str, dict[int, float]]]:
+    """{run id: {metric: {epoch: value}}}, each run's history of each metric fetched once."""
+    from ganlab import tracking
+
+    return {run.info.run_id: tracking.metric_histories(client, run.info.run_id, metrics) for run in runs}
+
+
+def seed_comparison(runs, logged, keys, metrics, reference, folder: Path) -> list:
+    """Seeds are replicates: compare the groups of `keys` across them; writes comparison.csv/.md
+    and comparison_<metric>.png into `folder` and returns the comparison rows."""
+    from ganlab import comparison
+
+    observations = []
+    for run in runs:
+        group = {key: run.data.params.get(key, "") for key in keys}
+        for metric, history in logged[run.info.run_id].items():
+            observations += [comparison.Observation(group, run.data.params.get(SEED_KEY, ""), metric, step, value)
+                             for step, value in history.items()]
+    if reference is None:
+        groups = [dict(g) for g in {tuple(sorted(o.group.items())) for o in observations}]
+        reference = comparison.default_reference(groups, keys)
+    rows = comparison.compare(observations, keys, reference, metrics=metrics)
+    comparison.write_csv(rows, folder / "comparison.csv")
+    comparison.write_markdown(rows, folder / "comparison.md", {name: scores.direction(name) for name in metrics})
+    for metric in {row.metric for row in rows}:
+        comparison.plot_metric(rows, metric, folder / f"comparison_{metric}.png")
+    return rows
+
+
 def _seed_comparison(client, finished, grid_keys, metrics, folder: Path, summary: SweepSummary) -> list[str]:
-    """Seeds are replicates: compare the groups of the other swept keys (comparison.csv/md, plots)."""
-    from ganlab import comparison, tracking
+    """The sweep's own seed comparison (its scores with a direction), and a sentence per swept key."""
+    from ganlab import comparison
 
     compared = [name for name in metrics if name in scores.SCORE_NAMES and scores.direction(name)] or [scores.G_LOSS]
-    observations = []
-    for child in finished:
-        group = {key: child.data.params.get(key, "") for key in grid_keys}
-        for metric, history in tracking.metric_histories(client, child.info.run_id, compared).items():
-            observations += [comparison.Observation(group, child.data.params.get(SEED_KEY, ""), metric, step, value)
-                             for step, value in history.items()]
-    groups = [dict(g) for g in {tuple(sorted(o.group.items())) for o in observations}]
-    reference = comparison.default_reference(groups, grid_keys)
-    rows = comparison.compare(observations, grid_keys, reference, metrics=compared)
-    directions = {name: scores.direction(name) for name in compared}
-    summary.files.append(comparison.write_csv(rows, folder / "comparison.csv"))
-    summary.files.append(comparison.write_markdown(rows, folder / "comparison.md", directions))
-    for metric in compared:
-        summary.files.append(comparison.plot_metric(rows, metric, folder / f"comparison_{metric}.png"))
-    if reference is None:
+    rows = seed_comparison(finished, histories(client, finished, compared), grid_keys, compared, None, folder)
+    summary.files += [folder / "comparison.csv", folder / "comparison.md"]
+    summary.files += sorted(folder.glob("comparison_*.png"))
+    with_diff = [row for row in rows if row.diff is not None]
+    if not with_diff:
         return []
     last_epoch = max(row.epoch for row in rows)
     headline = scores.FID if scores.FID in compared else compared[0]
-    return [comparison.sentence(rows, key, headline, last_epoch, directions[headline]) for key in grid_keys]
+    return [comparison.sentence(rows, key, headline, last_epoch, scores.direction(headline)) for key in grid_keys]
 
 
 def _description(summary: SweepSummary, table: str, objective: str | None, comparison_lines: list[str]) -> str:

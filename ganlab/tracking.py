@@ -43,7 +43,7 @@ PARENT_RUN_TAG = "mlflow.parentRunId"
 NOTE_TAG = "mlflow.note.content"  # a run's description, rendered as Markdown by the UI
 SWEEP_PARENT_TAG = "sweep.parent"
 DATASET_CONTEXT_TAG = "mlflow.data.context"  # the UI's badge beside a run's dataset
-DIGEST_LENGTH = 36  # the most characters of a dataset digest MLflow stores
+DIGEST_LENGTH = 12  # a dataset digest as the UI shows it, like a short git hash (MLflow stores at most 36)
 PACKAGES = ("tensorflow", "keras", "mlflow", "hydra-core", "numpy", "scipy")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SERVER_TIMEOUT_S = 10
@@ -375,8 +375,8 @@ class JobRun:
         self.client.log_image(self.run_id, image, key=key, step=step)
 
     def log_dataset(self, name: str, digest: str, source: str, profile: dict | None = None) -> None:
-        """The training data as the run's dataset input (the UI's Dataset column): its name, a
-        digest of its content (cut to MLflow's 36 characters) and the file it was read from."""
+        """The training data as the run's dataset input (the UI's Dataset column): its name, the
+        start of its content hash (the whole one goes into a tag) and the file it was read from."""
         dataset = Dataset(name=name, digest=digest[:DIGEST_LENGTH], source_type="local",
                           source=json.dumps({"uri": source}), profile=json.dumps(profile) if profile else None)
         self.client.log_inputs(self.run_id, [DatasetInput(dataset, [InputTag(DATASET_CONTEXT_TAG, "training")])])

@@ -32,6 +32,13 @@ def run_cli(args: list[str], cwd: Path, module: str = "ganlab.train", timeout: i
     )
 
 
+def store_is_ready(cwd: Path) -> bool:
+    """True once a job under `cwd` wrote its first checkpoint, which comes after its run was
+    created: from then on the store's schema is complete and reading it cannot race the
+    job's own creation of the database."""
+    return bool(list(cwd.glob("outputs/**/checkpoint/checkpoint.npz")))
+
+
 def store_client(cwd: Path) -> MlflowClient:
     return MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}")
 

@@ -158,7 +158,7 @@ def test_cli_scores_a_saved_generator(tmp_path):
     assert "300 samples (seed 0) of" in lines[0]
     for name in SCORE_NAMES:
         assert any(line.split()[:1] == [name] for line in lines), name
-    assert "predicted digits" in result.stdout
+    assert "predicted classes" in result.stdout
 
 
 def test_cli_missing_generator_exits_with_a_message(tmp_path, capsys):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import EVAL_CACHE, MNIST_FILE, QUICK, REPO, all_runs, run_cli, store_client
+from conftest import EVAL_CACHE, MNIST_FILE, QUICK, REPO, all_runs, run_cli, store_client, store_is_ready
 
 # Long enough epochs that a SIGTERM lands mid-epoch; evaluation off to keep it short.
 KILLABLE = ["epochs=3", "steps_per_epoch=60", "eval.enabled=false", "objective=g_loss", f"data.path={MNIST_FILE}"]
@@ -31,7 +31,7 @@ def wait_for_logged_epoch(process: subprocess.Popen, cwd: Path, epoch: int, dead
     deadline = time.monotonic() + deadline_s
     while True:
         assert process.poll() is None, process.communicate()[1][-2000:]
-        runs = all_runs(cwd) if (cwd / "mlruns" / "mlflow.db").exists() else []
+        runs = all_runs(cwd) if store_is_ready(cwd) else []
         if runs and epoch in {p.step for p in store_client(cwd).get_metric_history(runs[0].info.run_id, "d_loss")}:
             return
         assert time.monotonic() < deadline, "the job never logged its epoch"
@@ -104,11 +104,11 @@ def test_resume_refuses_a_config_change(workdir, uninterrupted):
 
 
 def test_resume_of_unknown_run_or_folder(workdir):
-    result = run_cli(["resume=0123456789abcdef", *QUICK], workdir)
+    result = run_cli(["resume=0123456789abcdef", f"data.path={MNIST_FILE}"], workdir)
     assert result.returncode != 0 and "resume: no MLflow run '0123456789abcdef'" in result.stderr
     empty = workdir / "empty"
     empty.mkdir()
-    result = run_cli([f"resume={empty}", *QUICK], workdir)
+    result = run_cli([f"resume={empty}", f"data.path={MNIST_FILE}"], workdir)
     assert result.returncode != 0 and "resume: no checkpoint in" in result.stderr
 
 

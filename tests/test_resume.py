@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import EVAL_CACHE, MNIST_FILE, QUICK, all_runs, run_cli, store_client
+from conftest import EVAL_CACHE, MNIST_FILE, QUICK, all_runs, run_cli, store_client, store_is_ready
 from ganlab import checkpoint
 from ganlab.errors import InputError
 
@@ -47,7 +47,7 @@ def wait_for(condition, process: subprocess.Popen | None = None, deadline_s: flo
 
 
 def the_run(cwd: Path):
-    if not (cwd / "mlruns" / "mlflow.db").exists():
+    if not store_is_ready(cwd):
         return None
     runs = all_runs(cwd)
     return runs[0] if runs else None
@@ -176,7 +176,7 @@ def killed_threads_1_run(tmp_path_factory):
     client_dir = killed_cwd
 
     def epoch_one_logged():
-        if not (client_dir / "mlruns" / "mlflow.db").exists():
+        if not store_is_ready(client_dir):
             return False
         client = store_client(client_dir)
         experiment = client.get_experiment_by_name("elsewhere")
@@ -238,7 +238,7 @@ def test_sigterm_to_a_sequential_sweep_leaves_no_run_running(workdir):
                      "objective=g_loss", f"data.path={MNIST_FILE}"], workdir)
 
     def first_child_trains():
-        if not (workdir / "mlruns" / "mlflow.db").exists():
+        if not store_is_ready(workdir):
             return False
         children = [r for r in all_runs(workdir) if "mlflow.parentRunId" in r.data.tags]
         return children and steps(workdir, children[0].info.run_id)
@@ -275,7 +275,7 @@ def test_a_full_disk_ends_the_run_failed_with_a_message_and_no_partial_file(tmp_
         assert run.info.status == "FAILED" and "no space left" in run.data.tags["failure_reason"]
         assert not list(mount.glob("outputs/runs/*/checkpoint/*.partial"))
     finally:
-        subprocess.run(["umount", str(mount)], check=True)
+        subprocess.run(["umount", "--lazy", str(mount)], check=True)  # this process may still hold the store open
 
 
 def test_closing_a_run_survives_a_failing_error_file(tmp_path, monkeypatch):

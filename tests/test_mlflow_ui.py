@@ -1,0 +1,132 @@
+"""What the MLflow UI shows of a sweep, read back through MLflow's own client after one real
+sweep through the CLI: images per epoch, params, run names, the parent's summary, dataset
+inputs, logged and registered generators, system metrics and the printed UI links."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import MNIST_FILE, QUICK, artifact_paths, run_cli, store_client
+from ganlab import scores
+
+REGISTERED = "ganlab-test-generator"
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """Two jobs of two epochs, both evaluated; system metrics sampled every second."""
+    cwd = tmp_path_factory.mktemp("ui_sweep")
+    args = ["-m", "dropout=0.1,0.3", *QUICK, "epochs=2", "eval.every=1", f"tracking.register_model={REGISTERED}"]
+    result = run_cli(args, cwd, env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return cwd, result
+
+
+def parent_and_children(cwd):
+    client = store_client(cwd)
+    runs = client.search_runs([client.get_experiment_by_name("ganlab").experiment_id])
+    parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    assert len(parents) == 1
+    children = sorted((run for run in runs if run is not parents[0]), key=lambda run: run.data.params["dropout"])
+    assert len(children) == 2
+    return client, parents[0], children
+
+
+def test_every_child_logs_its_samples_and_classes_as_images_at_each_epoch(sweep):
+    client, _, children = parent_and_children(sweep[0])
+    for child in children:
+        # log_image(key=..., step=...) stores images/<key>+step+<step>+timestamp+<t>+<uuid>.png (and a .webp)
+        pngs = sorted(path for path in artifact_paths(client, child.info.run_id, "images") if path.endswith(".png"))
+        logged = {(path.removeprefix("images/").split("+")[0], int(path.split("+")[2])) for path in pngs}
+        assert logged == {("samples", 1), ("samples", 2), ("classes", 1), ("classes", 2)}
+        assert child.data.tags["mlflow.loggedImages"] == "True"  # what makes the UI offer image charts
+        grid = next(path for path in pngs if path.startswith("images/samples+step+2+"))
+        with Image.open(client.download_artifacts(child.info.run_id, grid, str(sweep[0]))) as picture:
+            assert picture.size == (280, 280)  # the 10x10 grid of 28x28 digits
+
+
+def test_every_knob_is_one_param_with_a_value(sweep):
+    _, _, children = parent_and_children(sweep[0])
+    assert [child.data.params["dropout"] for child in children] == ["0.1", "0.3"]
+    for child in children:
+        params = child.data.params
+        top_level = {key for key in params if "." not in key}
+        assert [key for key in params if "." in key and key.rsplit(".", 1)[1] in top_level] == []  # no model.dropout
+        assert [key for key in params if scores.is_known(key.rsplit(".", 1)[-1])] == []  # no param named like a score
+        assert "None" not in params.values()
+
+
+def test_children_are_named_by_their_swept_value(sweep):
+    _, _, children = parent_and_children(sweep[0])
+    names = [child.info.run_name for child in children]
+    assert names == ["dropout=0.1", "dropout=0.3"]
+    assert all(len(name) <= 40 for name in names)
+
+
+def test_parent_shows_the_best_job_and_a_description(sweep):
+    _, parent, children = parent_and_children(sweep[0])
+    best = min(children, key=lambda child: child.data.metrics[scores.FID])
+    assert parent.data.metrics[scores.FID] == best.data.metrics[scores.FID]
+    assert all(scores.is_known(name) for name in parent.data.metrics)
+    assert parent.data.params["dropout"] == best.data.params["dropout"]
+    description = parent.data.tags["mlflow.note.content"]
+    assert f"/runs/{best.info.run_id}" in description and "| dropout |" in description
+
+
+def test_every_child_records_its_training_data_and_source(sweep):
+    client, _, children = parent_and_children(sweep[0])
+    for child in children:
+        inputs = client.get_run(child.info.run_id).inputs.dataset_inputs
+        assert len(inputs) == 1
+        dataset = inputs[0].dataset
+        assert dataset.name == "mnist"
+        assert len(dataset.digest) >= 8 and child.data.tags["data.sha256"].startswith(dataset.digest)
+        assert json.loads(dataset.source) == {"uri": str(MNIST_FILE.resolve())}
+        assert [(tag.key, tag.value) for tag in inputs[0].tags] == [("mlflow.data.context", "training")]
+        assert child.data.tags["mlflow.source.name"] == "ganlab.train"
+
+
+def test_logged_generator_turns_noise_into_images(sweep, monkeypatch):
+    import keras
+    import mlflow
+
+    client, _, children = parent_and_children(sweep[0])
+    child = children[0]
+    models = {client.get_logged_model(output.model_id).name: output.model_id
+              for output in client.get_run(child.info.run_id).outputs.model_outputs}
+    assert set(models) == {"generator", "generator_best"}  # eval every epoch: the best epoch's G is kept too
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)  # for models:/ URIs
+    generator = mlflow.pyfunc.load_model(f"models:/{models['generator']}")
+    assert generator.metadata.get_input_schema().inputs[0].shape == (-1, 100)
+    noise = np.random.default_rng(0).standard_normal((4, 100)).astype(np.float32)
+    images = generator.predict(noise)
+    assert images.shape == (4, 784) and images.dtype == np.float32
+    assert np.all(np.abs(images) <= 1.0)
+    kept = keras.models.load_model(f"{child.data.tags['output_dir']}/models/generator.keras")
+    np.testing.assert_allclose(images, kept.predict(noise, verbose=0), atol=1e-6)  # the final G, as saved
+
+
+def test_final_generators_are_registered_under_the_configured_name(sweep):
+    client, _, children = parent_and_children(sweep[0])
+    versions = client.search_model_versions(f"name='{REGISTERED}'")
+    assert sorted(version.run_id for version in versions) == sorted(child.info.run_id for child in children)
+    for version in versions:
+        model_id = version.source.removeprefix("models:/")
+        assert client.get_logged_model(model_id).name == "generator"
+
+
+def test_every_child_logs_system_metrics(sweep):
+    _, _, children = parent_and_children(sweep[0])
+    for child in children:
+        assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(child.data.metrics)
+
+
+def test_printed_links_open_the_runs_view_of_the_ui(sweep):
+    links = [line.split("then open ", 1)[1] for line in sweep[1].stdout.splitlines() if "then open " in line]
+    assert len(links) == 3  # two jobs and the sweep
+    assert all(link.startswith("http://127.0.0.1:5000/#/experiments/") and link.endswith("?workflowType=machine_learning")
+               for link in links)
