@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from ganlab.plots import _save  # noqa: E402
+from ganlab.plots import _save, numeric_first  # noqa: E402
 
 CONFIDENCE = 0.95
 # The tutorial's values of the knobs a sweep usually varies: the natural reference.
@@ -203,7 +203,7 @@ def compare(
             raise ValueError(f"reference {group_label(reference, by)!r} matches no group "
                              f"(grouped by {', '.join(by) or 'nothing'}); the groups are: {existing}")
 
-    ordered_groups = sorted(groups, key=lambda key: (key != reference_key, [_value_order(value) for value in key]))
+    ordered_groups = sorted(groups, key=lambda key: (key != reference_key, [numeric_first(value) for value in key]))
     rows = []
     for metric in metrics if metrics is not None else seen_metrics:
         metric_epochs = sorted({epoch for (_, name, epoch) in values if name == metric})
@@ -411,11 +411,6 @@ def _same_value(a, b) -> bool:
         return False
 
 
-def _value_order(value):
-    try:
-        return (0, float(value), "")
-    except (TypeError, ValueError):
-        return (1, 0.0, str(value))
 
 
 def _in_order(items: Iterable) -> list:

@@ -6,8 +6,22 @@ key or file and says what would be valid. The entry points print just that messa
 """
 
 
+import sys
+
+
 class InputError(ValueError):
     """Bad input that the user can fix; the message says what and how."""
+
+
+def report_or_refuse(produce) -> int:
+    """A CLI's ending: print what `produce()` returns and exit 0, or the InputError's one
+    paragraph on standard error and exit 2."""
+    try:
+        print(produce())
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 class TrainingDiverged(RuntimeError):

@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 from ganlab import classifier as classifier_module  # noqa: E402
 from ganlab import scores, tracking  # noqa: E402
 from ganlab.data import load_dataset, to_unit_range  # noqa: E402
-from ganlab.errors import InputError  # noqa: E402
+from ganlab.errors import InputError, report_or_refuse  # noqa: E402
 from ganlab.evaluation import Evaluator, evaluation_noise  # noqa: E402
 
 GENERATOR_ARTIFACT = "models/generator.keras"
@@ -216,12 +216,7 @@ def run(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        print(run(args))
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return report_or_refuse(lambda: run(args))
 
 
 if __name__ == "__main__":

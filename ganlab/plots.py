@@ -79,8 +79,8 @@ def save_class_histogram(histogram: np.ndarray, path: str | Path, title: str | N
 
 def save_sweep_heatmap(rows: list[dict], row_key: str, column_key: str, metric: str, path: str | Path) -> Path:
     """Final `metric` of each job on a grid of two swept keys (empty cells: no value)."""
-    row_values = sorted({row[row_key] for row in rows}, key=_numeric_first)
-    column_values = sorted({row[column_key] for row in rows}, key=_numeric_first)
+    row_values = sorted({row[row_key] for row in rows}, key=numeric_first)
+    column_values = sorted({row[column_key] for row in rows}, key=numeric_first)
     table = np.full((len(row_values), len(column_values)), np.nan)
     for row in rows:
         table[row_values.index(row[row_key]), column_values.index(row[column_key])] = row[metric]
@@ -117,7 +117,8 @@ def save_montage(image_files: list[Path], labels: list[str], path: str | Path, t
     return path
 
 
-def _numeric_first(value):
+def numeric_first(value):
+    """Sort key: numbers by value ("0.3" before "0.10" is wrong, 0.1 before 0.3 right), then text."""
     try:
         return (0, float(value), "")
     except (TypeError, ValueError):

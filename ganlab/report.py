@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 from ganlab import comparison, plots, scores, sweep_report, tracking
-from ganlab.errors import InputError
+from ganlab.errors import InputError, report_or_refuse
 
 
 def parse_args(argv):
@@ -151,12 +151,7 @@ def run(args) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        print(run(args))
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return report_or_refuse(lambda: run(args))
 
 
 if __name__ == "__main__":
