@@ -107,3 +107,31 @@ def test_unknown_group_choice_lists_the_valid_ones(workdir, override, group):
     assert result.returncode != 0
     assert f"Could not find '{group}/" in result.stderr and "Available options" in result.stderr
     assert all_runs(workdir) == []  # composition failed: nothing was started
+
+
+def test_help_is_ganlabs_own(workdir):
+    result = run_cli(["--help"], workdir)
+    assert result.returncode == 0
+    for word in ("dropout", "label_smoothing", "data.path", "mlflow", "--cfg job --resolve", "fashion_mnist"):
+        assert word in result.stdout, word
+    assert "powered by Hydra" not in result.stdout
+
+
+def test_the_console_is_quiet_and_ends_with_how_to_look(workdir):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import EVAL_CACHE
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("TF_CPP", "CUDA_VISIBLE"))}
+    result = subprocess.run([sys.executable, "-m", "ganlab.train", "epochs=0", "eval.enabled=false", "objective=null",
+                             f"data.path={MNIST_FILE}"], cwd=workdir, capture_output=True, text=True, timeout=600,
+                            env={**env, "GANLAB_CACHE_DIR": str(EVAL_CACHE)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    console = result.stdout + result.stderr
+    assert "cuInit" not in console and "cudart" not in console and "absl::InitializeLog" not in console
+    assert "Creating initial MLflow database tables" not in console
+    last = result.stdout.strip().splitlines()[-2:]
+    assert last[0].strip().startswith("look at it: mlflow ui --backend-store-uri sqlite:///")
+    assert last[1].strip().startswith("then open http://127.0.0.1:5000/#/experiments/")
