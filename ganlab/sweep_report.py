@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ganlab import scores
+from ganlab import scores, tracking
 
 SEED_KEY = "seed"
 
@@ -84,7 +84,7 @@ def log_on_parent(client, run_id: str, summary: SweepSummary, objective: str | N
     from mlflow.entities import Metric, Param, RunTag
 
     best = summary.best
-    tags = [RunTag("mlflow.note.content", summary.description)]
+    tags = [RunTag(tracking.NOTE_TAG, summary.description)]
     if best is not None:
         step = int(best.data.params.get("epochs", 0))
         metrics = [Metric(name, value, 0, step) for name, value in best.data.metrics.items() if scores.is_known(name)]
@@ -133,7 +133,6 @@ def _montage(client, children, rows, keys, folder: Path) -> Path | None:
 
 def histories(client, runs, metrics) -> dict[str, dict[str, dict[int, float]]]:
     """{run id: {metric: {epoch: value}}}, each run's history of each metric fetched once."""
-    from ganlab import tracking
 
     return {run.info.run_id: tracking.metric_histories(client, run.info.run_id, metrics) for run in runs}
 
