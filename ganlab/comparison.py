@@ -81,6 +81,8 @@ class ComparisonRow:
 
 
 CSV_HEADER = [field.name for field in fields(ComparisonRow)]
+# The record a comparison is computed from: the grouping keys' columns, then these.
+RECORD_COLUMNS = ["seed", "epoch", "metric", "value"]
 
 
 def group_label(group: dict[str, str], by: Sequence[str] | None = None) -> str:
@@ -175,8 +177,10 @@ def compare(
     epochs: Sequence[int] | None = None,
 ) -> list[ComparisonRow]:
     """One row per (group, metric, epoch) that has values; groups are the distinct values of
-    the keys in `by` and their seeds the replicates (if a seed has several values at one
-    metric and epoch, the last one counts). Diff fields compare each group with `reference`
+    the keys in `by`, and a group's replicates are its seeds together with the values of any
+    other keys the observations carry (grouping a dropout x label_smoothing grid by dropout
+    alone pools the label_smoothing values: three of them with three seeds give 9 replicates).
+    If one replicate has several values at one metric and epoch, the last one counts. Diff fields compare each group with `reference`
     at the same metric and epoch; they are None for the reference itself, when no reference
     is given, and where the reference has no values.
 
@@ -185,13 +189,15 @@ def compare(
     """
     observations = list(observations)
     groups: dict[tuple, dict[str, str]] = {}
-    # (group key, metric, epoch) -> {seed: value}
+    # (group key, metric, epoch) -> {replicate: value}
     values: dict[tuple, dict[str, float]] = {}
     seen_metrics: list[str] = []
     for observation in observations:
         key = tuple(observation.group.get(name) for name in by)
         groups.setdefault(key, {name: observation.group.get(name) for name in by})
-        values.setdefault((key, observation.metric, int(observation.epoch)), {})[observation.seed] = observation.value
+        replicate = (observation.seed, tuple(sorted((name, value) for name, value in observation.group.items()
+                                                    if name not in by)))
+        values.setdefault((key, observation.metric, int(observation.epoch)), {})[replicate] = observation.value
         if observation.metric not in seen_metrics:
             seen_metrics.append(observation.metric)
 
@@ -236,6 +242,44 @@ def write_csv(rows: Iterable[ComparisonRow], path: str | Path) -> Path:
     return path
 
 
+def write_record(observations: Sequence[Observation], by: Sequence[str], path: str | Path) -> Path:
+    """Every value a comparison is computed from, in the order given: one row per value with the
+    columns `by`..., seed, epoch, metric, value (full repr precision). `read_record` gives the
+    same observations back, so `compare` on them gives the same rows to the last bit."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow([*by, *RECORD_COLUMNS])
+        for observation in observations:
+            writer.writerow([*(observation.group.get(key, "") for key in by), observation.seed,
+                             int(observation.epoch), observation.metric, repr(float(observation.value))])
+    return path
+
+
+def read_record(path: str | Path) -> tuple[list[Observation], list[str]]:
+    """The observations of a record written by `write_record` (or any CSV whose last columns are
+    seed, epoch, metric, value, such as docs/baseline/runs.csv) and its grouping keys, the
+    columns before `seed`. Raises ValueError naming the file and what is wrong."""
+    path = Path(path)
+    with open(path, newline="") as stream:
+        reader = csv.reader(stream)
+        header = next(reader, [])
+        if header[-len(RECORD_COLUMNS):] != RECORD_COLUMNS:
+            raise ValueError(f"{path}: the header is {','.join(header) or 'empty'}; a record's columns are the "
+                             f"grouping keys, then {','.join(RECORD_COLUMNS)}.")
+        keys = header[:-len(RECORD_COLUMNS)]
+        observations = []
+        for line_number, cells in enumerate(reader, start=2):
+            try:
+                *group, seed, epoch, metric, value = cells
+                observations.append(Observation(dict(zip(keys, group, strict=True)), seed, metric, int(epoch), float(value)))
+            except ValueError:
+                raise ValueError(f"{path}, line {line_number}: expected {len(header)} cells "
+                                 f"({','.join(header)}) with an integer epoch and a number value; got {cells}.") from None
+    return observations, keys
+
+
 LEGEND = (
     "Each row is one group of runs (the same settings, different seeds) at one epoch. "
     "**n** is the number of seeds; **mean ± 95% CI** is the mean over those seeds and the "
@@ -245,7 +289,10 @@ LEGEND = (
     "that test's p-value. A difference is **clear** at 95% when its interval excludes 0; "
     "otherwise the data cannot tell it apart from seed noise. **seeds needed** is how many seeds "
     "per group a t-test would need to detect a difference this size 80% of the time, given the "
-    "observed spreads (empty if it cannot be estimated or would exceed 1000)."
+    "observed spreads (empty if it cannot be estimated or would exceed 1000). "
+    "**q** is the p-value adjusted for the number of groups compared at that metric and epoch "
+    "(Benjamini–Hochberg): among many comparisons some intervals exclude 0 by chance alone, and "
+    "the differences with q < 0.05 are those that hold at a 5% false discovery rate."
 )
 
 
@@ -262,16 +309,16 @@ def write_markdown(
         reference = _reference_label(metric_rows)
         title = f"## {metric}" + (f" ({direction} is better)" if direction else "")
         lines += [title, "", f"Reference: {reference}." if reference else "No reference group.", ""]
-        lines += ["| group | epoch | n | mean ± 95% CI | diff [95% CI] | p | seeds needed | difference at 95% |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for row in metric_rows:
+        lines += ["| group | epoch | n | mean ± 95% CI | diff [95% CI] | p | q | seeds needed | difference at 95% |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for row, q_value in zip(metric_rows, false_discovery_q(metric_rows)):
             spread = "" if math.isnan(row.ci_high) else f" ± {_number((row.ci_high - row.ci_low) / 2)}"
             cells = [row.group, str(row.epoch), str(row.n), f"{_number(row.mean)}{spread}"]
             if row.diff is None:
-                cells += ["reference" if row.group == reference else "–", "", "", ""]
+                cells += ["reference" if row.group == reference else "–", "", "", "", ""]
             else:
                 interval = "" if math.isnan(row.diff_ci_low) else f" [{_number(row.diff_ci_low)}, {_number(row.diff_ci_high)}]"
-                cells += [f"{_signed(row.diff)}{interval}", _p(row.p_value),
+                cells += [f"{_signed(row.diff)}{interval}", _p(row.p_value), _p(q_value),
                           "" if row.seeds_needed is None else str(row.seeds_needed), _verdict(row, direction, bold=True)]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
@@ -279,6 +326,22 @@ def write_markdown(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
     return path
+
+
+def false_discovery_q(rows: Sequence[ComparisonRow]) -> list[float | None]:
+    """Each row's p-value adjusted by Benjamini–Hochberg (scipy.stats.false_discovery_control)
+    within its metric and epoch, the family of groups compared with the reference there;
+    None where the row has no p-value."""
+    q_values: list[float | None] = [None] * len(rows)
+    families: dict[tuple[str, int], list[int]] = {}
+    for index, row in enumerate(rows):
+        if row.p_value is not None and not math.isnan(row.p_value):
+            families.setdefault((row.metric, row.epoch), []).append(index)
+    for indices in families.values():
+        adjusted = stats.false_discovery_control([rows[index].p_value for index in indices], method="bh")
+        for index, q_value in zip(indices, np.atleast_1d(adjusted)):
+            q_values[index] = float(q_value)
+    return q_values
 
 
 def plot_metric(rows: Sequence[ComparisonRow], metric: str, path: str | Path) -> Path:

@@ -78,21 +78,30 @@ def save_class_histogram(histogram: np.ndarray, path: str | Path, title: str | N
 
 
 def save_sweep_heatmap(rows: list[dict], row_key: str, column_key: str, metric: str, path: str | Path) -> Path:
-    """Final `metric` of each job on a grid of two swept keys (empty cells: no value)."""
+    """Final `metric` on a grid of two swept keys (empty cells: no value). A row may also hold
+    `n` (runs averaged into the cell) and `half_width` (of the 95% CI of that mean): the cell
+    then reads `mean ± half_width` and the title says how many runs each mean is over."""
     row_values = sorted({row[row_key] for row in rows}, key=numeric_first)
     column_values = sorted({row[column_key] for row in rows}, key=numeric_first)
     table = np.full((len(row_values), len(column_values)), np.nan)
+    half_widths = np.full_like(table, np.nan)
     for row in rows:
-        table[row_values.index(row[row_key]), column_values.index(row[column_key])] = row[metric]
+        cell = row_values.index(row[row_key]), column_values.index(row[column_key])
+        table[cell], half_widths[cell] = row[metric], row.get("half_width", np.nan)
     fig, ax = plt.subplots(figsize=(1.4 * len(column_values) + 2.5, 1.0 * len(row_values) + 1.8))
     image = ax.imshow(table, cmap="viridis_r")
     for (i, j), value in np.ndenumerate(table):
-        ax.text(j, i, "-" if np.isnan(value) else f"{value:.3g}", ha="center", va="center", color="white")
+        text = "-" if np.isnan(value) else f"{value:.3g}"
+        if not np.isnan(half_widths[i, j]):
+            text += f"\n± {half_widths[i, j]:.2g}"
+        ax.text(j, i, text, ha="center", va="center", color="white")
     ax.set_xticks(range(len(column_values)), column_values)
     ax.set_yticks(range(len(row_values)), row_values)
     ax.set_xlabel(column_key)
     ax.set_ylabel(row_key)
-    ax.set_title(f"final {metric}")
+    counts = sorted({row["n"] for row in rows if row.get("n", 1) > 1})
+    runs = "" if not counts else f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    ax.set_title(f"final {metric}: mean ± 95% CI over {runs} runs" if runs else f"final {metric}")
     fig.colorbar(image, ax=ax)
     return _save(fig, path)
 

@@ -2,6 +2,7 @@
 
     python -m ganlab.report --experiment ganlab --by dropout,label_smoothing --epochs 5,10 --out report
     python -m ganlab.report --by dropout --reference dropout=0.3 --metrics fid,recall
+    python -m ganlab.report --record docs/study/runs.csv --out report   # again from a record, no MLflow
 
 Reads the child runs of a sweep's parent run (the newest sweep of the experiment unless
 `--parent` names one), groups them by the params named in `--by` (the runs of a group
@@ -11,6 +12,9 @@ differ only in `seed`: the seeds are the replicates) and writes into `--out`:
   (`--reference`, default the tutorial's dropout 0.3 / label_smoothing 0.1 when those are
   grouped) with its Welch 95% interval, p-value and the seeds per group needed to detect
   it (80% power); `comparison_<metric>.png`: mean against epoch per group with the band;
+- `runs.csv`: every value those are computed from (group keys, seed, epoch, metric, value).
+  `--record runs.csv` computes the comparison and the fid heatmap again from it alone, to
+  the last bit, so a published comparison can be regenerated without the MLflow store;
 - `scores.md` / `scores.csv`: mean ± std per group at the chosen epochs;
 - the sweep's own summary, as its parent run holds it: `sweep_summary.csv`/`.md`, the fid
   heatmap over two keys and the montage of final samples (`ganlab.sweep_report`);
@@ -40,6 +44,9 @@ def parse_args(argv):
     parser.add_argument("--reference", default=None, help="the group others are compared with, KEY=VALUE[,KEY=VALUE]")
     parser.add_argument("--epochs", default="1,5,10,25,50", help="epochs for scores.md and the sample montage")
     parser.add_argument("--metrics", default=",".join(scores.HEADLINE))
+    parser.add_argument("--record", default=None, metavar="CSV",
+                        help="compare the values of a record (the runs.csv of an earlier report or sweep summary) "
+                             "instead of reading MLflow")
     parser.add_argument("--out", default="report")
     return parser.parse_args(argv)
 
@@ -119,6 +126,8 @@ def run(args) -> str:
     except ValueError as error:
         raise InputError(str(error)) from None
     keys = [key for key in args.by.split(",") if key]
+    if args.record:
+        return run_from_record(Path(args.record), keys, args.reference, metrics, Path(args.out))
     client, experiment_id = tracking.open_reader(args.tracking_uri, args.experiment)
     parent, children = tracking.sweep_children(client, experiment_id, args.parent)
     if not children:
@@ -131,10 +140,14 @@ def run(args) -> str:
     logged = sweep_report.histories(client, finished, metrics)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    # the record knows each run by every param that varies, so groups of fewer keys pool the rest
+    record_keys = keys + [key for key in sweep_report.varying_params(finished) if key not in keys + [sweep_report.SEED_KEY]]
+    values = sweep_report.observations(finished, logged, record_keys)
     try:
-        sweep_report.seed_comparison(finished, logged, keys, metrics, reference, out)
+        sweep_report.seed_comparison(values, keys, metrics, reference, out)
     except ValueError as error:
         raise InputError(f"--reference: {error}") from None
+    comparison.write_record(values, record_keys, out / sweep_report.RECORD)
     sweep_report.summarize(client, children, keys, None, out)  # the sweep's table, heatmap and montage
     tables = score_tables(groups, logged, metrics, epochs)
     text = f"Sweep {parent}: {len(finished)} finished runs; mean ± std over the runs of each group.\n\n"
@@ -146,7 +159,43 @@ def run(args) -> str:
         for label, table in tables.items():
             writer.writerows({"group": label, **row} for row in table)
     write_sample_montages(client, groups, keys, epochs, out)
-    return text + f"\nwritten to {out}/ (comparison.csv/.md, comparison_<metric>.png, scores.md/.csv, sweep_summary.csv/.md, samples_*.png)"
+    return text + (f"\nwritten to {out}/ (comparison.csv/.md, comparison_<metric>.png, {sweep_report.RECORD}, "
+                   "scores.md/.csv, sweep_summary.csv/.md, samples_*.png)")
+
+
+def run_from_record(record: Path, keys: list[str], reference_text: str | None, metrics, out: Path) -> str:
+    """The comparison (and the heatmap of final means over two keys) again from a record's values,
+    without MLflow: the same record and options give the same comparison.csv to the last bit."""
+    try:
+        values, record_keys = comparison.read_record(record)
+    except FileNotFoundError:
+        raise InputError(f"--record: no file {record}; give the runs.csv that a report or a sweep summary wrote.") from None
+    except ValueError as error:
+        raise InputError(f"--record: {error}") from None
+    keys = keys or record_keys
+    if set(keys) - set(record_keys):
+        raise InputError(f"--by: {', '.join(sorted(set(keys) - set(record_keys)))} is not a column of {record}; "
+                         f"its grouping keys are: {', '.join(record_keys) or 'none'}.")
+    values = [value for value in values if value.metric in metrics]  # the record's other keys are pooled
+    if not values:
+        raise InputError(f"--metrics: {record} holds no values of {', '.join(metrics)}.")
+    reference = parse_reference(reference_text, keys)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        rows = sweep_report.seed_comparison(values, keys, metrics, reference, out)
+    except ValueError as error:
+        raise InputError(f"--reference: {error}") from None
+    written = ["comparison.csv/.md", "comparison_<metric>.png"]
+    if len(keys) == 2 and scores.FID in metrics:
+        last = {}  # (group, seed) -> (epoch, value) of the last evaluated epoch
+        for value in values:
+            run = (tuple(value.group.items()), value.seed)
+            if value.metric == scores.FID and value.epoch >= last.get(run, (-1, None))[0]:
+                last[run] = (value.epoch, value.value)
+        finals = [{**dict(group), scores.FID: fid} for (group, _), (_, fid) in last.items()]
+        written.append(sweep_report.heatmap(finals, keys, scores.FID, out).name)
+    groups = len({row.group for row in rows})
+    return f"{len(values)} values of {groups} groups from {record}; written to {out}/ ({', '.join(written)})"
 
 
 def main(argv: list[str] | None = None) -> int:

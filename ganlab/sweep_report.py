@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import csv
 import math
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ganlab import scores, tracking
 
 SEED_KEY = "seed"
+RECORD = "runs.csv"  # the values behind comparison.csv, enough to compute it again
 
 
 @dataclass
@@ -46,9 +48,7 @@ def metric_columns(rows) -> list[str]:
 
 def summarize(client, children, keys: list[str], objective: str | None, folder: Path) -> SweepSummary:
     """Write the sweep's table, heatmap, montage (and seed comparison) into `folder`."""
-    from ganlab import plots
-
-    keys = [key for key in keys if any(key in child.data.params for child in children)] or _varying_params(children)
+    keys = [key for key in keys if any(key in child.data.params for child in children)] or varying_params(children)
     rows = job_rows(children, keys)
     summary = SweepSummary(keys=keys, rows=rows)
     metrics = metric_columns(rows)
@@ -65,9 +65,7 @@ def summarize(client, children, keys: list[str], objective: str | None, folder: 
     grid_keys = [key for key in keys if key != SEED_KEY]
     heat_metric = next((name for name in (scores.FID, scores.G_LOSS) if name in metrics), None)
     if len(grid_keys) == 2 and heat_metric:
-        averaged = _mean_over_other_keys(rows, grid_keys, heat_metric)
-        summary.files.append(plots.save_sweep_heatmap(averaged, grid_keys[0], grid_keys[1], heat_metric,
-                                                      folder / f"sweep_heatmap_{heat_metric}.png"))
+        summary.files.append(heatmap(rows, grid_keys, heat_metric, folder))
     montage = _montage(client, children, rows, keys, folder)
     if montage is not None:
         summary.files.append(montage)
@@ -95,7 +93,7 @@ def log_on_parent(client, run_id: str, summary: SweepSummary, objective: str | N
     client.log_batch(run_id, tags=tags)
 
 
-def _varying_params(children) -> list[str]:
+def varying_params(children) -> list[str]:
     """Params whose values differ between the jobs (when the swept keys are not known)."""
     values: dict[str, set] = {}
     for child in children:
@@ -104,31 +102,49 @@ def _varying_params(children) -> list[str]:
     return sorted(key for key, seen in values.items() if len(seen) > 1)
 
 
-def _mean_over_other_keys(rows, grid_keys, metric) -> list[dict]:
+def heatmap(rows, grid_keys, metric, folder: Path) -> Path:
+    """sweep_heatmap_<metric>.png: each cell of the two keys' grid the mean over its jobs' final values."""
+    from ganlab import plots
+
+    return plots.save_sweep_heatmap(cell_means(rows, grid_keys, metric), grid_keys[0], grid_keys[1], metric,
+                                    folder / f"sweep_heatmap_{metric}.png")
+
+
+def cell_means(rows, grid_keys, metric) -> list[dict]:
+    """One cell per combination of the grid keys, over the jobs that differ only in other keys
+    (the seeds): the mean, the half-width of its 95% interval (NaN for one job) and the count."""
+    from ganlab import comparison
+
     cells: dict[tuple, list[float]] = {}
     for row in rows:
         value = row.get(metric)
         if value is not None and not math.isnan(value):
             cells.setdefault(tuple(row[key] for key in grid_keys), []).append(value)
-    return [{**dict(zip(grid_keys, cell)), metric: sum(values) / len(values)} for cell, values in cells.items()]
+    averaged = []
+    for cell, values in cells.items():
+        summary = comparison.summarize(values)
+        averaged.append({**dict(zip(grid_keys, cell)), metric: summary.mean,
+                         "half_width": (summary.ci_high - summary.ci_low) / 2, "n": summary.n})
+    return averaged
 
 
 def _montage(client, children, rows, keys, folder: Path) -> Path | None:
     from ganlab import plots
 
-    grids, labels = [], []
-    for child, row in zip(children, rows):
-        try:
-            local = client.download_artifacts(child.info.run_id, "samples.png", str(folder))
-        except Exception:  # a job that failed before its final grid
-            continue
-        grids.append(Path(local).rename(folder / f"grid_{row['job']}.png"))
-        labels.append(" ".join(f"{key}={row[key]}" for key in keys) or f"job {row['job']}")
-    if not grids:
-        return None
-    epochs = {child.data.params.get("epochs") for child in children}
-    title = f"final samples (epoch {epochs.pop()})" if len(epochs) == 1 else "final samples"
-    return plots.save_montage(grids, labels, folder / "sweep_samples.png", title=title)
+    with tempfile.TemporaryDirectory() as scratch:  # the downloaded grids are not part of the summary
+        grids, labels = [], []
+        for child, row in zip(children, rows):
+            try:
+                local = client.download_artifacts(child.info.run_id, "samples.png", scratch)
+            except Exception:  # a job that failed before its final grid
+                continue
+            grids.append(Path(local).rename(Path(scratch) / f"grid_{len(grids)}.png"))
+            labels.append(" ".join(f"{key}={row[key]}" for key in keys) or f"job {row['job']}")
+        if not grids:
+            return None
+        epochs = {child.data.params.get("epochs") for child in children}
+        title = f"final samples (epoch {epochs.pop()})" if len(epochs) == 1 else "final samples"
+        return plots.save_montage(grids, labels, folder / "sweep_samples.png", title=title)
 
 
 def histories(client, runs, metrics) -> dict[str, dict[str, dict[int, float]]]:
@@ -137,19 +153,27 @@ def histories(client, runs, metrics) -> dict[str, dict[str, dict[int, float]]]:
     return {run.info.run_id: tracking.metric_histories(client, run.info.run_id, metrics) for run in runs}
 
 
-def seed_comparison(runs, logged, keys, metrics, reference, folder: Path) -> list:
+def observations(runs, logged, keys) -> list:
+    """The seed comparison's input: one Observation per logged value of each run, carrying the
+    run's values of `keys` (all the swept keys but seed, so that a run is known by them and its seed)."""
+    from ganlab import comparison
+
+    found = []
+    for run in runs:
+        group = {key: run.data.params.get(key, "") for key in keys}
+        for metric, history in logged[run.info.run_id].items():
+            found += [comparison.Observation(group, run.data.params.get(SEED_KEY, ""), metric, step, value)
+                      for step, value in history.items()]
+    return found
+
+
+def seed_comparison(observations, keys, metrics, reference, folder: Path) -> list:
     """Seeds are replicates: compare the groups of `keys` across them; writes comparison.csv/.md
     and comparison_<metric>.png into `folder` and returns the comparison rows."""
     from ganlab import comparison
 
-    observations = []
-    for run in runs:
-        group = {key: run.data.params.get(key, "") for key in keys}
-        for metric, history in logged[run.info.run_id].items():
-            observations += [comparison.Observation(group, run.data.params.get(SEED_KEY, ""), metric, step, value)
-                             for step, value in history.items()]
     if reference is None:
-        groups = [dict(g) for g in {tuple(sorted(o.group.items())) for o in observations}]
+        groups = [dict(group) for group in {tuple((key, o.group.get(key)) for key in keys) for o in observations}]
         reference = comparison.default_reference(groups, keys)
     rows = comparison.compare(observations, keys, reference, metrics=metrics)
     comparison.write_csv(rows, folder / "comparison.csv")
@@ -164,8 +188,11 @@ def _seed_comparison(client, finished, grid_keys, metrics, folder: Path, summary
     from ganlab import comparison
 
     compared = [name for name in metrics if name in scores.SCORE_NAMES and scores.direction(name)] or [scores.G_LOSS]
-    rows = seed_comparison(finished, histories(client, finished, compared), grid_keys, compared, None, folder)
-    summary.files += [folder / "comparison.csv", folder / "comparison.md"]
+    logged = histories(client, finished, compared)
+    values = observations(finished, logged, grid_keys)
+    comparison.write_record(values, grid_keys, folder / RECORD)
+    rows = seed_comparison(values, grid_keys, compared, None, folder)
+    summary.files += [folder / "comparison.csv", folder / "comparison.md", folder / RECORD]
     summary.files += sorted(folder.glob("comparison_*.png"))
     with_diff = [row for row in rows if row.diff is not None]
     if not with_diff:

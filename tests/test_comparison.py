@@ -142,6 +142,42 @@ def test_compare_orders_metrics_then_epochs_and_skips_missing_reference():
     assert all(row.diff is None for row in only_fid)
 
 
+def test_grouping_by_fewer_keys_pools_the_others_as_replicates():
+    grid = {("0.3", "0.0"): [10.0, 12.0, 14.0], ("0.3", "0.1"): [11.0, 13.0, 16.0], ("0.5", "0.0"): [20.0, 21.0, 25.0]}
+    data = [Observation({"dropout": dropout, "label_smoothing": ls}, str(seed), "fid", 10, value)
+            for (dropout, ls), values in grid.items() for seed, value in enumerate(values)]
+    pooled = {row.group: row for row in comparison.compare(data, by=["dropout"], reference={"dropout": "0.3"})}
+    both = grid[("0.3", "0.0")] + grid[("0.3", "0.1")]  # seeds 0..2 twice: six runs, not three
+    assert pooled["dropout=0.3"].n == 6 and pooled["dropout=0.3"].mean == pytest.approx(np.mean(both))
+    assert pooled["dropout=0.5"].p_value == pytest.approx(stats.ttest_ind(grid[("0.5", "0.0")], both, equal_var=False).pvalue)
+    full = comparison.compare(data, by=["dropout", "label_smoothing"], reference={"dropout": "0.3", "label_smoothing": "0.0"})
+    assert [row.n for row in full] == [3, 3, 3]
+
+
+def test_record_round_trip_gives_the_same_rows_to_the_last_bit(tmp_path):
+    data = [Observation({"dropout": o.group["dropout"], "label_smoothing": "0.1"}, o.seed, o.metric, o.epoch, o.value / 7)
+            for o in three_groups() + three_groups("recall", 5)]
+    path = comparison.write_record(data, ["dropout", "label_smoothing"], tmp_path / "runs.csv")
+    assert path.read_text().splitlines()[0] == "dropout,label_smoothing,seed,epoch,metric,value"
+    read, keys = comparison.read_record(path)
+    assert keys == ["dropout", "label_smoothing"] and read == data
+    reference = {"dropout": "0.3"}
+    assert comparison.compare(read, ["dropout"], reference) == comparison.compare(data, ["dropout"], reference)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("dropout,seed,metric,value\n", "a record's columns are the grouping keys, then seed,epoch,metric,value"),
+    ("dropout,seed,epoch,metric,value\n0.3,0,ten,fid,1.0\n", "line 2: expected 5 cells"),
+    ("dropout,seed,epoch,metric,value\n0.3,0,10,fid\n", "line 2: expected 5 cells"),
+])
+def test_a_bad_record_is_refused_with_file_and_line(tmp_path, text, expected):
+    path = tmp_path / "runs.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=str(path)) as error:
+        comparison.read_record(path)
+    assert expected in str(error.value)
+
+
 def test_compare_single_seed_group_gives_nan_not_zero():
     data = three_groups() + observations({"0.7": [30.0]})
     row = comparison.compare(data, by=["dropout"], reference={"dropout": "0.3"})[-1]
@@ -191,6 +227,33 @@ def test_markdown_marks_only_the_clear_difference(tmp_path):
     assert "reference" in lines["| dropout=0.3"] and "clear" not in lines["| dropout=0.3"]
     without_direction = comparison.write_markdown(rows, tmp_path / "plain.md").read_text()
     assert "**clear**: higher |" in without_direction and "worse" not in without_direction
+
+
+def bh_by_hand(p_values):
+    """Benjamini–Hochberg: q of the i-th smallest of m is min over j >= i of p_(j) * m / j."""
+    order = np.argsort(p_values)
+    m, q, running = len(p_values), np.empty(len(p_values)), 1.0
+    for rank in range(m, 0, -1):
+        running = min(running, p_values[order[rank - 1]] * m / rank)
+        q[order[rank - 1]] = running
+    return q
+
+
+def test_q_adjusts_within_each_metric_and_epoch(tmp_path):
+    data = three_groups(epoch=10) + observations({"0.7": [16.0, 19.0, 13.0]}, epoch=10) + three_groups("recall", 5)
+    rows = comparison.compare(data, by=["dropout"], reference={"dropout": "0.3"})
+    q_values = comparison.false_discovery_q(rows)
+    for metric, epoch in (("fid", 10), ("recall", 5)):
+        family = [index for index, row in enumerate(rows) if (row.metric, row.epoch) == (metric, epoch) and row.diff is not None]
+        expected = bh_by_hand([rows[index].p_value for index in family])
+        assert [q_values[index] for index in family] == pytest.approx(list(expected))
+        assert all(q_values[index] >= rows[index].p_value for index in family)
+    assert len([q for q in q_values if q is not None]) == 3 + 2  # three groups at fid, two at recall
+    assert all(q is None for row, q in zip(rows, q_values) if row.diff is None)
+    text = comparison.write_markdown(rows, tmp_path / "comparison.md", {"fid": "lower"}).read_text()
+    seven = next(line for line in text.splitlines() if line.startswith("| dropout=0.7 | 10"))
+    cells = [cell.strip() for cell in seven.strip("|").split("|")]
+    assert cells[6] == f"{q_values[[row.group for row in rows].index('dropout=0.7')]:.2g}"
 
 
 def test_plot_is_a_png(tmp_path):

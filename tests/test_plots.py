@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from ganlab import plots
+from scipy import stats
+
+from ganlab import plots, sweep_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -29,3 +32,20 @@ def test_every_picture_is_a_png(tmp_path):
     files.append(plots.save_montage(files[:2], ["first", "second"], tmp_path / "montage.png"))
     for file in files:
         assert file.read_bytes()[:8] == PNG, file
+
+
+def test_heatmap_cells_are_means_over_seeds_with_their_interval(tmp_path):
+    seeds = {("0.0", "0.1"): [50.0, 54.0, 61.0], ("0.3", "0.1"): [40.0]}
+    rows = [{"dropout": d, "label_smoothing": ls, "seed": str(seed), "fid": value}
+            for (d, ls), values in seeds.items() for seed, value in enumerate(values)]
+    rows.append({"dropout": "0.3", "label_smoothing": "0.1", "seed": "1", "fid": float("nan")})  # a failed job
+    cells = {(cell["dropout"], cell["label_smoothing"]): cell
+             for cell in sweep_report.cell_means(rows, ["dropout", "label_smoothing"], "fid")}
+    three = cells[("0.0", "0.1")]
+    low, high = stats.t.interval(0.95, 2, loc=np.mean(seeds[("0.0", "0.1")]), scale=stats.sem(seeds[("0.0", "0.1")]))
+    assert three["n"] == 3 and three["fid"] == np.mean(seeds[("0.0", "0.1")])
+    assert three["half_width"] == pytest.approx((high - low) / 2)
+    one = cells[("0.3", "0.1")]
+    assert one["n"] == 1 and one["fid"] == 40.0 and np.isnan(one["half_width"])
+    path = plots.save_sweep_heatmap(list(cells.values()), "dropout", "label_smoothing", "fid", tmp_path / "heat.png")
+    assert path.read_bytes()[:8] == PNG

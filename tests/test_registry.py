@@ -141,7 +141,8 @@ def test_every_run_tracks_its_best_epoch_and_ema_scores(seeds_sweep):
 def test_a_sweep_over_seeds_and_a_knob_compares_the_groups(seeds_sweep):
     cwd, _, parent, children = seeds_sweep
     client = store_client(cwd)
-    assert {"summary/comparison.csv", "summary/comparison.md", "summary/comparison_fid.png"} <= artifact_paths(client, parent.info.run_id)
+    assert {"summary/comparison.csv", "summary/comparison.md", "summary/comparison_fid.png",
+            "summary/runs.csv"} <= artifact_paths(client, parent.info.run_id)
     table = client.download_artifacts(parent.info.run_id, "summary/comparison.csv", str(cwd))
     with open(table) as stream:
         rows = [row for row in csv.DictReader(stream) if row["metric"] == "fid" and row["epoch"] == "2"]
@@ -197,6 +198,26 @@ def test_report_compares_groups_against_scipy(tmp_path, capsys):
     assert rows["dropout=0.3"]["diff"] == "" and rows["dropout=0.3"]["p_value"] == ""  # the tutorial's 0.3 is the reference
     assert (out / "comparison_fid.png").read_bytes()[:4] == b"\x89PNG"
     assert "clear" in (out / "comparison.md").read_text()
+
+
+def test_a_report_is_computed_again_from_its_record_alone(tmp_path, capsys):
+    uri = synthetic_sweep(tmp_path, {"0.3": [60.0, 64.0, 59.0], "0.5": [50.0, 55.1, 52.0]})
+    first, again = tmp_path / "report", tmp_path / "again"
+    assert report.main(["--tracking-uri", uri, "--experiment", "study", "--by", "dropout", "--out", str(first)]) == 0
+    record = first / "runs.csv"
+    header, *lines = record.read_text().splitlines()
+    assert header == "dropout,seed,epoch,metric,value"
+    assert sorted(lines) == sorted(["0.3,0,5,fid,60.0", "0.3,1,5,fid,64.0", "0.3,2,5,fid,59.0",
+                                    "0.5,0,5,fid,50.0", "0.5,1,5,fid,55.1", "0.5,2,5,fid,52.0"])
+    assert report.main(["--record", str(record), "--out", str(again)]) == 0, capsys.readouterr().err
+    assert (again / "comparison.csv").read_bytes() == (first / "comparison.csv").read_bytes()
+    assert (again / "comparison.md").read_text() == (first / "comparison.md").read_text()
+    assert not (again / "runs.csv").exists()  # the record is read, never written again
+    capsys.readouterr()
+    assert report.main(["--record", str(record), "--by", "lr", "--out", str(again)]) == 2
+    assert f"--by: lr is not a column of {record}; its grouping keys are: dropout." in capsys.readouterr().err
+    assert report.main(["--record", str(tmp_path / "none.csv"), "--out", str(again)]) == 2
+    assert "--record: no file" in capsys.readouterr().err
 
 
 def test_report_refuses_unknown_metrics_and_experiments_and_creates_nothing(tmp_path, capsys):

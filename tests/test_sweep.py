@@ -131,3 +131,5 @@ def test_report_tables_a_sweep_by_group(dropout_sweep):
         assert f"**dropout={child.data.params['dropout']} (1 runs)**" in table
         assert f"| 1 | {child.data.metrics['fid']:.3g} ± 0 | {child.data.metrics['g_loss']:.3g} ± 0 |" in table
     assert (dropout_sweep / "report" / "samples_0.1.png").read_bytes()[:4] == b"\x89PNG"
+    assert (dropout_sweep / "report" / "sweep_samples.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list((dropout_sweep / "report").glob("grid_*"))  # the downloaded grids stay out of the report
