@@ -93,8 +93,10 @@ def save_sweep_heatmap(rows: list[dict], row_key: str, column_key: str, metric: 
     for (i, j), value in np.ndenumerate(table):
         text = "-" if np.isnan(value) else f"{value:.3g}"
         if not np.isnan(half_widths[i, j]):
-            text += f"\n± {half_widths[i, j]:.2g}"
-        ax.text(j, i, text, ha="center", va="center", color="white")
+            text += f"\n± {half_widths[i, j]:.3g}"
+        red, green, blue, _ = image.cmap(image.norm(value)) if not np.isnan(value) else (0, 0, 0, 1)
+        light = 0.299 * red + 0.587 * green + 0.114 * blue > 0.5  # dark text on the light cells
+        ax.text(j, i, text, ha="center", va="center", color="black" if light else "white")
     ax.set_xticks(range(len(column_values)), column_values)
     ax.set_yticks(range(len(row_values)), row_values)
     ax.set_xlabel(column_key)
