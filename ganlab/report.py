@@ -142,7 +142,7 @@ def run(args) -> str:
     out.mkdir(parents=True, exist_ok=True)
     # the record knows each run by every param that varies, so groups of fewer keys pool the rest
     record_keys = keys + [key for key in sweep_report.varying_params(finished) if key not in keys + [sweep_report.SEED_KEY]]
-    values = sweep_report.observations(finished, logged, record_keys)
+    values = sweep_report.run_observations(finished, logged, record_keys)
     try:
         sweep_report.seed_comparison(values, keys, metrics, reference, out)
     except ValueError as error:

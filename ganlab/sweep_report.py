@@ -153,7 +153,7 @@ def histories(client, runs, metrics) -> dict[str, dict[str, dict[int, float]]]:
     return {run.info.run_id: tracking.metric_histories(client, run.info.run_id, metrics) for run in runs}
 
 
-def observations(runs, logged, keys) -> list:
+def run_observations(runs, logged, keys) -> list:
     """The seed comparison's input: one Observation per logged value of each run, carrying the
     run's values of `keys` (all the swept keys but seed, so that a run is known by them and its seed)."""
     from ganlab import comparison
@@ -189,7 +189,7 @@ def _seed_comparison(client, finished, grid_keys, metrics, folder: Path, summary
 
     compared = [name for name in metrics if name in scores.SCORE_NAMES and scores.direction(name)] or [scores.G_LOSS]
     logged = histories(client, finished, compared)
-    values = observations(finished, logged, grid_keys)
+    values = run_observations(finished, logged, grid_keys)
     comparison.write_record(values, grid_keys, folder / RECORD)
     rows = seed_comparison(values, grid_keys, compared, None, folder)
     summary.files += [folder / "comparison.csv", folder / "comparison.md", folder / RECORD]
