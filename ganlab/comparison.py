@@ -180,9 +180,9 @@ def compare(
     the keys in `by`, and a group's replicates are its seeds together with the values of any
     other keys the observations carry (grouping a dropout x label_smoothing grid by dropout
     alone pools the label_smoothing values: three of them with three seeds give 9 replicates).
-    If one replicate has several values at one metric and epoch, the last one counts. Diff fields compare each group with `reference`
-    at the same metric and epoch; they are None for the reference itself, when no reference
-    is given, and where the reference has no values.
+    If one replicate has several values at one metric and epoch, the last one counts. Diff
+    fields compare each group with `reference` at the same metric and epoch; they are None for
+    the reference itself, when no reference is given, and where the reference has no values.
 
     Sorted by metric (as given, else first seen), epoch, then group (reference first).
     Raises ValueError if `reference` matches no group.
@@ -282,7 +282,8 @@ def read_record(path: str | Path) -> tuple[list[Observation], list[str]]:
 
 LEGEND = (
     "Each row is one group of runs (the same settings, different seeds) at one epoch. "
-    "**n** is the number of seeds; **mean ± 95% CI** is the mean over those seeds and the "
+    "**n** is the number of runs: its seeds, and when the groups leave out some swept keys, "
+    "each seed at each of their values; **mean ± 95% CI** is the mean over those runs and the "
     "half-width of the 95% confidence interval of that mean (Student t; none with a single seed). "
     "**diff [95% CI]** is the group's mean minus the reference group's mean at the same epoch, "
     "with its 95% interval from Welch's t-test (which does not assume equal spreads); **p** is "

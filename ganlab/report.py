@@ -5,8 +5,8 @@
     python -m ganlab.report --record docs/study/runs.csv --out report   # again from a record, no MLflow
 
 Reads the child runs of a sweep's parent run (the newest sweep of the experiment unless
-`--parent` names one), groups them by the params named in `--by` (the runs of a group
-differ only in `seed`: the seeds are the replicates) and writes into `--out`:
+`--parent` names one), groups them by the params named in `--by` (the seeds are the
+replicates; swept params left out of `--by` are pooled) and writes into `--out`:
 - `comparison.csv` / `comparison.md`: per group, metric and epoch the mean, std and 95%
   confidence interval over seeds, and each group's difference from the reference group
   (`--reference`, default the tutorial's dropout 0.3 / label_smoothing 0.1 when those are
