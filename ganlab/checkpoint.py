@@ -1,4 +1,4 @@
-"""Checkpoints and resume: everything a job needs to continue bit for bit from its last whole epoch.
+"""Checkpoints and resume, all of it: everything a job needs to continue bit for bit from its last whole epoch.
 
 A checkpoint is ONE file, `checkpoint/checkpoint.npz` in the job's output folder, holding
 - every variable of G and D (weights and the dropout layers' seed states), both Adam
@@ -15,6 +15,10 @@ never parts of two epochs. While a job runs it holds a lock on its checkpoint fo
 (and a resumed job on the folder it resumes from), so a second resume of the same run
 is refused instead of logging epochs twice. A lock dies with its process, `kill -9`
 included.
+
+Resume (`prepare_resume`, then `resume_into`) finds the checkpoint from a run id (through
+the run's `output_dir` tag in MLflow) or a folder, refuses a FINISHED run and any override
+that would change what is trained, and puts the state back into a freshly built trainer.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from ganlab import scores
+from ganlab import scores, tracking
+from ganlab.config import WHERE_KEYS, resolved
 from ganlab.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -42,7 +47,11 @@ FILE = "checkpoint.npz"
 LOCK_FILE = "job.lock"
 # What a resumed job may take from its own command line: where things are and how many
 # threads. Everything else (what is trained) comes from the checkpoint.
-RESUME_OVERRIDES = ("data.path", "tracking.uri", "threads")
+RESUME_OVERRIDES = WHERE_KEYS
+
+
+class AlreadyFinished(Exception):
+    """resume= named a run that has trained all its epochs: nothing to do."""
 
 
 @dataclass
@@ -172,19 +181,20 @@ def check_overrides(explicit_overrides: list[str]) -> dict[str, str]:
     return given
 
 
-def prepare(target: str, cfg: DictConfig, explicit_overrides: list[str], find_run_folder) -> Resume:
-    """The checkpoint `target` (a run id or a folder) names, and the config to continue with.
+def prepare_resume(cfg: DictConfig, explicit_overrides: list[str]) -> Resume:
+    """The checkpoint `cfg.resume` (a run id or a folder) names, and the config to continue with.
 
     The job runs with the checkpoint's config, store and experiment. Only the keys in
     RESUME_OVERRIDES, and only when given explicitly on this command line, replace the
-    checkpoint's; anything else given is refused. `find_run_folder(uri, run_id)` returns a
-    run's output folder (a tracking look-up, passed in to keep this module free of MLflow).
+    checkpoint's; anything else given is refused, and so is a run that has FINISHED.
     """
+    target = str(cfg.resume)
     given = check_overrides(explicit_overrides)
+    _refuse_finished_run(target, OmegaConf.select(cfg, "tracking.uri"))
     if Path(target).exists():
         found = find(Path(target))
     else:
-        found = find(find_run_folder(OmegaConf.select(cfg, "tracking.uri"), target))
+        found = find(_run_output_dir(OmegaConf.select(cfg, "tracking.uri"), target))
     resumed = found.config.copy()
     OmegaConf.update(resumed, "tracking.uri", found.tracking_uri, force_add=True)
     OmegaConf.update(resumed, "tracking.experiment", found.experiment, force_add=True)
@@ -199,33 +209,70 @@ def prepare(target: str, cfg: DictConfig, explicit_overrides: list[str], find_ru
     return Resume(found, resumed, FolderLock(found.folder).acquire())
 
 
-def restore(trainer, resume: Resume, run) -> list:
-    """Put the checkpoint's state into `trainer`; log the epochs the run lacks; return the records."""
+def _run_output_dir(uri: str | None, run_id: str) -> Path:
+    """The output folder (holding the checkpoint) that run `run_id` recorded."""
+    try:
+        client, _ = tracking.open_reader(uri, option="tracking.uri")
+    except InputError:
+        raise InputError(f"resume: no MLflow run {run_id!r}: there is no store at {tracking.resolve_uri(uri)} "
+                         "(give tracking.uri=... where the run lives, or resume=<its output folder>).") from None
+    run = tracking.find_run(client, run_id, option="resume")
+    if "output_dir" not in run.data.tags:
+        raise InputError(f"resume: run {run_id} records no output folder, so its checkpoint cannot be found.")
+    return Path(run.data.tags["output_dir"])
+
+
+def _refuse_finished_run(target: str, uri: str | None) -> None:
+    """A FINISHED run has trained all its epochs (only a complete job ends FINISHED): nothing to resume."""
+    if Path(target).exists():
+        found = find(Path(target))
+        uri, target = found.tracking_uri, found.run_id
+    try:
+        client, _ = tracking.open_reader(uri, option="tracking.uri")
+        run = client.get_run(target)
+    except Exception:  # no store or no such run: prepare_resume says so
+        return
+    if run.info.status == "FINISHED":
+        raise AlreadyFinished(f"run {target} has trained all {run.data.params.get('epochs', 'its')} epochs already; "
+                              "nothing to resume (it stays as it was).")
+
+
+def resume_into(trainer, resume: Resume, run, output_dir: Path, threads: int | None) -> list:
+    """Put the checkpoint's state into `trainer`, log the epochs the run lacks, carry the best
+    generator over, write the checkpoint into this job's folder; return the epoch records."""
     from ganlab.gan import EpochRecord
+    from ganlab.outputs import BEST_GENERATOR
 
     found = resume.checkpoint
     values, saved_records = load_state(found)
-    if not values:  # the job was stopped before its first epoch: it starts again from its seed
-        return []
-    try:
-        trainer.set_state(values, epochs_done=found.epoch)
-    except ValueError as error:
-        raise InputError(f"resume: {error}; was the checkpoint {str(found.file)!r} written by another model config?") from error
-    history = [EpochRecord.from_dict(values) for values in saved_records]
-    logged = run.logged_steps(scores.D_LOSS)
-    for record in history:
-        if record.epoch not in logged:
-            run.log_metrics(record.summary(), step=record.epoch)
-    log.info("resumed from %s after epoch %d", found.folder, found.epoch)
+    history = []
+    if values:  # else the job was stopped before its first epoch: it starts again from its seed
+        try:
+            trainer.set_state(values, epochs_done=found.epoch)
+        except ValueError as error:
+            raise InputError(f"resume: {error}; was the checkpoint {str(found.file)!r} written by another model config?") from error
+        history = [EpochRecord.from_dict(values) for values in saved_records]
+        logged = run.logged_steps(scores.D_LOSS)
+        for record in history:
+            if record.epoch not in logged:
+                run.log_metrics(record.summary(), step=record.epoch)
+        log.info("resumed from %s after epoch %d", found.folder, found.epoch)
+    earlier_best = found.folder.parent / BEST_GENERATOR
+    if earlier_best.is_file() and earlier_best.resolve() != (Path(output_dir) / BEST_GENERATOR).resolve():
+        (Path(output_dir) / BEST_GENERATOR).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(earlier_best, Path(output_dir) / BEST_GENERATOR)
+    write(output_dir, trainer, history, run, threads, resume.config)
+    run.set_tags({"output_dir": str(output_dir)})  # re-pointed only once a checkpoint is here
     return history
 
 
-def meta(epoch: int, run, threads: int | None, config: dict) -> dict:
-    """What a checkpoint records besides the state: enough to resume the same run in the same store."""
-    from ganlab.tracking import resolve_uri
-
-    return {"epoch": epoch, "run_id": run.run_id, "tracking_uri": resolve_uri(run.uri),
-            "experiment": run.experiment, "threads": threads, "config": config}
+def write(output_dir: Path, trainer, history: list, run, threads: int | None, cfg: DictConfig) -> None:
+    """The job's checkpoint after `trainer.epochs_done` epochs (`trainer` None: the first, stateless one)."""
+    state = trainer.get_state() if trainer is not None else []
+    epoch = trainer.epochs_done if trainer is not None else 0
+    meta = {"epoch": epoch, "run_id": run.run_id, "tracking_uri": tracking.resolve_uri(run.uri),
+            "experiment": run.experiment, "threads": threads, "config": resolved(cfg)}
+    save(Path(output_dir) / FOLDER, state, [record.to_dict() for record in history], meta)
 
 
 def remove(folder: Path) -> None:

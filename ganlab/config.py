@@ -19,9 +19,10 @@ from omegaconf.errors import OmegaConfBaseException
 from ganlab import scores
 from ganlab.errors import InputError
 
-MODELS = ("mlp",)
-OPTIMIZERS = ("adam",)
-DTYPES = ("fp32", "bf16")
+DTYPES = ("fp32", "bf16")  # the `dtype` knob's choices; models.py maps each to a Keras policy
+# Keys that say where a job runs and reads from, never what it computes: a resume may point
+# them elsewhere, and two runs differing only in them are the same experiment.
+WHERE_KEYS = ("data.path", "tracking.uri", "threads")
 OBJECTIVE_AT = ("final", "best")
 CHECKPOINT_KEEP = ("last", "none")
 MIN_EVAL_SAMPLES = 200  # the Frechet distance needs more samples than feature dimensions
@@ -43,6 +44,13 @@ def resolve_all(cfg: DictConfig, keys=None) -> None:
         key = getattr(error, "full_key", None) or "config"
         reason = str(error).splitlines()[0]
         raise InputError(f"{key}: cannot be resolved ({type(error).__name__}: {reason}).") from None
+
+
+def resolved(cfg: DictConfig) -> dict:
+    """The job's config with interpolations resolved, without Hydra's own section."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container.pop("hydra", None)
+    return container
 
 
 def validate_tracking(cfg: DictConfig) -> None:
@@ -76,7 +84,7 @@ def validate(cfg: DictConfig) -> None:
     _integer(cfg, "batch_size", minimum=1)
     _integer(cfg, "random_dim", minimum=1)
     _fraction(cfg, "dropout")
-    _fraction(cfg, "label_smoothing")
+    _fraction(cfg, "label_smoothing", nullable=True)  # null: the chosen loss does not use it (ganlab.losses)
     _choice(cfg, "dtype", DTYPES)
     ema = _get(cfg, "ema")
     if ema is not None and not (_is_number(ema) and 0.0 < ema < 1.0):
@@ -85,17 +93,7 @@ def validate(cfg: DictConfig) -> None:
     _integer(cfg, "threads", minimum=1, nullable=True)
     _optional_string(cfg, "resume", "an MLflow run id or a job's output folder")
 
-    _choice(cfg, "model.name", MODELS)
-    for key in ("model.generator_units", "model.discriminator_units"):
-        units = _get(cfg, key)
-        if not OmegaConf.is_list(units) or not units or not all(_is_int(u) and u >= 1 for u in units):
-            raise InputError(f"{key}: got {_show(units)}; expected a non-empty list of positive integers, e.g. [256, 512, 1024].")
-    _number(cfg, "model.leaky_relu_slope", minimum=0.0)
-    _number(cfg, "model.first_layer_init_stddev", minimum=0.0, exclusive=True)
-
-    _choice(cfg, "optimizer.name", OPTIMIZERS)
-    _number(cfg, "optimizer.lr", minimum=0.0, exclusive=True)
-    _fraction(cfg, "optimizer.beta_1")
+    _validate_groups(cfg)
 
     _boolean(cfg, "eval.enabled")
     _integer(cfg, "eval.every", minimum=1)
@@ -108,6 +106,32 @@ def validate(cfg: DictConfig) -> None:
     if path is not None and not (isinstance(path, str) and path.strip()):
         raise InputError(f"data.path: got {_show(path)}; expected null (Keras download/cache) or a path to a .npz or IDX folder.")
     validate_tracking(cfg)
+
+
+def _validate_groups(cfg: DictConfig) -> None:
+    """The `model`, `optimizer` and `loss` groups' settings by their kind; each group's `name`
+    is checked against its registry when the job builds it (ganlab.registry)."""
+    for group in ("model", "optimizer", "loss"):
+        node = _get(cfg, group)
+        if not OmegaConf.is_dict(node):
+            raise InputError(f"{group}: got {_show(node)}; expected a config group, e.g. {group}=<choice>.")
+        if not isinstance(node.get("name"), str):
+            raise InputError(f"{group}.name: got {_show(node.get('name'))}; expected the name of a {group} choice.")
+    for key in cfg.model:
+        name = f"model.{key}"
+        if key.endswith(("_units", "_filters")):
+            units = _get(cfg, name)
+            if not OmegaConf.is_list(units) or not units or not all(_is_int(u) and u >= 1 for u in units):
+                raise InputError(f"{name}: got {_show(units)}; expected a non-empty list of positive integers, e.g. [256, 512, 1024].")
+    _number(cfg, "model.leaky_relu_slope", minimum=0.0, optional=True)
+    _number(cfg, "model.first_layer_init_stddev", minimum=0.0, exclusive=True, optional=True)
+    _integer(cfg, "model.kernel_size", minimum=1, optional=True)
+    for key in ("lr", "d_lr", "g_lr"):
+        _number(cfg, f"optimizer.{key}", minimum=0.0, exclusive=True, optional=True)
+    for key in ("beta_1", "beta_2"):
+        _fraction(cfg, f"optimizer.{key}", optional=True)
+    _integer(cfg, "loss.n_critic", minimum=1)
+    _number(cfg, "loss.gp_weight", minimum=0.0, optional=True)
 
 
 def _validate_objective(cfg: DictConfig) -> None:
@@ -161,9 +185,9 @@ def _show(value) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
-def _integer(cfg, key, minimum, maximum=None, nullable=False):
+def _integer(cfg, key, minimum, maximum=None, nullable=False, optional=False):
     value = _get(cfg, key)
-    if value is None and nullable:
+    if (value is None and nullable) or (value == _MISSING and optional):
         return
     valid = f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
     if nullable:
@@ -172,18 +196,24 @@ def _integer(cfg, key, minimum, maximum=None, nullable=False):
         raise InputError(f"{key}: got {_show(value)}; expected {valid}.")
 
 
-def _number(cfg, key, minimum, exclusive=False):
+def _number(cfg, key, minimum, exclusive=False, optional=False):
+    """`optional`: a key this config's choice does not have is fine; one it has must be valid."""
     value = _get(cfg, key)
+    if value == _MISSING and optional:
+        return
     below = _is_number(value) and (value <= minimum if exclusive else value < minimum)
     if not _is_number(value) or below:
         relation = ">" if exclusive else ">="
         raise InputError(f"{key}: got {_show(value)}; expected a finite number {relation} {minimum}.")
 
 
-def _fraction(cfg, key):
+def _fraction(cfg, key, nullable=False, optional=False):
     value = _get(cfg, key)
+    if (value is None and nullable) or (value == _MISSING and optional):
+        return
     if not _is_number(value) or not 0.0 <= value < 1.0:
-        raise InputError(f"{key}: got {_show(value)}; expected a number in [0, 1), e.g. {key}=0.1.")
+        also = " (or null)" if nullable else ""
+        raise InputError(f"{key}: got {_show(value)}; expected a number in [0, 1){also}, e.g. {key}=0.1.")
 
 
 def _optional_string(cfg, key, valid):

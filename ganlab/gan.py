@@ -1,15 +1,19 @@
-"""The reference GAN training step (one `tf.function`) and the epoch loop around it.
+"""The GAN training step (one `tf.function`) and the epoch loop around it.
 
 Each step, as in the tutorial:
 1. draw `batch_size` real images uniformly with replacement and as many noise vectors;
-2. train D on [real, G(noise)] with targets [1 - label_smoothing, 0] (one-sided smoothing),
-   dropout active;
-3. train G through a frozen D (only G's weights move; D's dropout stays active) on fresh
-   noise with target 1.
+2. train D on [real, G(noise)] with the loss's D objective (the tutorial's: targets
+   [1 - label_smoothing, 0]), dropout active, plus the loss's gradient penalty if it has one;
+3. every `n_critic`-th step (every step for the tutorial), train G through a frozen D
+   (only G's weights move; D's dropout stays active) on fresh noise with the loss's G objective.
+
+An epoch is `steps_per_epoch` D steps whatever the loss, so every loss sees the same
+number of real images per epoch; with `n_critic` > 1 G takes one step in `n_critic` and
+the per-step `g_losses` hold NaN at the steps where G did not move.
 
 The training set lives in a tensor and the random draws come from a seeded
 `tf.random.Generator`, so a step never leaves TensorFlow. The loop knows nothing of
-tracking: it hands an `EpochRecord` per epoch to an optional callback and returns them all.
+tracking: it returns an `EpochRecord` per epoch.
 
 With `ema` set, the step also keeps an exponential moving average of G's weights (updated
 right after G's step, checkpointed with the rest of the state) for generating and saving
@@ -22,7 +26,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Iterator
 
 import keras
 import numpy as np
@@ -30,6 +34,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from ganlab.errors import TrainingDiverged
+from ganlab.losses import GanLoss, gradient_penalty
 
 
 @dataclass
@@ -38,7 +43,7 @@ class EpochRecord:
 
     epoch: int  # 1-based
     d_losses: np.ndarray  # per step
-    g_losses: np.ndarray  # per step
+    g_losses: np.ndarray  # per step; NaN at steps where G did not move (n_critic > 1)
     d_real: float  # mean D probability on the real images of the epoch
     d_fake: float  # mean D probability on the generated images of D's steps
     seconds: float
@@ -51,7 +56,7 @@ class EpochRecord:
 
     @property
     def g_loss(self) -> float:
-        return float(self.g_losses.mean())
+        return float(np.nanmean(self.g_losses))
 
     def to_dict(self) -> dict:
         """Plain JSON-able form, for checkpoints."""
@@ -78,7 +83,7 @@ class EpochRecord:
 
 
 class GanTrainer:
-    """Holds G, D, their optimizers and the training data; runs steps and epochs."""
+    """Holds G, D, their loss and optimizers and the training data; runs steps and epochs."""
 
     def __init__(
         self,
@@ -86,10 +91,10 @@ class GanTrainer:
         discriminator: keras.Model,
         train_images: np.ndarray,
         *,
+        loss: GanLoss,
+        d_optimizer: keras.optimizers.Optimizer,
+        g_optimizer: keras.optimizers.Optimizer,
         batch_size: int,
-        label_smoothing: float,
-        learning_rate: float,
-        beta_1: float,
         seed: int,
         ema: float | None = None,
     ):
@@ -97,17 +102,16 @@ class GanTrainer:
             raise ValueError(f"ema must be None or a float in (0, 1), got {ema!r}")
         self.generator = generator
         self.discriminator = discriminator
+        self.loss = loss
         self.batch_size = batch_size
         self.random_dim = generator.input_shape[-1]
-        self.real_target = 1.0 - label_smoothing
+        self.image_shape = tuple(generator.output_shape[1:])  # the model's: (H*W,) for mlp, (H, W, 1) for dcgan
         # Held as uint8 and scaled per batch: a quarter of the memory, and the same float32
         # values as scaling the whole set up front, (x - 127.5) / 127.5.
         if train_images.dtype != np.uint8:
             raise TypeError(f"train_images must be uint8 grey levels, got {train_images.dtype}")
-        self.train_images = tf.constant(train_images.reshape(len(train_images), -1))
-        # D and G each get their own Adam, as DESIGN.md states the reference loop.
-        self.d_optimizer = keras.optimizers.Adam(learning_rate=learning_rate, beta_1=beta_1)
-        self.g_optimizer = keras.optimizers.Adam(learning_rate=learning_rate, beta_1=beta_1)
+        self.train_images = tf.constant(train_images.reshape(len(train_images), *self.image_shape))
+        self.d_optimizer, self.g_optimizer = d_optimizer, g_optimizer
         self.d_optimizer.build(discriminator.trainable_variables)
         self.g_optimizer.build(generator.trainable_variables)
         self.rng = tf.random.Generator.from_seed(seed)
@@ -120,34 +124,38 @@ class GanTrainer:
         ]
 
     @tf.function
-    def train_step(self):
-        """One D update and one G update; returns (d_loss, g_loss, d_real, d_fake)."""
+    def train_step(self, update_generator: bool = True):
+        """One D update and, if `update_generator`, one G update; returns (d_loss, g_loss, d_real, d_fake).
+        (`update_generator` is a Python bool: each value is its own traced graph.)"""
         batch = self.batch_size
         index = self.rng.uniform([batch], 0, tf.shape(self.train_images)[0], dtype=tf.int32)
         real = (tf.cast(tf.gather(self.train_images, index), tf.float32) - 127.5) / 127.5
         fake = self.generator(self.rng.normal([batch, self.random_dim]), training=True)
-        images = tf.concat([real, fake], axis=0)
-        targets = tf.concat([tf.fill([batch, 1], self.real_target), tf.zeros([batch, 1])], axis=0)
         with tf.GradientTape() as tape:
-            logits = self.discriminator(images, training=True)
-            d_loss = _bce_from_logits(targets, logits)
+            logits = self.discriminator(tf.concat([real, fake], axis=0), training=True)
+            real_logits, fake_logits = logits[:batch], logits[batch:]
+            d_loss = self.loss.discriminator(real_logits, fake_logits)
+            if self.loss.gradient_penalty:  # decided when tracing, like `ema` below
+                mix = self.rng.uniform([batch] + [1] * len(self.image_shape))
+                d_loss += self.loss.gradient_penalty * gradient_penalty(self.discriminator, real, fake, mix)
         d_vars = self.discriminator.trainable_variables
         self.d_optimizer.apply_gradients(zip(tape.gradient(d_loss, d_vars), d_vars))
 
-        # G's update: D is frozen (its weights are simply not updated) but in training
-        # mode, so its dropout stays active, exactly as in the tutorial's combined model.
-        with tf.GradientTape() as tape:
-            fake = self.generator(self.rng.normal([batch, self.random_dim]), training=True)
-            fake_logits = self.discriminator(fake, training=True)
-            g_loss = _bce_from_logits(tf.ones([batch, 1]), fake_logits)
-        g_vars = self.generator.trainable_variables
-        self.g_optimizer.apply_gradients(zip(tape.gradient(g_loss, g_vars), g_vars))
-        if self.ema is not None:  # decided when tracing: without EMA the step has no extra op
-            for average, variable in zip(self.ema_variables, self.generator.variables):
-                average.assign(self.ema * average + (1 - self.ema) * variable.value)
+        g_loss = tf.constant(np.nan, tf.float32)
+        if update_generator:
+            # D is frozen (its weights are simply not updated) but in training mode, so its
+            # dropout stays active, exactly as in the tutorial's combined model.
+            with tf.GradientTape() as tape:
+                fake = self.generator(self.rng.normal([batch, self.random_dim]), training=True)
+                g_loss = self.loss.generator(self.discriminator(fake, training=True))
+            g_vars = self.generator.trainable_variables
+            self.g_optimizer.apply_gradients(zip(tape.gradient(g_loss, g_vars), g_vars))
+            if self.ema is not None:  # decided when tracing: without EMA the step has no extra op
+                for average, variable in zip(self.ema_variables, self.generator.variables):
+                    average.assign(self.ema * average + (1 - self.ema) * variable.value)
 
-        probabilities = tf.sigmoid(logits)
-        return d_loss, g_loss, tf.reduce_mean(probabilities[:batch]), tf.reduce_mean(probabilities[batch:])
+        return (d_loss, g_loss, tf.reduce_mean(self.loss.d_output(real_logits)),
+                tf.reduce_mean(self.loss.d_output(fake_logits)))
 
     def state_variables(self) -> list:
         """Every variable that the next step depends on, in a fixed order."""
@@ -176,16 +184,21 @@ class GanTrainer:
         outputs = []
         bar = tqdm(range(steps), desc=f"epoch {epoch}", unit="step", disable=not progress, leave=True)
         start = time.perf_counter()
+        n_critic = self.loss.n_critic
         for step in bar:
-            outputs.append(self.train_step())
+            # G moves after every n_critic-th D step, counted over the whole run, so resume keeps the rhythm.
+            update_generator = ((epoch - 1) * steps + step + 1) % n_critic == 0
+            outputs.append(self.train_step(update_generator))
             if step % 20 == 0 or step == steps - 1:  # reading every step costs more than it shows
-                d_loss, g_loss = float(outputs[-1][0]), float(outputs[-1][1])
-                if not (np.isfinite(d_loss) and np.isfinite(g_loss)):
+                d_loss = float(outputs[-1][0])
+                if not np.isfinite(d_loss):
                     break
-                bar.set_postfix(d_loss=f"{d_loss:.3f}", g_loss=f"{g_loss:.3f}", refresh=False)
+                bar.set_postfix(d_loss=f"{d_loss:.3f}", refresh=False)
         bar.close()
         values = np.array([[float(v) for v in step_output] for step_output in outputs])
-        bad_steps = np.flatnonzero(~np.isfinite(values[:, :2]).all(axis=1))
+        g_moved = np.array([((epoch - 1) * steps + step + 1) % n_critic == 0 for step in range(len(values))])
+        finite = np.isfinite(values[:, 0]) & (np.isfinite(values[:, 1]) | ~g_moved)
+        bad_steps = np.flatnonzero(~finite)
         if len(bad_steps):
             step = int(bad_steps[0]) + 1
             d_loss, g_loss = values[step - 1, :2]
@@ -205,22 +218,6 @@ class GanTrainer:
             steps_per_sec=steps / seconds,
         )
 
-    def train(
-        self,
-        epochs: int,
-        steps_per_epoch: int,
-        on_epoch_end: Callable[[EpochRecord], None] | None = None,
-        progress: bool = True,
-    ) -> list[EpochRecord]:
-        """Train `epochs` more epochs; call `on_epoch_end(record)` after each one."""
-        records = []
-        for _ in range(epochs):
-            record = self.train_epoch(steps_per_epoch, progress=progress)
-            if on_epoch_end is not None:
-                on_epoch_end(record)
-            records.append(record)
-        return records
-
     @contextmanager
     def ema_weights(self) -> Iterator[keras.Model]:
         """`with trainer.ema_weights(): ...` runs the body with G holding the EMA weights
@@ -237,7 +234,7 @@ class GanTrainer:
                 variable.assign(value)
 
     def generate(self, noise: np.ndarray, batch_size: int = 2000, ema: bool = False) -> np.ndarray:
-        """Images in [-1, 1], shape (N, 784), from the given noise (inference mode);
+        """Images in [-1, 1], shape (N, *image_shape), from the given noise (inference mode);
         with `ema=True` from the EMA weights (ValueError if the trainer keeps none)."""
         if ema:
             with self.ema_weights():
@@ -245,6 +242,3 @@ class GanTrainer:
         batches = [self.generator(noise[i : i + batch_size], training=False).numpy() for i in range(0, len(noise), batch_size)]
         return np.concatenate(batches)
 
-
-def _bce_from_logits(targets, logits):
-    return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=logits))

@@ -1,10 +1,12 @@
-"""One training job as a recipe: check, build, train with an evaluation every few epochs, save, report.
+"""One training job, top to bottom: check, build, then the epoch loop, then save and report.
 
 `run_job(cfg, context)` is what the Hydra entry point calls; `context` holds the facts
 only Hydra knows (output folder, overrides, sweep, launcher threads), so nothing here
 imports Hydra. A job is one MLflow run (`tracking.JobRun`), resumable from its last
-checkpoint (`checkpoint`); the end of every epoch is one `EpochEnd` call
-(`ganlab.epochs`), and the files a finished job leaves are written by `ganlab.outputs`.
+checkpoint (`ganlab.checkpoint`). `train_job` holds the whole loop in one screen: train
+an epoch, score it, track the best, checkpoint, log; those steps are small functions in
+`ganlab.epochs`, the model, loss and optimizer come from their registries by name, and
+the files a finished job leaves are written by `ganlab.outputs`.
 """
 
 from __future__ import annotations
@@ -17,11 +19,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from ganlab import checkpoint, config, outputs, runtime, tracking
+from ganlab import checkpoint, config, epochs, outputs, runtime, tracking
 from ganlab.data import load_dataset
-from ganlab.errors import InputError
 
 log = logging.getLogger("ganlab.train")
 
@@ -41,18 +42,11 @@ class JobContext:
     log_file: Path | None = None
 
 
-class AlreadyFinished(Exception):
-    """resume= named a run that has trained all its epochs: nothing to do."""
-
-
 def run_job(cfg: DictConfig, context: JobContext) -> float | None:
     """Open the job's run and train; returns the objective for a sweeper."""
     config.validate_tracking(cfg)  # a store must be usable before a run can record anything
-    resume = None
-    if cfg.get("resume"):
-        checkpoint.check_overrides(context.overrides)
-        _refuse_finished_run(str(cfg.resume), cfg.tracking.uri)
-        resume = checkpoint.prepare(str(cfg.resume), cfg, context.overrides, _run_output_dir)
+    resume = checkpoint.prepare_resume(cfg, context.overrides) if cfg.get("resume") else None
+    if resume is not None:
         cfg = resume.config
     threads = cfg.threads if cfg.threads is not None else context.threads
     tags = {**context.tags, **runtime_tags(threads)}
@@ -73,37 +67,46 @@ def run_job(cfg: DictConfig, context: JobContext) -> float | None:
 
 
 def train_job(cfg, context: JobContext, run: tracking.JobRun, threads: int | None, resume) -> float | None:
-    """Check, build, train, evaluate and save one job; returns the objective."""
+    """Check, build, then the loop: train an epoch, score it, track the best, checkpoint, log. Returns the objective."""
     started = time.perf_counter()
     config.validate(cfg)
     warn_about_slow_bf16(cfg.dtype)
-    folder = context.output_dir / checkpoint.FOLDER
-    with checkpoint.FolderLock(folder):  # no resume of this job while it runs
-        config_file = outputs.save_config(resolved(cfg), context.output_dir)
+    output_dir = context.output_dir
+    with checkpoint.FolderLock(output_dir / checkpoint.FOLDER):  # no resume of this job while it runs
+        config_file = outputs.save_config(config.resolved(cfg), output_dir)
         if resume is None:  # a resumed run keeps the params it was started with
-            run.start(tracking.run_params({**resolved(cfg), "threads": threads}), config_file)
-            checkpoint.save(folder, [], [], checkpoint.meta(0, run, threads, resolved(cfg)))  # resumable from here on
+            run.start(tracking.run_params({**config.resolved(cfg), "threads": threads}), config_file)
+            checkpoint.write(output_dir, None, [], run, threads, cfg)  # resumable from here on
+        runtime.configure_tensorflow(cfg.seed, threads, cfg.deterministic)  # TensorFlow loads only now
         dataset, steps = load_data(cfg, run, new_run=resume is None)
-        trainer = build_trainer(cfg, dataset, threads)
-        from ganlab.epochs import EpochEnd
-
-        epoch_end = EpochEnd(cfg, context.output_dir, run, trainer, build_evaluator(cfg, dataset), threads)
-        if resume is not None:
-            epoch_end.resume_from(resume)
-            epoch_end.save_checkpoint()
-            run.set_tags({"output_dir": str(context.output_dir)})  # re-pointed only once a checkpoint is here
+        trainer = build_trainer(cfg, dataset)
+        score = epochs.EpochScoring(build_evaluator(cfg, dataset), evaluation_noise(cfg), run, output_dir, cfg.random_dim)
+        history = checkpoint.resume_into(trainer, resume, run, output_dir, threads) if resume else []
+        best = epochs.BestEpoch(cfg.objective, output_dir, history)
         log.info("training %d epochs of %d steps (batch %d) on %s", cfg.epochs, steps, cfg.batch_size, dataset.source)
         first_step_at = time.perf_counter()
-        if cfg.epochs == 0:
-            epoch_end.score_untrained()
-        epoch_end.train(cfg.epochs - trainer.epochs_done, steps, progress_bars=not context.parallel)
-        outputs.save_outputs(trainer, epoch_end.history, steps, context.output_dir, run,
-                             register_as=cfg.tracking.register_model, best_epoch=epoch_end.best_so_far()[1])
+        untrained = {}
+        if cfg.epochs == 0:  # the untrained nets are still scored, at step 0
+            untrained = score(trainer, 0)
+            run.log_metrics(untrained, step=0)
+
+        for epoch in range(trainer.epochs_done + 1, cfg.epochs + 1):
+            record = epochs.train_epoch(trainer, steps, not context.parallel, output_dir / checkpoint.FOLDER)
+            if epochs.is_evaluated(epoch, cfg.eval.every, cfg.epochs):
+                record.metrics.update(score(trainer, epoch))
+            record.metrics.update(best.update(record, trainer.generator))
+            history.append(record)
+            checkpoint.write(output_dir, trainer, history, run, threads, cfg)  # before logging: see ganlab.epochs
+            epochs.log_epoch(run, record, cfg.epochs)
+
+        outputs.save_outputs(trainer, history, steps, output_dir, run, register_as=cfg.tracking.register_model,
+                             best_epoch=best.epoch)
     if cfg.checkpoint.keep == "none":
-        checkpoint.remove(context.output_dir)
-    objective = epoch_end.objective_value()
-    outputs.print_summary(epoch_end, resume.checkpoint.epoch if resume else 0, objective, cfg.objective,
-                          time.perf_counter() - started, first_step_at - started, context.output_dir, run)
+        checkpoint.remove(output_dir)
+    final = history[-1].summary() if history else untrained
+    objective = epochs.objective_value(cfg.objective, cfg.objective_at, final, best)
+    outputs.print_summary(history[resume.checkpoint.epoch if resume else 0:], final, objective, cfg.objective,
+                          time.perf_counter() - started, first_step_at - started, output_dir, run)
     return objective
 
 
@@ -125,14 +128,18 @@ def load_data(cfg, run: tracking.JobRun, new_run: bool):
     return dataset, steps
 
 
-def build_trainer(cfg, dataset, threads: int | None):
-    """Seed and set up TensorFlow (it loads only now, once the input is good), then G, D and their trainer."""
-    runtime.configure_tensorflow(cfg.seed, threads, cfg.deterministic)
+def build_trainer(cfg, dataset):
+    """G and D, their loss and optimizers, each chosen by name from its registry, and the trainer."""
     from ganlab.gan import GanTrainer
+    from ganlab.losses import build_loss
     from ganlab.models import build_nets
+    from ganlab.optimizers import build_optimizers
 
-    return GanTrainer(*build_nets(cfg), dataset.x_train, batch_size=cfg.batch_size, label_smoothing=cfg.label_smoothing,
-                      learning_rate=cfg.optimizer.lr, beta_1=cfg.optimizer.beta_1, seed=cfg.seed, ema=cfg.ema)
+    loss = build_loss(cfg.loss, cfg.label_smoothing)
+    d_optimizer, g_optimizer = build_optimizers(cfg.optimizer)
+    generator, discriminator = build_nets(cfg, dataset.x_train.shape[1:])
+    return GanTrainer(generator, discriminator, dataset.x_train, loss=loss, d_optimizer=d_optimizer,
+                      g_optimizer=g_optimizer, batch_size=cfg.batch_size, seed=cfg.seed, ema=cfg.ema)
 
 
 def warn_about_slow_bf16(dtype: str) -> None:
@@ -155,45 +162,19 @@ def build_evaluator(cfg, dataset):
     return Evaluator.from_dataset(dataset, classifier=classifier.load(cfg.eval.classifier, dataset=dataset.name))
 
 
-def resolved(cfg: DictConfig) -> dict:
-    """The job's config with interpolations resolved, without Hydra's own section."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    container.pop("hydra", None)
-    return container
+def evaluation_noise(cfg):
+    """The noise every evaluation of this job scores G on (None when evaluation is off)."""
+    if not cfg.eval.enabled:
+        return None
+    from ganlab.evaluation import evaluation_noise
+
+    return evaluation_noise(cfg.seed, cfg.eval.num_samples, cfg.random_dim)
 
 
 def runtime_tags(threads: int | None) -> dict:
     from ganlab import machine
 
     return {f"machine.{key}": value for key, value in machine.describe(threads).items()}
-
-
-def _run_output_dir(uri: str | None, run_id: str) -> Path:
-    """The output folder (holding the checkpoint) that run `run_id` recorded."""
-    try:
-        client, _ = tracking.open_reader(uri, option="tracking.uri")
-    except InputError:
-        raise InputError(f"resume: no MLflow run {run_id!r}: there is no store at {tracking.resolve_uri(uri)} "
-                         "(give tracking.uri=... where the run lives, or resume=<its output folder>).") from None
-    run = tracking.find_run(client, run_id, option="resume")
-    if "output_dir" not in run.data.tags:
-        raise InputError(f"resume: run {run_id} records no output folder, so its checkpoint cannot be found.")
-    return Path(run.data.tags["output_dir"])
-
-
-def _refuse_finished_run(target: str, uri: str | None) -> None:
-    """A FINISHED run has trained all its epochs (only a complete job ends FINISHED): nothing to resume."""
-    if Path(target).exists():
-        found = checkpoint.find(Path(target))
-        uri, target = found.tracking_uri, found.run_id
-    try:
-        client, _ = tracking.open_reader(uri, option="tracking.uri")
-        run = client.get_run(target)
-    except Exception:  # no store or no such run: prepare() says so
-        return
-    if run.info.status == "FINISHED":
-        raise AlreadyFinished(f"run {target} has trained all {run.data.params.get('epochs', 'its')} epochs already; "
-                              "nothing to resume (it stays as it was).")
 
 
 @contextlib.contextmanager

@@ -1,59 +1,97 @@
-"""The generator and discriminator of the tutorial, built from the `model` config.
+"""Generators and discriminators, chosen by `model.name`, built for the data's image shape.
 
-G: noise (random_dim) -> Dense 256 -> LeakyReLU -> Dense 512 -> LeakyReLU -> Dense 1024
--> LeakyReLU -> Dense 784 tanh. D: image (784) -> Dense 1024 -> LeakyReLU -> Dropout ->
-Dense 512 -> LeakyReLU -> Dropout -> Dense 256 -> LeakyReLU -> Dropout -> Dense 1.
+- `mlp`, the tutorial's nets. G: noise (random_dim) -> Dense 256 -> LeakyReLU -> Dense 512
+  -> LeakyReLU -> Dense 1024 -> LeakyReLU -> Dense H*W tanh. D: image (H*W) -> Dense 1024
+  -> LeakyReLU -> Dropout -> Dense 512 -> LeakyReLU -> Dropout -> Dense 256 -> LeakyReLU
+  -> Dropout -> Dense 1. Only the first Dense layer of each net gets the N(0, 0.02) kernel
+  initialiser; all others keep Keras defaults, as in the tutorial. Images are flat vectors.
+- `dcgan`, the convolutional GAN of TensorFlow's DCGAN tutorial for HxW images (H and W
+  divisible by 4). G: Dense (H/4)(W/4)256 without bias -> BatchNorm -> LeakyReLU -> reshape
+  -> Conv2DTranspose 128 (5x5, stride 1) -> BN -> LeakyReLU -> Conv2DTranspose 64 (5x5,
+  stride 2) -> BN -> LeakyReLU -> Conv2DTranspose 1 (5x5, stride 2, tanh). D: Conv2D 64
+  (5x5, stride 2) -> LeakyReLU -> Dropout -> Conv2D 128 (5x5, stride 2) -> LeakyReLU ->
+  Dropout -> Flatten -> Dense 1. Images are (H, W, 1).
 
-With `dtype: bf16` the hidden layers compute in bfloat16 (Keras' mixed_bfloat16
-policy: float32 weights, bfloat16 math) while each net's output layer stays float32, so
-images and logits, and the losses computed from them, keep full precision.
-
-Only the first Dense layer of each net gets the N(0, 0.02) kernel initialiser; all
-other layers keep Keras defaults, as in the tutorial. D ends in a logit rather than a
-sigmoid: with a from-logits cross-entropy that is the same model, and numerically
-safer than clipping probabilities. `discriminator_probability` adds the sigmoid back.
+Both Ds end in one unbounded output (a logit for the `ns` loss: see ganlab.losses).
+With `dtype: bf16` the hidden layers compute in bfloat16 (Keras' mixed_bfloat16 policy:
+float32 weights, bfloat16 math) while each net's output layer stays float32, so images
+and D's outputs, and the losses computed from them, keep full precision.
 """
 
 from __future__ import annotations
 
+import math
+
 import keras
 
-IMAGE_SIZE = 28 * 28
-HIDDEN_DTYPE = {"fp32": "float32", "bf16": "mixed_bfloat16"}
+from ganlab.errors import InputError
+from ganlab.registry import Registry
+
+MODELS = Registry("model")
+HIDDEN_POLICY = {"fp32": "float32", "bf16": "mixed_bfloat16"}  # keys: ganlab.config.DTYPES
 
 
-def build_nets(cfg) -> tuple[keras.Sequential, keras.Sequential]:
-    """G and D of a job's config: the `model` group plus the top-level knobs they use."""
-    return (build_generator(cfg.model, cfg.random_dim, cfg.dtype),
-            build_discriminator(cfg.model, cfg.dropout, cfg.dtype))
+def build_nets(cfg, image_shape: tuple[int, ...]) -> tuple[keras.Model, keras.Model]:
+    """(G, D) of a job's config: the `model` group's choice, with the top-level knobs it uses,
+    for images of `image_shape` (the data's, e.g. (28, 28))."""
+    build = MODELS.get(cfg.model.name)
+    return build(cfg.model, tuple(image_shape), cfg.random_dim, cfg.dropout, HIDDEN_POLICY[cfg.dtype])
 
 
-def build_generator(model_cfg, random_dim: int, dtype: str = "fp32") -> keras.Sequential:
-    """Noise vectors (N, random_dim) -> images (N, 784) in [-1, 1]."""
-    hidden = HIDDEN_DTYPE[dtype]
-    net = keras.Sequential(name="generator")
-    net.add(keras.Input(shape=(random_dim,), name="noise"))
+@MODELS.register("mlp")
+def mlp(model_cfg, image_shape, random_dim: int, dropout: float, hidden: str) -> tuple[keras.Model, keras.Model]:
+    pixels = math.prod(image_shape)
+    generator = keras.Sequential(name="generator")
+    generator.add(keras.Input(shape=(random_dim,), name="noise"))
     for index, units in enumerate(model_cfg.generator_units):
-        net.add(keras.layers.Dense(units, kernel_initializer=_kernel_init(model_cfg, index), dtype=hidden))
-        net.add(keras.layers.LeakyReLU(negative_slope=model_cfg.leaky_relu_slope, dtype=hidden))
-    net.add(keras.layers.Dense(IMAGE_SIZE, activation="tanh", name="image", dtype="float32"))
-    return net
+        generator.add(keras.layers.Dense(units, kernel_initializer=_first_layer_init(model_cfg, index), dtype=hidden))
+        generator.add(keras.layers.LeakyReLU(negative_slope=model_cfg.leaky_relu_slope, dtype=hidden))
+    generator.add(keras.layers.Dense(pixels, activation="tanh", name="image", dtype="float32"))
 
-
-def build_discriminator(model_cfg, dropout: float, dtype: str = "fp32") -> keras.Sequential:
-    """Images (N, 784) -> one logit each: log-odds that the image is real."""
-    hidden = HIDDEN_DTYPE[dtype]
-    net = keras.Sequential(name="discriminator")
-    net.add(keras.Input(shape=(IMAGE_SIZE,), name="image"))
+    discriminator = keras.Sequential(name="discriminator")
+    discriminator.add(keras.Input(shape=(pixels,), name="image"))
     for index, units in enumerate(model_cfg.discriminator_units):
-        net.add(keras.layers.Dense(units, kernel_initializer=_kernel_init(model_cfg, index), dtype=hidden))
-        net.add(keras.layers.LeakyReLU(negative_slope=model_cfg.leaky_relu_slope, dtype=hidden))
-        net.add(keras.layers.Dropout(dropout, dtype=hidden))
-    net.add(keras.layers.Dense(1, name="logit", dtype="float32"))
-    return net
+        discriminator.add(keras.layers.Dense(units, kernel_initializer=_first_layer_init(model_cfg, index), dtype=hidden))
+        discriminator.add(keras.layers.LeakyReLU(negative_slope=model_cfg.leaky_relu_slope, dtype=hidden))
+        discriminator.add(keras.layers.Dropout(dropout, dtype=hidden))
+    discriminator.add(keras.layers.Dense(1, name="logit", dtype="float32"))
+    return generator, discriminator
 
 
-def _kernel_init(model_cfg, layer_index: int):
+@MODELS.register("dcgan")
+def dcgan(model_cfg, image_shape, random_dim: int, dropout: float, hidden: str) -> tuple[keras.Model, keras.Model]:
+    height, width = image_shape[:2]
+    if height % 4 or width % 4:
+        raise InputError(f"model=dcgan: the data's images are {height}x{width}; this model needs a height and "
+                         "width divisible by 4 (two stride-2 upsamplings), e.g. 28x28.")
+    slope, kernel = model_cfg.leaky_relu_slope, model_cfg.kernel_size
+    base = (height // 4, width // 4, model_cfg.generator_filters[0])
+    layers = keras.layers
+    generator = keras.Sequential(name="generator")
+    generator.add(keras.Input(shape=(random_dim,), name="noise"))
+    generator.add(layers.Dense(math.prod(base), use_bias=False, dtype=hidden))
+    generator.add(layers.BatchNormalization(dtype=hidden))
+    generator.add(layers.LeakyReLU(negative_slope=slope, dtype=hidden))
+    generator.add(layers.Reshape(base, dtype=hidden))
+    for filters, stride in zip(model_cfg.generator_filters[1:], (1, 2)):
+        generator.add(layers.Conv2DTranspose(filters, kernel, strides=stride, padding="same", use_bias=False, dtype=hidden))
+        generator.add(layers.BatchNormalization(dtype=hidden))
+        generator.add(layers.LeakyReLU(negative_slope=slope, dtype=hidden))
+    generator.add(layers.Conv2DTranspose(1, kernel, strides=2, padding="same", use_bias=False, activation="tanh",
+                                         name="image", dtype="float32"))
+
+    discriminator = keras.Sequential(name="discriminator")
+    discriminator.add(keras.Input(shape=(height, width, 1), name="image"))
+    for filters in model_cfg.discriminator_filters:
+        discriminator.add(layers.Conv2D(filters, kernel, strides=2, padding="same", dtype=hidden))
+        discriminator.add(layers.LeakyReLU(negative_slope=slope, dtype=hidden))
+        discriminator.add(layers.Dropout(dropout, dtype=hidden))
+    discriminator.add(layers.Flatten(dtype=hidden))
+    discriminator.add(layers.Dense(1, name="logit", dtype="float32"))
+    return generator, discriminator
+
+
+def _first_layer_init(model_cfg, layer_index: int):
     if layer_index == 0:
         return keras.initializers.RandomNormal(stddev=model_cfg.first_layer_init_stddev)
     return "glorot_uniform"  # the Keras default, spelled out

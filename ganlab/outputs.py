@@ -14,7 +14,14 @@ from omegaconf import OmegaConf
 
 from ganlab import plots, scores, tracking
 
+SAMPLE_NOISE_SEED = 1234  # one fixed noise batch for every epoch and every job, so grids compare
+SAMPLE_GRID_SIZE = 100  # a 10x10 grid
+BEST_GENERATOR = Path("models") / "generator_best.keras"
 
+
+def fixed_noise(random_dim: int, count: int = SAMPLE_GRID_SIZE) -> np.ndarray:
+    """The noise of every sample grid: the same for every run with this random_dim (independent of `seed`)."""
+    return np.random.default_rng(SAMPLE_NOISE_SEED).standard_normal((count, random_dim), dtype=np.float32)
 
 def save_config(config: dict, output_dir: Path) -> Path:
     """The resolved config as `config.yaml` in the output folder."""
@@ -29,8 +36,6 @@ def save_outputs(trainer, records: list, steps: int, output_dir: Path, run, regi
     """G and D (and G's EMA and best-epoch versions) as .keras files, the final grid, the
     loss curve and the per-step losses, in the folder and in the run; G as the MLflow Model
     `generator` (registered as `register_as` when given) and the best epoch's G as `generator_best`."""
-    from ganlab.epochs import BEST_GENERATOR, fixed_noise
-
     models_dir = Path(output_dir) / "models"
     models_dir.mkdir(parents=True, exist_ok=True)
     trainer.generator.save(models_dir / "generator.keras")
@@ -60,9 +65,7 @@ def save_outputs(trainer, records: list, steps: int, output_dir: Path, run, regi
 
 
 def log_generators(trainer, output_dir: Path, run, register_as: str | None, best_epoch: int | None) -> None:
-    """G as MLflow Models: noise (N, random_dim) float32 in, images (N, 784) float32 in [-1, 1] out."""
-    from ganlab.epochs import BEST_GENERATOR, fixed_noise
-
+    """G as MLflow Models: noise (N, random_dim) float32 in, images (N, *image_shape) float32 in [-1, 1] out."""
     example = fixed_noise(trainer.random_dim, count=2)
     run.log_model(trainer.generator, "generator", example, step=trainer.epochs_done, register_as=register_as)
     if (Path(output_dir) / BEST_GENERATOR).is_file():
@@ -72,13 +75,12 @@ def log_generators(trainer, output_dir: Path, run, register_as: str | None, best
         run.log_model(best, "generator_best", example, step=best_epoch or trainer.epochs_done)
 
 
-def print_summary(epoch_end, resumed_epochs: int, objective: float | None, objective_name: str | None,
+def print_summary(trained: list, final: dict[str, float], objective: float | None, objective_name: str | None,
                   total_seconds: float, startup_seconds: float, output_dir: Path, run) -> None:
-    """The job's closing block: what ran, how fast, the main scores, and how to look at it."""
-    trained = epoch_end.history[resumed_epochs:]
+    """The job's closing block: what ran (`trained`: this process's epoch records), how fast,
+    the main scores (`final`), and how to look at it."""
     steps = sum(len(record.d_losses) for record in trained)
     seconds = sum(record.seconds for record in trained)
-    final = epoch_end.final_metrics()
     shown = ", ".join(f"{name} {scores.format_value(name, final[name])}" for name in scores.HEADLINE if name in final)
     lines = [
         f"ganlab: trained {len(trained)} epoch{'s' if len(trained) != 1 else ''} ({steps} steps) in {seconds:.1f} s"

@@ -8,11 +8,13 @@
 sweep's parent run and swept keys, the launcher's share of the cores) and hands them to
 `ganlab.job.run_job`, which returns the objective for a sweeper. Bad input is printed
 once, as one paragraph, with a non-zero exit; in a sweep the failed job returns NaN and
-the sweep goes on (its summary names the failure).
+the sweep goes on (its summary names the failure). An unexpected error is never silent:
+its traceback goes to the job's log and to stderr (and its run, if it exists, ends FAILED).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 from pathlib import Path
@@ -27,8 +29,11 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from ganlab import sweep, tracking  # noqa: E402
+from ganlab.checkpoint import AlreadyFinished  # noqa: E402
 from ganlab.errors import InputError, TrainingDiverged  # noqa: E402
-from ganlab.job import AlreadyFinished, JobContext, run_job  # noqa: E402
+from ganlab.job import JobContext, run_job  # noqa: E402
+
+log = logging.getLogger("ganlab.train")
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
@@ -45,8 +50,11 @@ def main(cfg: DictConfig) -> float | None:
         if context.in_sweep:
             return math.nan  # recorded FAILED on its run; the sweep goes on and reports it at the end
         sys.exit(1)
-    except Exception:
-        if context.in_sweep:
+    except Exception as error:
+        if context.in_sweep:  # the sweep goes on; this job counts among those that did not finish
+            log.exception("job %s failed with an unexpected error", context.output_dir)  # the traceback, into its log
+            print(f"error: sweep job in {context.output_dir} failed: {type(error).__name__}: {error} "
+                  f"(traceback in {context.log_file})", file=sys.stderr, flush=True)
             return math.nan
         raise
 
