@@ -1,21 +1,25 @@
-"""Does a setting change quality beyond seed noise? Per-seed scores in, intervals and tests out.
+"""Does a setting change quality beyond seed noise? Groups of seeds compared with a reference group.
 
 A GAN's scores move a lot from one seed to the next, so a sweep's table of means can show
-differences that are only noise. Given one value per (group, seed, metric, epoch), this
-module summarizes each group (mean, sample std, 95% Student-t interval of the mean),
-compares it with a reference group (Welch's difference of means with its 95% interval and
-p-value), and estimates how many seeds per group a two-sample t-test would need to detect
-the observed difference with 80% power. It writes the result as CSV, Markdown, a PNG per
+differences that are only noise. Given one value per (group, seed, metric, epoch) (a
+record's observations, `ganlab.record`), this module summarizes each group (mean, sample
+std, 95% Student-t interval of the mean), compares it with a reference group (Welch's
+difference of means with its 95% interval and p-value), and estimates how many seeds per
+group a two-sample t-test would need to detect the observed difference with 80% power (the
+statistics are `ganlab.seed_stats`). It writes the result as CSV, Markdown, a PNG per
 metric and one plain-English sentence per swept key (for a sweep's MLflow description).
 
-Pure NumPy/SciPy/matplotlib: nothing here knows about TensorFlow, MLflow or Hydra.
+The default reference is the group at the config's defaults (conf/, the tutorial's
+setting; `ganlab.defaults`), never written here.
+
+NumPy/SciPy/matplotlib: importing it loads none of TensorFlow, MLflow, Hydra or OmegaConf.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
@@ -27,38 +31,11 @@ import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from ganlab.plots import _save, numeric_first  # noqa: E402
+from ganlab.record import Observation, write_observations  # noqa: E402
+from ganlab.seed_stats import seeds_needed, summarize, welch  # noqa: E402
 
-CONFIDENCE = 0.95
-# The tutorial's values of the knobs a sweep usually varies: the natural reference.
-TUTORIAL_SETTINGS = {"dropout": "0.3", "label_smoothing": "0.1"}
-
-
-@dataclass(frozen=True)
-class Observation:
-    """One score of one seed: `group` maps the grouping keys to their values, as strings."""
-
-    group: dict[str, str]
-    seed: str
-    metric: str
-    epoch: int
-    value: float
-
-
-@dataclass(frozen=True)
-class Summary:
-    n: int
-    mean: float
-    std: float
-    ci_low: float
-    ci_high: float
-
-
-@dataclass(frozen=True)
-class Difference:
-    diff: float
-    ci_low: float
-    ci_high: float
-    p_value: float
+# sweep_report writes its record under this name; ganlab.record owns the writer.
+write_record = write_observations
 
 
 @dataclass(frozen=True)
@@ -81,8 +58,6 @@ class ComparisonRow:
 
 
 CSV_HEADER = [field.name for field in fields(ComparisonRow)]
-# The record a comparison is computed from: the grouping keys' columns, then these.
-RECORD_COLUMNS = ["seed", "epoch", "metric", "value"]
 
 
 def group_label(group: dict[str, str], by: Sequence[str] | None = None) -> str:
@@ -93,79 +68,18 @@ def group_label(group: dict[str, str], by: Sequence[str] | None = None) -> str:
     return " ".join(f"{key}={group[key]}" for key in keys) or "all runs"
 
 
-def summarize(values: Iterable[float]) -> Summary:
-    """Mean, sample std (ddof=1) and the 95% Student-t interval of the mean (df = n - 1).
-    With one value the spread is unknown: std and the interval are NaN."""
-    values = np.asarray(list(values), dtype=float)
-    n = len(values)
-    mean = float(values.mean()) if n else math.nan
-    if n < 2:
-        return Summary(n, mean, math.nan, math.nan, math.nan)
-    std = float(values.std(ddof=1))
-    half_width = stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1) * std / math.sqrt(n)
-    return Summary(n, mean, std, float(mean - half_width), float(mean + half_width))
+def default_reference(groups: Iterable[dict[str, str]], by: Sequence[str],
+                      setting: Mapping[str, str] | None = None) -> dict[str, str] | None:
+    """The group at `setting`'s values of the grouping keys, when every grouping key has a value
+    there and that group exists (values match numerically). `setting` defaults to the config's
+    defaults (`ganlab.defaults`): the tutorial's dropout, label smoothing, optimizer, ..."""
+    if setting is None:
+        from ganlab.defaults import config_defaults  # reads conf/ with OmegaConf: only when asked
 
-
-def welch(a_values: Iterable[float], b_values: Iterable[float]) -> Difference:
-    """mean(a) - mean(b), its 95% interval with the Welch–Satterthwaite df, and the p-value of
-    Welch's t-test (scipy.stats.ttest_ind, equal_var=False).
-
-    The interval and p-value are NaN when either group has fewer than 2 values or both
-    variances are zero (no noise estimate); the difference itself is NaN only if a group is empty.
-    """
-    a, b = np.asarray(list(a_values), dtype=float), np.asarray(list(b_values), dtype=float)
-    diff = float(a.mean() - b.mean()) if len(a) and len(b) else math.nan
-    if len(a) < 2 or len(b) < 2:
-        return Difference(diff, math.nan, math.nan, math.nan)
-    var_a_of_mean, var_b_of_mean = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    standard_error = math.sqrt(var_a_of_mean + var_b_of_mean)
-    if standard_error == 0:
-        return Difference(diff, math.nan, math.nan, math.nan)
-    df = (var_a_of_mean + var_b_of_mean) ** 2 / (
-        var_a_of_mean**2 / (len(a) - 1) + var_b_of_mean**2 / (len(b) - 1)
-    )
-    half_width = stats.t.ppf(0.5 + CONFIDENCE / 2, df) * standard_error
-    p_value = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
-    return Difference(diff, float(diff - half_width), float(diff + half_width), p_value)
-
-
-def seeds_needed(
-    diff: float, std_a: float, std_b: float, alpha: float = 0.05, power: float = 0.8, max_seeds: int = 1000
-) -> int | None:
-    """Seeds per group for a two-sided two-sample t-test (equal n, pooled sd
-    sqrt((std_a² + std_b²) / 2)) to detect `diff` with at least `power`: the smallest n >= 2,
-    with the exact power from the noncentral t distribution.
-
-    None when there is nothing to estimate (diff is 0 or NaN, an sd is NaN, or both sds are 0)
-    and when even `max_seeds` per group would not reach `power`.
-    """
-    if diff is None or not math.isfinite(diff) or diff == 0:
+        setting = config_defaults()
+    if not by or any(key not in setting for key in by):
         return None
-    pooled_sd = math.sqrt((std_a**2 + std_b**2) / 2)
-    if not math.isfinite(pooled_sd) or pooled_sd == 0:
-        return None
-    effect_size = abs(diff) / pooled_sd
-    candidates = np.arange(2, max_seeds + 1)
-    powers = _t_test_power(effect_size, candidates, alpha)
-    reaching = np.flatnonzero(powers >= power)  # power grows with n, so the first is the answer
-    return int(candidates[reaching[0]]) if len(reaching) else None
-
-
-def _t_test_power(effect_size: float, n_per_group: np.ndarray, alpha: float) -> np.ndarray:
-    """Power of the two-sided two-sample t-test with n per group, for Cohen's d = `effect_size`."""
-    df = 2 * n_per_group - 2
-    noncentrality = effect_size * np.sqrt(n_per_group / 2)
-    critical = stats.t.ppf(1 - alpha / 2, df)
-    with np.errstate(all="ignore"):  # nct warns on far tails that are simply ~0
-        return stats.nct.sf(critical, df, noncentrality) + stats.nct.cdf(-critical, df, noncentrality)
-
-
-def default_reference(groups: Iterable[dict[str, str]], by: Sequence[str]) -> dict[str, str] | None:
-    """The group at the tutorial's settings (dropout 0.3, label_smoothing 0.1), when every
-    grouping key is one of those knobs and that group exists (values match numerically)."""
-    if not by or any(key not in TUTORIAL_SETTINGS for key in by):
-        return None
-    wanted = {key: TUTORIAL_SETTINGS[key] for key in by}
+    wanted = {key: str(setting[key]) for key in by}
     return next((dict(group) for group in groups if _matches(group, wanted, by)), None)
 
 
@@ -240,44 +154,6 @@ def write_csv(rows: Iterable[ComparisonRow], path: str | Path) -> Path:
             writer.writerow(["" if cell is None else repr(float(cell)) if isinstance(cell, float) else cell
                              for cell in astuple(row)])
     return path
-
-
-def write_record(observations: Sequence[Observation], by: Sequence[str], path: str | Path) -> Path:
-    """Every value a comparison is computed from, in the order given: one row per value with the
-    columns `by`..., seed, epoch, metric, value (full repr precision). `read_record` gives the
-    same observations back, so `compare` on them gives the same rows to the last bit."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as stream:
-        writer = csv.writer(stream)
-        writer.writerow([*by, *RECORD_COLUMNS])
-        for observation in observations:
-            writer.writerow([*(observation.group.get(key, "") for key in by), observation.seed,
-                             int(observation.epoch), observation.metric, repr(float(observation.value))])
-    return path
-
-
-def read_record(path: str | Path) -> tuple[list[Observation], list[str]]:
-    """The observations of a record written by `write_record` (or any CSV whose last columns are
-    seed, epoch, metric, value, such as docs/baseline/runs.csv) and its grouping keys, the
-    columns before `seed`. Raises ValueError naming the file and what is wrong."""
-    path = Path(path)
-    with open(path, newline="") as stream:
-        reader = csv.reader(stream)
-        header = next(reader, [])
-        if header[-len(RECORD_COLUMNS):] != RECORD_COLUMNS:
-            raise ValueError(f"{path}: the header is {','.join(header) or 'empty'}; a record's columns are the "
-                             f"grouping keys, then {','.join(RECORD_COLUMNS)}.")
-        keys = header[:-len(RECORD_COLUMNS)]
-        observations = []
-        for line_number, cells in enumerate(reader, start=2):
-            try:
-                *group, seed, epoch, metric, value = cells
-                observations.append(Observation(dict(zip(keys, group, strict=True)), seed, metric, int(epoch), float(value)))
-            except ValueError:
-                raise ValueError(f"{path}, line {line_number}: expected {len(header)} cells "
-                                 f"({','.join(header)}) with an integer epoch and a number value; got {cells}.") from None
-    return observations, keys
 
 
 LEGEND = (
@@ -473,8 +349,6 @@ def _same_value(a, b) -> bool:
         return float(a) == float(b)
     except (TypeError, ValueError):
         return False
-
-
 
 
 def _in_order(items: Iterable) -> list:

@@ -1,18 +1,26 @@
-"""Seed-noise comparison: every number checked against SciPy computed here, independently."""
+"""Seed-noise comparison: every number checked against SciPy computed here, independently; the
+record it reads; the reference setting read from the config; the report naming what it cannot download."""
 
 from __future__ import annotations
 
 import csv
 import math
+import re
+import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 from scipy import stats
 
-from ganlab import comparison
-from ganlab.comparison import Observation
+from conftest import REPO
+from ganlab import comparison, defaults, record, report, seed_stats
+from ganlab.record import Observation
 
 PNG = b"\x89PNG\r\n\x1a\n"
 HEADER = "group,metric,epoch,n,mean,std,ci_low,ci_high,diff,diff_ci_low,diff_ci_high,p_value,seeds_needed"
@@ -54,7 +62,7 @@ def test_group_label_follows_by_order():
 
 
 def test_summarize_matches_student_t_interval():
-    summary = comparison.summarize(REFERENCE)
+    summary = seed_stats.summarize(REFERENCE)
     low, high = stats.t.interval(0.95, 2, loc=12.0, scale=stats.sem(REFERENCE))
     assert summary.n == 3 and summary.mean == pytest.approx(12.0)
     assert summary.std == pytest.approx(2.0)  # ddof=1: sqrt((4 + 0 + 4) / 2)
@@ -63,13 +71,13 @@ def test_summarize_matches_student_t_interval():
 
 
 def test_summarize_single_seed_has_no_spread():
-    summary = comparison.summarize([7.5])
+    summary = seed_stats.summarize([7.5])
     assert summary.n == 1 and summary.mean == 7.5
     assert math.isnan(summary.std) and math.isnan(summary.ci_low) and math.isnan(summary.ci_high)
 
 
 def test_welch_matches_scipy():
-    difference = comparison.welch(CLEARLY_HIGHER, REFERENCE)
+    difference = seed_stats.welch(CLEARLY_HIGHER, REFERENCE)
     diff, low, high, p_value = welch_by_hand(CLEARLY_HIGHER, REFERENCE)
     assert difference.diff == pytest.approx(10.0) == pytest.approx(diff)
     assert difference.ci_low == pytest.approx(low) and difference.ci_high == pytest.approx(high)
@@ -78,22 +86,22 @@ def test_welch_matches_scipy():
 
 
 def test_welch_is_nan_without_a_noise_estimate():
-    one_seed = comparison.welch([5.0], REFERENCE)
+    one_seed = seed_stats.welch([5.0], REFERENCE)
     assert one_seed.diff == pytest.approx(-7.0)
     assert all(math.isnan(x) for x in (one_seed.ci_low, one_seed.ci_high, one_seed.p_value))
-    no_spread = comparison.welch([3.0, 3.0], [4.0, 4.0, 4.0])
+    no_spread = seed_stats.welch([3.0, 3.0], [4.0, 4.0, 4.0])
     assert no_spread.diff == pytest.approx(-1.0)
     assert all(math.isnan(x) for x in (no_spread.ci_low, no_spread.ci_high, no_spread.p_value))
 
 
 def test_seeds_needed_textbook_values():
-    assert comparison.seeds_needed(1.0, 1.0, 1.0) == 17  # d = 1, two-sided alpha 0.05, power 0.8
-    assert comparison.seeds_needed(-0.5, 1.0, 1.0) == 64  # d = 0.5; the sign does not matter
+    assert seed_stats.seeds_needed(1.0, 1.0, 1.0) == 17  # d = 1, two-sided alpha 0.05, power 0.8
+    assert seed_stats.seeds_needed(-0.5, 1.0, 1.0) == 64  # d = 0.5; the sign does not matter
 
 
 @pytest.mark.parametrize("diff, std_a, std_b", [(10.0, 2.0, 2.16), (3.0, 5.0, 2.0), (0.7, 1.5, 0.4), (25.0, 1.0, 2.0)])
 def test_seeds_needed_is_the_smallest_n_with_enough_power(diff, std_a, std_b):
-    n = comparison.seeds_needed(diff, std_a, std_b)
+    n = seed_stats.seeds_needed(diff, std_a, std_b)
     d = abs(diff) / math.sqrt((std_a**2 + std_b**2) / 2)
     assert n >= 2 and power_by_hand(d, n) >= 0.8
     if n > 2:
@@ -101,11 +109,11 @@ def test_seeds_needed_is_the_smallest_n_with_enough_power(diff, std_a, std_b):
 
 
 def test_seeds_needed_none_when_it_cannot_be_estimated():
-    assert comparison.seeds_needed(0.0, 1.0, 1.0) is None
-    assert comparison.seeds_needed(math.nan, 1.0, 1.0) is None
-    assert comparison.seeds_needed(1.0, math.nan, 1.0) is None
-    assert comparison.seeds_needed(0.01, 1.0, 1.0) is None  # would need ~157,000 per group
-    assert comparison.seeds_needed(1.0, 1.0, 1.0, max_seeds=16) is None
+    assert seed_stats.seeds_needed(0.0, 1.0, 1.0) is None
+    assert seed_stats.seeds_needed(math.nan, 1.0, 1.0) is None
+    assert seed_stats.seeds_needed(1.0, math.nan, 1.0) is None
+    assert seed_stats.seeds_needed(0.01, 1.0, 1.0) is None  # would need ~157,000 per group
+    assert seed_stats.seeds_needed(1.0, 1.0, 1.0, max_seeds=16) is None
 
 
 def test_compare_every_column_against_scipy():
@@ -157,9 +165,9 @@ def test_grouping_by_fewer_keys_pools_the_others_as_replicates():
 def test_record_round_trip_gives_the_same_rows_to_the_last_bit(tmp_path):
     data = [Observation({"dropout": o.group["dropout"], "label_smoothing": "0.1"}, o.seed, o.metric, o.epoch, o.value / 7)
             for o in three_groups() + three_groups("recall", 5)]
-    path = comparison.write_record(data, ["dropout", "label_smoothing"], tmp_path / "runs.csv")
+    path = record.write_observations(data, ["dropout", "label_smoothing"], tmp_path / "runs.csv")
     assert path.read_text().splitlines()[0] == "dropout,label_smoothing,seed,epoch,metric,value"
-    read, keys = comparison.read_record(path)
+    read, keys = record.read_observations(path)
     assert keys == ["dropout", "label_smoothing"] and read == data
     reference = {"dropout": "0.3"}
     assert comparison.compare(read, ["dropout"], reference) == comparison.compare(data, ["dropout"], reference)
@@ -174,7 +182,7 @@ def test_a_bad_record_is_refused_with_file_and_line(tmp_path, text, expected):
     path = tmp_path / "runs.csv"
     path.write_text(text)
     with pytest.raises(ValueError, match=str(path)) as error:
-        comparison.read_record(path)
+        record.read_observations(path)
     assert expected in str(error.value)
 
 
@@ -199,7 +207,64 @@ def test_default_reference_is_the_tutorial_setting():
     assert comparison.default_reference(groups, ["dropout", "label_smoothing"]) == groups[1]
     assert comparison.default_reference([{"dropout": "0.3"}, {"dropout": "0.5"}], ["dropout"]) == {"dropout": "0.3"}
     assert comparison.default_reference([{"dropout": "0.5"}], ["dropout"]) is None  # not swept at 0.3
-    assert comparison.default_reference([{"lr": "0.3"}], ["lr"]) is None  # not a tutorial knob
+    assert comparison.default_reference([{"lr": "0.3"}], ["lr"]) is None  # not a knob of the config
+    lr = [{"optimizer.lr": "0.001"}, {"optimizer.lr": "2e-4"}]  # a group's default counts too
+    assert comparison.default_reference(lr, ["optimizer.lr"]) == lr[1]
+
+
+def test_the_reference_setting_is_the_config_not_python():
+    primary = OmegaConf.load(REPO / "conf" / "train.yaml")
+    adam = OmegaConf.load(REPO / "conf" / "optimizer" / "adam.yaml")
+    setting = defaults.config_defaults()
+    assert setting["dropout"] == str(primary.dropout) and setting["label_smoothing"] == str(primary.label_smoothing)
+    assert setting["optimizer.lr"] == str(adam.lr) and "ema" not in setting  # a null default names no group
+    groups = [{"dropout": "0.3"}, {"dropout": "0.5"}]
+    assert comparison.default_reference(groups, ["dropout"], {"dropout": "0.5"}) == {"dropout": "0.5"}
+    assert comparison.default_reference(groups, ["dropout"], {}) is None
+
+
+def test_the_config_defaults_are_what_hydra_composes():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        composed = OmegaConf.to_container(compose(config_name="train"), resolve=False)
+    GlobalHydra.instance().clear()
+
+    def flat(tree, prefix=""):
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                yield from flat(value, f"{prefix}{key}.")
+            elif value is not None and not isinstance(value, list):
+                yield f"{prefix}{key}", str(value)
+
+    assert defaults.config_defaults() == dict(flat(composed))
+
+
+def test_a_config_with_other_defaults_gives_another_reference(tmp_path):
+    conf = tmp_path / "conf"
+    shutil.copytree(REPO / "conf", conf)
+    primary = (conf / "train.yaml").read_text()
+    (conf / "train.yaml").write_text(re.sub(r"^dropout: \S+", "dropout: 0.5", primary, flags=re.MULTILINE))
+    (conf / "optimizer" / "adam.yaml").write_text("name: adam\nlr: 1.0e-3\nbeta_1: 0.5\n")
+    setting = defaults.config_defaults(conf)
+    assert setting["dropout"] == "0.5" and setting["optimizer.lr"] == "0.001"
+    groups = [{"dropout": "0.3"}, {"dropout": "0.5"}]
+    assert comparison.default_reference(groups, ["dropout"], setting) == {"dropout": "0.5"}
+
+
+def test_a_sample_grid_that_cannot_be_downloaded_is_named(tmp_path, capsys):
+    class Store:
+        def list_artifacts(self, run_id, path=None):
+            return [SimpleNamespace(path=f"samples/epoch_{epoch:03d}.png", is_dir=False) for epoch in (1, 5)]
+
+        def download_artifacts(self, run_id, path, folder):
+            raise OSError(f"connection reset while fetching {path}")
+
+    run = SimpleNamespace(info=SimpleNamespace(run_id="run7"), data=SimpleNamespace(params={"dropout": "0.3"}))
+    report.write_sample_montages(Store(), {"dropout=0.3": [run]}, ["dropout"], [1, 5, 10], tmp_path)
+    error = capsys.readouterr().err
+    assert "warning: could not download artifact samples/epoch_001.png of run run7 (OSError: connection reset" in error
+    assert "samples/epoch_005.png" in error and "epoch_010" not in error  # epoch 10 was never logged: no warning
+    assert not list(tmp_path.glob("*.png"))
 
 
 def test_csv_header_values_and_empty_reference_cells(tmp_path):
@@ -294,7 +359,7 @@ def test_sentence_keeps_to_the_swept_key():
 
 
 def test_module_needs_no_tensorflow_mlflow_or_hydra():
-    code = ("import sys, ganlab.comparison; "
+    code = ("import sys, ganlab.comparison, ganlab.record, ganlab.seed_stats; "
             "print(sorted(m for m in ('tensorflow', 'keras', 'mlflow', 'hydra', 'omegaconf') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

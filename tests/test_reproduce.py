@@ -1,6 +1,6 @@
 """`python -m ganlab.reproduce` and the baseline record: a small record made and reproduced for
-real on the bundled fixture, a perturbed record that differs, the verdict rules alone, and
-the committed table that must be the committed record's."""
+real on the bundled fixture, a perturbed record that differs, the verdict rules alone, old
+records still read, and the committed table that must be the committed record's."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import csv
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from conftest import FIXTURE_MNIST, REPO, artifact_paths, run_cli, store_client
-from ganlab import reproduce, scores
-from ganlab.reproduce import CONSISTENT, DIFFERS, EXACT, JobResult, Record
+from ganlab import baseline, config, readback, record, reproduce, scores, verdict
+from ganlab.baseline import Record
+from ganlab.verdict import CONSISTENT, DIFFERS, EXACT, JobResult
 
 # The smallest baseline that still scores: 1 seed, 1 epoch of the fixture (16 steps), 500 samples.
 RECORD_SWEEP = ["-m", "experiment=baseline", "seed=0", "epochs=1", "threads=1", "eval.num_samples=500",
@@ -44,21 +46,21 @@ def reproduction_parent(workdir: Path):
 
 def test_record_holds_every_value_and_its_machine(reproduced):
     _, record, _ = reproduced
-    with open(record / reproduce.RUNS_CSV, newline="") as stream:
+    with open(record / baseline.RUNS_CSV, newline="") as stream:
         rows = list(csv.DictReader(stream))
-    assert tuple(rows[0]) == ("precision", "seed", "epoch", "metric", "value")
+    assert tuple(rows[0]) == ("dtype", "seed", "epoch", "metric", "value")
     metrics = {row["metric"] for row in rows if row["epoch"] == "1"}
     assert set(scores.SCORE_NAMES) | {scores.D_LOSS, scores.G_LOSS} <= metrics
-    steps = [row for row in rows if row["metric"] == reproduce.STEP_METRICS[0]]
+    steps = [row for row in rows if row["metric"] == baseline.STEP_METRICS[0]]
     assert [int(row["epoch"]) for row in steps] == list(range(1, 17))  # the fixture's 16 steps (< 20)
-    assert {row["precision"] for row in rows} == {"fp32"} and {row["seed"] for row in rows} == {"0"}
-    machine = json.loads((record / reproduce.MACHINE_JSON).read_text())
+    assert {row["dtype"] for row in rows} == {"fp32"} and {row["seed"] for row in rows} == {"0"}
+    machine = json.loads((record / baseline.MACHINE_JSON).read_text())
     for key in ("cpu_model", "isa", "cores", "threads", "accelerator", "git_commit", "python", "data_sha256", "date"):
         assert key in machine, key
     assert machine["threads"] == 1
     assert {"tensorflow", "keras", "numpy", "scipy", "mlflow", "hydra-core"} <= set(machine["versions"])
     assert machine["overrides"] == ["experiment=baseline", "eval.num_samples=500"]  # applied again by a reproduction
-    assert (record / reproduce.TABLE_MD).read_text() == reproduce.baseline_table(reproduce.read_record(record))
+    assert (record / baseline.TABLE_MD).read_text() == baseline.baseline_table(baseline.read_baseline(record))
 
 
 def test_reproducing_on_the_same_machine_is_exact(reproduced):
@@ -69,8 +71,8 @@ def test_reproducing_on_the_same_machine_is_exact(reproduced):
     client, parent = reproduction_parent(workdir)
     assert parent.data.tags["reproduce.verdict"] == EXACT
     assert parent.data.tags["reproduce.seed0"] == EXACT
-    assert {"reproduce/comparison.csv", "reproduce/comparison.md"} <= artifact_paths(client, parent.info.run_id)
-    local = client.download_artifacts(parent.info.run_id, "reproduce/comparison.csv", str(workdir))
+    assert {"reproduce/checks.csv", "reproduce/checks.md"} <= artifact_paths(client, parent.info.run_id)
+    local = client.download_artifacts(parent.info.run_id, "reproduce/checks.csv", str(workdir))
     with open(local, newline="") as stream:
         rows = list(csv.DictReader(stream))
     assert rows and all(row["exact"] == "True" for row in rows)
@@ -81,11 +83,11 @@ def test_a_perturbed_record_differs(reproduced, tmp_path):
     workdir, record, _ = reproduced
     perturbed = tmp_path / "perturbed"
     shutil.copytree(record, perturbed)
-    rows = list(csv.reader(open(perturbed / reproduce.RUNS_CSV, newline="")))
+    rows = list(csv.reader(open(perturbed / baseline.RUNS_CSV, newline="")))
     for row in rows[1:]:
         if row[2] == "1" and row[3] == scores.FID:
             row[4] = repr(float(row[4]) * 1.01)
-    with open(perturbed / reproduce.RUNS_CSV, "w", newline="") as stream:
+    with open(perturbed / baseline.RUNS_CSV, "w", newline="") as stream:
         csv.writer(stream, lineterminator="\n").writerows(rows)
     _, parent = reproduction_parent(workdir)
     result = run_cli(["--seeds", "0", "--epochs", "1", "--record", str(perturbed), "--compare-run", parent.info.run_id],
@@ -109,7 +111,7 @@ def unit_record() -> Record:
         values[("fp32", seed, scores.FID, 1)] = fid
         values[("fp32", seed, scores.D_LOSS, 1)] = 0.5 + seed / 100
         values[("fp32", seed, scores.STEPS_PER_SEC, 1)] = 3.0
-        values[("fp32", seed, reproduce.STEP_METRICS[0], 1)] = 0.7 + seed / 100
+        values[("fp32", seed, baseline.STEP_METRICS[0], 1)] = 0.7 + seed / 100
     return Record(MACHINE, values, Path("record"))
 
 
@@ -117,52 +119,52 @@ def job(seed=0, fid=None, d_loss=None, step=None, **environment) -> JobResult:
     env = json.loads(json.dumps(MACHINE))
     env.update(environment)
     record = unit_record().values
-    return JobResult(seed=seed, precision="fp32",
+    return JobResult(seed=seed, dtype="fp32",
                      values={(scores.FID, 1): FIDS[seed] if fid is None else fid,
                              (scores.D_LOSS, 1): record[("fp32", seed, scores.D_LOSS, 1)] if d_loss is None else d_loss,
                              (scores.STEPS_PER_SEC, 1): 99.0},  # a timing: never compared
-                     steps={(reproduce.STEP_METRICS[0], 1): record[("fp32", seed, reproduce.STEP_METRICS[0], 1)]
+                     steps={(baseline.STEP_METRICS[0], 1): record[("fp32", seed, baseline.STEP_METRICS[0], 1)]
                             if step is None else step},
                      environment=env)
 
 
 def test_same_machine_and_numbers_is_exact():
-    verdict = reproduce.judge(job(), unit_record(), epochs=1)
-    assert verdict.verdict == EXACT and verdict.differences == []
-    assert "same ISA, versions, threads and data" in verdict.line()
+    found = verdict.judge(job(), unit_record(), epochs=1)
+    assert found.verdict == EXACT and found.differences == []
+    assert "same ISA, versions, threads and data" in found.line()
 
 
 def test_same_machine_other_numbers_differs():
-    assert reproduce.judge(job(fid=240.0 * (1 + 1e-5)), unit_record(), epochs=1).verdict == DIFFERS
-    assert reproduce.judge(job(step=0.7000001), unit_record(), epochs=1).verdict == DIFFERS  # per-step: equal or not
-    assert reproduce.judge(job(fid=240.0 * (1 + 1e-7)), unit_record(), epochs=1).verdict == EXACT  # within 1e-6
+    assert verdict.judge(job(fid=240.0 * (1 + 1e-5)), unit_record(), epochs=1).verdict == DIFFERS
+    assert verdict.judge(job(step=0.7000001), unit_record(), epochs=1).verdict == DIFFERS  # per-step: equal or not
+    assert verdict.judge(job(fid=240.0 * (1 + 1e-7)), unit_record(), epochs=1).verdict == EXACT  # within 1e-6
 
 
 def test_other_isa_within_the_seed_spread_is_consistent():
-    verdict = reproduce.judge(job(fid=265.0, d_loss=0.9, isa=["avx2", "avx512f"]), unit_record(), epochs=1)  # z = 2.5
-    assert verdict.verdict == CONSISTENT, verdict.line()
-    assert verdict.differences == ["ISA"]
-    assert "ISA differs from the record (avx2 avx512f here, avx2 in the record)" in verdict.line()
-    assert "|z| <= 3" in verdict.line()
+    found = verdict.judge(job(fid=265.0, d_loss=0.9, isa=["avx2", "avx512f"]), unit_record(), epochs=1)  # z = 2.5
+    assert found.verdict == CONSISTENT, found.line()
+    assert found.differences == ["ISA"]
+    assert "ISA differs from the record (avx2 avx512f here, avx2 in the record)" in found.line()
+    assert "|z| <= 3" in found.line()
 
 
 def test_other_isa_far_from_the_seeds_differs():
-    verdict = reproduce.judge(job(fid=280.0, isa=["avx2", "avx512f"]), unit_record(), epochs=1)  # z = 4
-    assert verdict.verdict == DIFFERS
-    assert f"{scores.FID} at epoch 1" in verdict.line() and "z = 4.00" in verdict.line()
+    found = verdict.judge(job(fid=280.0, isa=["avx2", "avx512f"]), unit_record(), epochs=1)  # z = 4
+    assert found.verdict == DIFFERS
+    assert f"{scores.FID} at epoch 1" in found.line() and "z = 4.00" in found.line()
 
 
 def test_the_reason_names_what_differs():
     other = {"isa": ["avx2", "avx512f", "avx512_bf16"], "threads": 4,
              "versions": {**MACHINE["versions"], "tensorflow": "2.20.0"}}
-    verdict = reproduce.judge(job(**other), unit_record(), epochs=1)
-    assert verdict.differences == ["ISA", "versions", "threads"]
-    assert "ISA, versions, threads differ from the record" in verdict.line()
-    assert "tensorflow 2.20.0 here, 2.21.0 in the record" in verdict.line()
-    assert verdict.verdict == CONSISTENT  # the same numbers on other ground: consistent, not exact
-    only_versions = reproduce.judge(job(versions={**MACHINE["versions"], "numpy": "2.0.0"}), unit_record(), epochs=1)
+    found = verdict.judge(job(**other), unit_record(), epochs=1)
+    assert found.differences == ["ISA", "versions", "threads"]
+    assert "ISA, versions, threads differ from the record" in found.line()
+    assert "tensorflow 2.20.0 here, 2.21.0 in the record" in found.line()
+    assert found.verdict == CONSISTENT  # the same numbers on other ground: consistent, not exact
+    only_versions = verdict.judge(job(versions={**MACHINE["versions"], "numpy": "2.0.0"}), unit_record(), epochs=1)
     assert only_versions.differences == ["versions"]
-    mlflow_only = reproduce.judge(job(versions={**MACHINE["versions"], "mlflow": "9.9"}), unit_record(), epochs=1)
+    mlflow_only = verdict.judge(job(versions={**MACHINE["versions"], "mlflow": "9.9"}), unit_record(), epochs=1)
     assert mlflow_only.verdict == EXACT  # MLflow does not compute numbers
 
 
@@ -171,7 +173,7 @@ def test_a_spread_of_zero_falls_back_on_the_pooled_spread():
     for seed in FIDS:  # every seed at 0 at epoch 1, spread at epoch 2
         record.values[("fp32", seed, scores.MODES_COVERED, 1)] = 0.0
         record.values[("fp32", seed, scores.MODES_COVERED, 2)] = float(seed)
-    mean, spread = reproduce.seed_spread(record, "fp32", scores.MODES_COVERED, 1)
+    mean, spread = verdict.seed_spread(record, "fp32", scores.MODES_COVERED, 1)
     assert mean == 0.0 and spread == pytest.approx(0.7071, rel=1e-3)
 
 
@@ -191,8 +193,8 @@ def test_bad_options_name_the_option(tmp_path, capsys, args, option):
     folder = tmp_path / "record"
     folder.mkdir()
     record = unit_record()
-    reproduce.write_runs_csv(record.values, folder / reproduce.RUNS_CSV)
-    (folder / reproduce.MACHINE_JSON).write_text(json.dumps(MACHINE))
+    baseline.write_runs_csv(record.values, folder / baseline.RUNS_CSV)
+    (folder / baseline.MACHINE_JSON).write_text(json.dumps(MACHINE))
     assert reproduce.main(["--record", str(folder), *args]) == 2
     error = capsys.readouterr().err
     assert error.startswith(f"error: {option}:") and error.count("\n") == 1
@@ -201,6 +203,77 @@ def test_bad_options_name_the_option(tmp_path, capsys, args, option):
 def test_a_missing_record_is_bad_input(tmp_path, capsys):
     assert reproduce.main(["--record", str(tmp_path / "nowhere")]) == 2
     assert "error: --record:" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- the record's files
+
+
+def test_the_dtype_column_is_written_and_an_old_precision_column_still_read(tmp_path):
+    values = unit_record().values
+    written = baseline.write_runs_csv(values, tmp_path / "runs.csv")
+    assert written.read_text().splitlines()[0] == "dtype,seed,epoch,metric,value"
+    old = tmp_path / "old"
+    old.mkdir()
+    lines = written.read_text().splitlines()
+    (old / baseline.RUNS_CSV).write_text("\n".join(["precision,seed,epoch,metric,value", *lines[1:]]) + "\n")
+    (old / baseline.MACHINE_JSON).write_text(json.dumps(MACHINE))
+    read = baseline.read_baseline(old)
+    assert read.values == values and read.dtypes() == ["fp32"]
+    observations, keys = record.read_observations(old / baseline.RUNS_CSV)
+    assert keys == ["dtype"] and {o.group["dtype"] for o in observations} == {"fp32"}
+
+
+def test_both_names_of_the_dtype_column_at_once_are_refused(tmp_path):
+    path = tmp_path / "runs.csv"
+    path.write_text("precision,dtype,seed,epoch,metric,value\nfp32,fp32,0,1,fid,1.0\n")
+    with pytest.raises(ValueError, match="name a key twice"):
+        record.read_observations(path)
+
+
+def test_a_record_grouped_by_other_keys_is_not_a_baseline(tmp_path, capsys):
+    folder = tmp_path / "record"
+    folder.mkdir()
+    (folder / baseline.RUNS_CSV).write_text("dropout,seed,epoch,metric,value\n0.3,0,1,fid,1.0\n")
+    (folder / baseline.MACHINE_JSON).write_text(json.dumps(MACHINE))
+    assert reproduce.main(["--record", str(folder)]) == 2
+    assert "expected dtype,seed,epoch,metric,value" in capsys.readouterr().err
+
+
+def test_the_committed_record_has_the_dtype_column():
+    header = (REPO / "docs" / "baseline" / baseline.RUNS_CSV).read_text().splitlines()[0]
+    assert header == "dtype,seed,epoch,metric,value"
+
+
+def test_a_reproduction_sets_where_and_what_it_checks_and_keeps_the_rest():
+    overrides = ("experiment=baseline seed=0 epochs=1 threads=1 data.path=/x.npz tracking.uri=sqlite:///y "
+                 "tracking.experiment=z dtype=bf16 precision=fp32 hydra.sweep.dir=/w eval.num_samples=500")
+    assert readback.record_overrides(overrides) == ["experiment=baseline", "eval.num_samples=500"]
+    assert set(config.WHERE_KEYS) <= set(readback.OWN_KEYS)
+
+
+class Artifacts:
+    """An MLflow client's two artifact calls: `listed` paths, and a download that raises `failure`."""
+
+    def __init__(self, listed, failure=None):
+        self.listed, self.failure = listed, failure
+
+    def list_artifacts(self, run_id, path=None):
+        return [SimpleNamespace(path=name, is_dir=False) for name in self.listed]
+
+    def download_artifacts(self, run_id, path, folder):
+        raise self.failure
+
+
+def test_a_losses_file_that_cannot_be_downloaded_is_named(capsys):
+    client = Artifacts([readback.LOSSES_FILE], OSError("disk full"))
+    assert readback._first_steps(client, "run123") == {}
+    error = capsys.readouterr().err
+    assert f"warning: could not read artifact {readback.LOSSES_FILE} of run run123 (OSError: disk full)" in error
+
+
+def test_a_job_without_a_losses_file_has_no_steps_and_no_warning(capsys):
+    assert readback._first_steps(Artifacts([]), "run123") == {}
+    assert capsys.readouterr().err == ""
 
 
 # --------------------------------------------------------------------------- the table
@@ -218,7 +291,7 @@ def two_dtype_record() -> Record:
 
 
 def test_table_shows_fp32_and_the_bf16_verdict():
-    table = reproduce.baseline_table(two_dtype_record())
+    table = baseline.baseline_table(two_dtype_record())
     lines = table.splitlines()
     assert "| epoch | " + " | ".join(scores.HEADLINE) + " |" in lines
     assert any(line.startswith("| 25 | 61 ± 1 |") for line in lines)
@@ -229,15 +302,15 @@ def test_table_shows_fp32_and_the_bf16_verdict():
 
 def test_committed_table_is_the_committed_record():
     folder = REPO / "docs" / "baseline"
-    assert (folder / reproduce.RUNS_CSV).is_file(), "no docs/baseline/runs.csv: write the record with --write-record"
-    expected = reproduce.baseline_table(reproduce.read_record(folder))
-    assert (folder / reproduce.TABLE_MD).read_text() == expected, (
+    assert (folder / baseline.RUNS_CSV).is_file(), "no docs/baseline/runs.csv: write the record with --write-record"
+    expected = baseline.baseline_table(baseline.read_baseline(folder))
+    assert (folder / baseline.TABLE_MD).read_text() == expected, (
         "docs/baseline/table.md is not the table of docs/baseline/runs.csv; "
         "run: python -m ganlab.reproduce --write-table docs/baseline")
 
 
 def test_constraints_pin_the_record_versions():
-    machine = json.loads((REPO / "docs" / "baseline" / reproduce.MACHINE_JSON).read_text())
+    machine = json.loads((REPO / "docs" / "baseline" / baseline.MACHINE_JSON).read_text())
     pins = dict(line.split("==", 1) for line in (REPO / "constraints.txt").read_text().splitlines()
                 if "==" in line and not line.startswith("#"))
     for package, version in machine["versions"].items():
@@ -253,5 +326,5 @@ def test_readme_table_is_the_record():
     assert start in readme and end in readme, (
         f"README.md lacks the markers {start} ... {end}: paste docs/baseline/table.md between them.")
     pasted = readme.split(start, 1)[1].split(end, 1)[0]
-    assert pasted.strip() == (REPO / "docs" / "baseline" / reproduce.TABLE_MD).read_text().strip(), (
+    assert pasted.strip() == (REPO / "docs" / "baseline" / baseline.TABLE_MD).read_text().strip(), (
         "the README's baseline table is not docs/baseline/table.md: paste that file between the markers again.")

@@ -1,5 +1,6 @@
 """The published study cannot drift from its record: docs/study's comparisons are computed again
-from docs/study/runs.csv alone, bit for bit, and every difference the docs quote is in them."""
+from docs/study/runs.csv alone, bit for bit, and every difference the docs quote is in them. The
+baseline's record (docs/baseline/runs.csv) goes through the same reader."""
 
 from __future__ import annotations
 
@@ -60,3 +61,15 @@ def study_section(page) -> str:
     rest = text[match.end():]
     end = re.search(rf"^{level} ", rest, flags=re.MULTILINE)
     return rest[: end.start()] if end else rest
+
+
+def test_the_baseline_record_is_read_and_compared_like_the_study(tmp_path, capsys):
+    """One reader for both published records: the baseline's runs.csv is a record grouped by
+    dtype, and its default reference is the config's dtype (fp32)."""
+    baseline = REPO / "docs" / "baseline" / "runs.csv"
+    assert report.main(["--record", str(baseline), "--metrics", "fid", "--out", str(tmp_path)]) == 0, capsys.readouterr().err
+    with open(tmp_path / "comparison.csv") as stream:
+        rows = [row for row in csv.DictReader(stream)]
+    assert {row["group"] for row in rows} == {"dtype=fp32", "dtype=bf16"}
+    assert all(row["diff"] == "" for row in rows if row["group"] == "dtype=fp32")  # the reference
+    assert all(row["diff"] != "" for row in rows if row["group"] == "dtype=bf16")
