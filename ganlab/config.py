@@ -20,6 +20,7 @@ from ganlab import scores
 from ganlab.errors import InputError
 
 DTYPES = ("fp32", "bf16")  # the `dtype` knob's choices; models.py maps each to a Keras policy
+CHOICE_GROUPS = ("model", "optimizer", "loss", "data")  # config groups whose option is named by `<group>.name`
 # Keys that say where a job runs and reads from, never what it computes: a resume may point
 # them elsewhere, and two runs differing only in them are the same experiment.
 WHERE_KEYS = ("data.path", "tracking.uri", "threads")
@@ -44,6 +45,12 @@ def resolve_all(cfg: DictConfig, keys=None) -> None:
         key = getattr(error, "full_key", None) or "config"
         reason = str(error).splitlines()[0]
         raise InputError(f"{key}: cannot be resolved ({type(error).__name__}: {reason}).") from None
+
+
+def param_key(key: str) -> str:
+    """The run param a command-line key is recorded under: a group chosen by name
+    (`loss=hinge`) is recorded as `loss.name`; any other key as itself."""
+    return f"{key}.name" if key in CHOICE_GROUPS else key
 
 
 def resolved(cfg: DictConfig) -> dict:
@@ -109,14 +116,12 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _validate_groups(cfg: DictConfig) -> None:
-    """The `model`, `optimizer` and `loss` groups' settings by their kind; each group's `name`
-    is checked against its registry when the job builds it (ganlab.registry)."""
-    for group in ("model", "optimizer", "loss"):
+    """Each group's `name` against its registry (ganlab.registry), then its settings by their kind."""
+    for group, registry in choice_registries().items():
         node = _get(cfg, group)
         if not OmegaConf.is_dict(node):
-            raise InputError(f"{group}: got {_show(node)}; expected a config group, e.g. {group}=<choice>.")
-        if not isinstance(node.get("name"), str):
-            raise InputError(f"{group}.name: got {_show(node.get('name'))}; expected the name of a {group} choice.")
+            raise InputError(f"{group}: got {_show(node)}; expected a config group, e.g. {group}={registry.names()[0]}.")
+        registry.get(node.get("name"))
     for key in cfg.model:
         name = f"model.{key}"
         if key.endswith(("_units", "_filters")):
@@ -132,6 +137,19 @@ def _validate_groups(cfg: DictConfig) -> None:
         _fraction(cfg, f"optimizer.{key}", optional=True)
     _integer(cfg, "loss.n_critic", minimum=1)
     _number(cfg, "loss.gp_weight", minimum=0.0, optional=True)
+
+
+def choice_registries() -> dict:
+    """{group: its registry} of the groups chosen by name. Their builders need TensorFlow,
+    which is imported here the quiet way (ganlab.runtime)."""
+    from ganlab import runtime
+
+    runtime.import_tensorflow()
+    from ganlab.losses import LOSSES
+    from ganlab.models import MODELS
+    from ganlab.optimizers import OPTIMIZERS
+
+    return {"model": MODELS, "optimizer": OPTIMIZERS, "loss": LOSSES}
 
 
 def _validate_objective(cfg: DictConfig) -> None:

@@ -2,7 +2,7 @@
 
 `run_job(cfg, context)` is what the Hydra entry point calls; `context` holds the facts
 only Hydra knows (output folder, overrides, sweep, launcher threads), so nothing here
-imports Hydra. A job is one MLflow run (`tracking.JobRun`), resumable from its last
+imports Hydra. A job is one MLflow run (`ganlab.job_run.JobRun`), resumable from its last
 checkpoint (`ganlab.checkpoint`). `train_job` holds the whole loop in one screen: train
 an epoch, score it, track the best, checkpoint, log; those steps are small functions in
 `ganlab.epochs`, the model, loss and optimizer come from their registries by name, and
@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 
 from ganlab import checkpoint, config, epochs, outputs, runtime, tracking
 from ganlab.data import load_dataset
+from ganlab.job_run import JobRun
 
 log = logging.getLogger("ganlab.train")
 
@@ -54,7 +55,7 @@ def run_job(cfg: DictConfig, context: JobContext) -> float | None:
         tags["output_dir"] = str(context.output_dir)
     else:
         tags.update({"resumed_from_epoch": resume.checkpoint.epoch, "resumed_from": str(resume.checkpoint.folder)})
-    run = tracking.JobRun(cfg.tracking.uri, cfg.tracking.experiment, context.output_dir, context.run_name, tags,
+    run = JobRun(cfg.tracking.uri, cfg.tracking.experiment, context.output_dir, context.run_name, tags,
                           parent_run_id=context.parent_run_id, log_file=context.log_file,
                           resume_run_id=resume.checkpoint.run_id if resume else None,
                           system_metrics=cfg.tracking.system_metrics)
@@ -66,7 +67,7 @@ def run_job(cfg: DictConfig, context: JobContext) -> float | None:
             resume.lock.release()
 
 
-def train_job(cfg, context: JobContext, run: tracking.JobRun, threads: int | None, resume) -> float | None:
+def train_job(cfg, context: JobContext, run: JobRun, threads: int | None, resume) -> float | None:
     """Check, build, then the loop: train an epoch, score it, track the best, checkpoint, log. Returns the objective."""
     started = time.perf_counter()
     config.validate(cfg)
@@ -110,7 +111,7 @@ def train_job(cfg, context: JobContext, run: tracking.JobRun, threads: int | Non
     return objective
 
 
-def load_data(cfg, run: tracking.JobRun, new_run: bool):
+def load_data(cfg, run: JobRun, new_run: bool):
     """The checked dataset and the resolved steps per epoch; records both on the run."""
     dataset = load_dataset(cfg.data.name, cfg.data.path)
     config.validate_against_data(cfg, len(dataset.x_train))

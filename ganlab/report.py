@@ -9,16 +9,18 @@ Reads the child runs of a sweep's parent run (the newest sweep of the experiment
 replicates; swept params left out of `--by` are pooled) and writes into `--out`:
 - `comparison.csv` / `comparison.md`: per group, metric and epoch the mean, std and 95%
   confidence interval over seeds, and each group's difference from the reference group
-  (`--reference`, default the tutorial's dropout 0.3 / label_smoothing 0.1 when those are
-  grouped) with its Welch 95% interval, p-value and the seeds per group needed to detect
-  it (80% power); `comparison_<metric>.png`: mean against epoch per group with the band;
+  (`--reference`, default the group at the config's defaults, the tutorial's setting, when
+  every grouping key has one in conf/) with its Welch 95% interval, p-value and the seeds
+  per group needed to detect it (80% power); `comparison_<metric>.png`: mean against epoch
+  per group with the band;
 - `runs.csv`: every value those are computed from (group keys, seed, epoch, metric, value).
   `--record runs.csv` computes the comparison and the fid heatmap again from it alone, to
   the last bit, so a published comparison can be regenerated without the MLflow store;
 - `scores.md` / `scores.csv`: mean ± std per group at the chosen epochs;
 - the sweep's own summary, as its parent run holds it: `sweep_summary.csv`/`.md`, the fid
   heatmap over two keys and the montage of final samples (`ganlab.sweep_report`);
-- `samples_<group>.png`: the first run's sample grids at those epochs side by side.
+- `samples_<group>.png`: the first run's sample grids at those epochs side by side (an
+  artifact that cannot be downloaded is named in a warning and left out).
 Only reads: it never creates a store or an experiment.
 """
 
@@ -31,7 +33,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ganlab import comparison, plots, scores, sweep_report, tracking
+from ganlab import comparison, plots, record, scores, sweep_report, tracking
 from ganlab.errors import InputError, report_or_refuse
 
 
@@ -41,12 +43,13 @@ def parse_args(argv):
     parser.add_argument("--tracking-uri", default=None, help="default: sqlite:///<cwd>/mlruns/mlflow.db")
     parser.add_argument("--parent", default=None, help="the sweep's parent run id (default: the newest sweep)")
     parser.add_argument("--by", default="", help="comma-separated params that make the groups, e.g. dropout,label_smoothing")
-    parser.add_argument("--reference", default=None, help="the group others are compared with, KEY=VALUE[,KEY=VALUE]")
+    parser.add_argument("--reference", default=None,
+                        help="the group others are compared with, KEY=VALUE[,KEY=VALUE] (default: the config's defaults)")
     parser.add_argument("--epochs", default="1,5,10,25,50", help="epochs for scores.md and the sample montage")
     parser.add_argument("--metrics", default=",".join(scores.HEADLINE))
     parser.add_argument("--record", default=None, metavar="CSV",
-                        help="compare the values of a record (the runs.csv of an earlier report or sweep summary) "
-                             "instead of reading MLflow")
+                        help="compare the values of a record (the runs.csv of an earlier report or sweep summary, "
+                             "or docs/baseline/runs.csv) instead of reading MLflow")
     parser.add_argument("--out", default="report")
     return parser.parse_args(argv)
 
@@ -55,7 +58,7 @@ def parse_reference(text: str | None, keys: list[str]) -> dict[str, str] | None:
     if not text:
         return None
     pairs = [item.partition("=") for item in text.split(",") if item]
-    reference = {key: value for key, _, value in pairs}
+    reference = {config.param_key(key): value for key, _, value in pairs}
     if any(not sep or not value for _, sep, value in pairs) or set(reference) - set(keys):
         raise InputError(f"--reference: got {text!r}; expected KEY=VALUE pairs of the --by keys ({', '.join(keys) or 'none'}).")
     return reference
@@ -100,20 +103,41 @@ def markdown(groups: dict[str, list[dict]], metrics, epochs) -> str:
     return "\n".join(lines)
 
 
+SAMPLES_DIR = "samples"  # a run's sample grid of each evaluated epoch, as epochs.py logs it: samples/epoch_001.png, ...
+
+
 def write_sample_montages(client, groups, keys, epochs, out: Path) -> None:
+    """Per group, its first run's sample grids at `epochs` side by side. Epochs the run did not
+    evaluate have no grid and are skipped; a grid it has but that cannot be downloaded is
+    named in a warning and left out."""
     with tempfile.TemporaryDirectory() as scratch:
         for runs in groups.values():
+            run_id = runs[0].info.run_id
             grids, titles = [], []
+            try:
+                logged = {item.path for item in client.list_artifacts(run_id, SAMPLES_DIR)}
+            except Exception as error:  # noqa: BLE001 - whatever the store raises
+                _warn_artifact(f"{SAMPLES_DIR}/", run_id, error)
+                continue
             for epoch in epochs:
+                name = f"{SAMPLES_DIR}/epoch_{epoch:03d}.png"
+                if name not in logged:
+                    continue  # that epoch was not trained or not evaluated
                 try:
-                    local = client.download_artifacts(runs[0].info.run_id, f"samples/epoch_{epoch:03d}.png", scratch)
-                except Exception:  # that epoch was not trained or not evaluated
+                    local = client.download_artifacts(run_id, name, scratch)
+                except Exception as error:  # noqa: BLE001 - whatever the store raises
+                    _warn_artifact(name, run_id, error)
                     continue
                 grids.append(Path(local).rename(Path(scratch) / f"{len(grids)}.png"))
                 titles.append(f"epoch {epoch}")
             if grids:
                 name = "samples" + ("_" + "_".join(str(runs[0].data.params.get(key)) for key in keys) if keys else "")
                 plots.save_montage(grids, titles, out / f"{name}.png")
+
+
+def _warn_artifact(name: str, run_id: str, error: Exception) -> None:
+    print(f"warning: could not download artifact {name} of run {run_id} ({type(error).__name__}: {error}); "
+          "its samples are left out of the montage.", file=sys.stderr, flush=True)
 
 
 def run(args) -> str:
@@ -125,7 +149,7 @@ def run(args) -> str:
         metrics = scores.check_names([m for m in args.metrics.split(",") if m], "--metrics")
     except ValueError as error:
         raise InputError(str(error)) from None
-    keys = [key for key in args.by.split(",") if key]
+    keys = [config.param_key(key) for key in args.by.split(",") if key]  # --by loss groups by loss.name
     if args.record:
         return run_from_record(Path(args.record), keys, args.reference, metrics, Path(args.out))
     client, experiment_id = tracking.open_reader(args.tracking_uri, args.experiment)
@@ -147,7 +171,7 @@ def run(args) -> str:
         sweep_report.seed_comparison(values, keys, metrics, reference, out)
     except ValueError as error:
         raise InputError(f"--reference: {error}") from None
-    comparison.write_record(values, record_keys, out / sweep_report.RECORD)
+    record.write_observations(values, record_keys, out / sweep_report.RECORD)
     sweep_report.summarize(client, children, keys, None, out)  # the sweep's table, heatmap and montage
     tables = score_tables(groups, logged, metrics, epochs)
     text = f"Sweep {parent}: {len(finished)} finished runs; mean ± std over the runs of each group.\n\n"
@@ -163,22 +187,22 @@ def run(args) -> str:
                    "scores.md/.csv, sweep_summary.csv/.md, samples_*.png)")
 
 
-def run_from_record(record: Path, keys: list[str], reference_text: str | None, metrics, out: Path) -> str:
+def run_from_record(path: Path, keys: list[str], reference_text: str | None, metrics, out: Path) -> str:
     """The comparison (and the heatmap of final means over two keys) again from a record's values,
     without MLflow: the same record and options give the same comparison.csv to the last bit."""
     try:
-        values, record_keys = comparison.read_record(record)
+        values, record_keys = record.read_observations(path)
     except FileNotFoundError:
-        raise InputError(f"--record: no file {record}; give the runs.csv that a report or a sweep summary wrote.") from None
+        raise InputError(f"--record: no file {path}; give the runs.csv that a report or a sweep summary wrote.") from None
     except ValueError as error:
         raise InputError(f"--record: {error}") from None
     keys = keys or record_keys
     if set(keys) - set(record_keys):
-        raise InputError(f"--by: {', '.join(sorted(set(keys) - set(record_keys)))} is not a column of {record}; "
+        raise InputError(f"--by: {', '.join(sorted(set(keys) - set(record_keys)))} is not a column of {path}; "
                          f"its grouping keys are: {', '.join(record_keys) or 'none'}.")
     values = [value for value in values if value.metric in metrics]  # the record's other keys are pooled
     if not values:
-        raise InputError(f"--metrics: {record} holds no values of {', '.join(metrics)}.")
+        raise InputError(f"--metrics: {path} holds no values of {', '.join(metrics)}.")
     reference = parse_reference(reference_text, keys)
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -195,7 +219,7 @@ def run_from_record(record: Path, keys: list[str], reference_text: str | None, m
         finals = [{**dict(group), scores.FID: fid} for (group, _), (_, fid) in last.items()]
         written.append(sweep_report.heatmap(finals, keys, scores.FID, out).name)
     groups = len({row.group for row in rows})
-    return f"{len(values)} values of {groups} groups from {record}; written to {out}/ ({', '.join(written)})"
+    return f"{len(values)} values of {groups} groups from {path}; written to {out}/ ({', '.join(written)})"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""The one way into MLflow: open a store, find a run, list a sweep's children, run a job's run.
+"""The one way into MLflow: open a store, find a run, list a sweep's children, name and describe runs.
 
 Everything goes through an explicit `MlflowClient` (no global active run), so a failed
 job cannot leak its run into the next job of the same process. Writers open a store
@@ -7,30 +7,22 @@ readers use `open_reader`, which never creates anything. The default store is a 
 database in `mlruns/` of the directory the command runs in, with artifacts in
 `mlruns/artifacts/<experiment>/` given as an absolute location, so `mlflow ui` finds
 them from anywhere. Calls to a tracking server are bounded in time (see
-`bound_server_waits`). What the UI shows beside metrics also comes through `JobRun`:
-images per step, the training data as the run's dataset input, the generator as an MLflow
-Model, and MLflow's system metrics. Nothing here imports TensorFlow until a model is logged.
+`bound_server_waits`). A job's own run, opened and closed whatever happens, is
+`ganlab.job_run.JobRun`, built on this module. Nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import getpass
-import io
-import json
 import logging
 import os
 import platform
 import subprocess
-import time
-import traceback
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import mlflow
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -105,7 +97,7 @@ def open_store(uri: str | None, experiment: str) -> tuple[MlflowClient, str]:
     if uri.startswith(("http://", "https://")):
         check_server(uri)
     if not uri.startswith("sqlite:///"):
-        return _store_call(uri, lambda: _get_or_create_experiment(MlflowClient(tracking_uri=uri), experiment, None))
+        return store_call(uri, lambda: _get_or_create_experiment(MlflowClient(tracking_uri=uri), experiment, None))
     db_file = Path(uri.removeprefix("sqlite:///"))
     try:
         db_file.parent.mkdir(parents=True, exist_ok=True)
@@ -115,7 +107,7 @@ def open_store(uri: str | None, experiment: str) -> tuple[MlflowClient, str]:
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         artifact_location = (db_file.parent / "artifacts" / experiment).as_uri()
-        return _store_call(uri, lambda: _get_or_create_experiment(MlflowClient(tracking_uri=uri), experiment, artifact_location))
+        return store_call(uri, lambda: _get_or_create_experiment(MlflowClient(tracking_uri=uri), experiment, artifact_location))
 
 
 def open_reader(uri: str | None, experiment: str | None = None, option: str = "--tracking-uri") -> tuple[MlflowClient, str | None]:
@@ -132,14 +124,14 @@ def open_reader(uri: str | None, experiment: str | None = None, option: str = "-
     client = MlflowClient(tracking_uri=uri)
     if experiment is None:
         return client, None
-    found = _store_call(uri, lambda: client.get_experiment_by_name(experiment))
+    found = store_call(uri, lambda: client.get_experiment_by_name(experiment))
     if found is None:
-        names = sorted(e.name for e in _store_call(uri, client.search_experiments))
+        names = sorted(e.name for e in store_call(uri, client.search_experiments))
         raise InputError(f"--experiment: no experiment {experiment!r} in {uri}; it holds: {', '.join(names) or 'none'}.")
     return client, found.experiment_id
 
 
-def _store_call(uri: str, call):
+def store_call(uri: str, call):
     """Run one store call; a broken store or a failing server becomes an InputError naming the URI."""
     try:
         return call()
@@ -265,9 +257,9 @@ def run_params(config: dict) -> dict[str, Any]:
 
 def environment_tags() -> dict[str, str]:
     """Git commit and dirtiness of the code, versions of what ran it, and who and what started it."""
-    tags = {"version.python": platform.python_version(), "version.ganlab": _version("ganlab")}
+    tags = {"version.python": platform.python_version(), "version.ganlab": package_version("ganlab")}
     for package in PACKAGES:
-        tags[f"version.{package}"] = _version(package)
+        tags[f"version.{package}"] = package_version(package)
     commit, dirty = _git_state(PROJECT_ROOT)
     tags["git.commit"] = commit
     tags["git.dirty"] = dirty
@@ -277,187 +269,7 @@ def environment_tags() -> dict[str, str]:
     return tags
 
 
-class JobRun:
-    """One MLflow run for one job, closed with the right status whatever happens.
-
-    Use as a context manager: on a normal exit the run ends FINISHED; on an exception it
-    ends FAILED (KILLED for Ctrl-C or SIGTERM) with a `failure_reason` tag and an
-    `error.txt` artifact, and the exception goes on. Metrics logged before stay. Once the
-    run exists, any failure, even while it is being opened or closed, still ends it:
-    every step of closing is best-effort and none can stop `set_terminated`.
-    """
-
-    def __init__(self, uri: str | None, experiment: str, output_dir: Path, run_name: str, tags: dict[str, Any],
-                 parent_run_id: str | None = None, log_file: Path | None = None, resume_run_id: str | None = None,
-                 system_metrics: bool = False):
-        self.uri, self.experiment = uri, experiment
-        self.output_dir = Path(output_dir)
-        self.run_name = run_name
-        self.tags = {key: str(value) for key, value in tags.items()}  # a server takes strings only
-        if parent_run_id:
-            self.tags[PARENT_RUN_TAG] = parent_run_id
-        self.log_file = log_file
-        self.resume_run_id = resume_run_id
-        self.system_metrics = system_metrics
-        self.client: MlflowClient | None = None
-        self.experiment_id: str | None = None
-        self.run_id: str | None = None
-        self._closers: list = []  # called first when the run ends (e.g. a system-metrics monitor)
-
-    def __enter__(self) -> "JobRun":
-        self.client, self.experiment_id = open_store(self.uri, self.experiment)
-        tags = {**environment_tags(), **self.tags}
-        if self.resume_run_id:  # the same run goes on: params stay as first logged
-            self.run_id = self.resume_run_id
-            self._guarded(lambda: (self.client.update_run(self.run_id, status="RUNNING"), self.set_tags(tags)))
-            log.info("MLflow run %s resumed in %s", self.run_id, resolve_uri(self.uri))
-        else:
-            run = _store_call(resolve_uri(self.uri), lambda: self.client.create_run(self.experiment_id, run_name=self.run_name, tags=tags))
-            self.run_id = run.info.run_id
-            log.info("MLflow run %s (%s) in %s", self.run_id, self.run_name, resolve_uri(self.uri))
-        if self.system_metrics:
-            self._guarded(self._start_system_metrics)
-        return self
-
-    def _start_system_metrics(self) -> None:
-        """MLflow's own sampler of CPU, memory, disk, network (and NVIDIA GPU, with nvidia-ml-py)
-        use: `system/...` metrics every 10 s (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL) from a
-        background thread, until the run closes."""
-        try:
-            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-        except ImportError as error:  # psutil missing
-            log.warning("tracking.system_metrics: %s, so this run logs no system metrics (pip install psutil).", error)
-            return
-        monitor = SystemMetricsMonitor(self.run_id, resume_logging=self.resume_run_id is not None,
-                                       tracking_uri=resolve_uri(self.uri))
-        monitor.start()
-        self.on_close(monitor.finish)
-
-    def _guarded(self, action) -> None:
-        """Do `action` while opening; if it fails the run is closed FAILED before the error goes on."""
-        try:
-            action()
-        except BaseException as error:
-            self.__exit__(type(error), error, error.__traceback__)
-            raise
-
-    def start(self, params: dict[str, Any], config_file: Path | None = None) -> None:
-        """The first logging of a new run: its params and resolved config."""
-        self.log_params(params)
-        if config_file is not None:
-            self.log_artifact(config_file)
-
-    def on_close(self, action) -> None:
-        self._closers.append(action)
-
-    def log_params(self, params: dict[str, Any]) -> None:
-        items = [Param(key, str(value)) for key, value in params.items()]
-        for start in range(0, len(items), 100):  # MLflow's batch limit for params
-            self.client.log_batch(self.run_id, params=items[start : start + 100])
-
-    def set_tags(self, tags: dict[str, Any]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
-        items = [Metric(key, float(value), now, step) for key, value in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=items)
-
-    def log_image(self, image, key: str, step: int) -> None:
-        """An image (an array, or a PNG file) under `key` at `step`: the UI shows it with a step
-        slider and side by side in the chart view. MLflow stores it as the artifact
-        `images/<key>+step+<step>+...png` (and a small .webp) and tags the run `mlflow.loggedImages`."""
-        if isinstance(image, (str, Path)):
-            from PIL import Image
-
-            with Image.open(image) as picture:
-                image = picture.convert("RGB")
-        self.client.log_image(self.run_id, image, key=key, step=step)
-
-    def log_dataset(self, name: str, digest: str, source: str, profile: dict | None = None) -> None:
-        """The training data as the run's dataset input (the UI's Dataset column): its name, the
-        start of its content hash (the whole one goes into a tag) and the file it was read from."""
-        dataset = Dataset(name=name, digest=digest[:DIGEST_LENGTH], source_type="local",
-                          source=json.dumps({"uri": source}), profile=json.dumps(profile) if profile else None)
-        self.client.log_inputs(self.run_id, [DatasetInput(dataset, [InputTag(DATASET_CONTEXT_TAG, "training")])])
-
-    def log_model(self, model, name: str, input_example, step: int, register_as: str | None = None) -> str:
-        """A Keras model as an MLflow Model of this run (the UI's Models column), with its
-        signature and input example, loadable anywhere with
-        `mlflow.pyfunc.load_model(uri).predict(inputs)`; also registered in the Model Registry
-        under `register_as` when given. Returns the model's URI (models:/<model id>).
-
-        The run is passed by id: no active run is started, so the run's status stays JobRun's
-        business. MLflow's model logging reads the process-wide tracking URI, which points at
-        this store for the call only. The TensorFlow flavor is used because the Keras one fails
-        on an input example in MLflow 3.x (mlflow/mlflow#16183); it loads the same .keras file.
-        """
-        import mlflow.tensorflow
-        from mlflow.models import Model, infer_signature
-
-        signature = infer_signature(input_example, model.predict(input_example, verbose=0))
-        params = self.client.get_run(self.run_id).data.params
-        logged = self.client.create_logged_model(self.experiment_id, name=name, source_run_id=self.run_id, params=params)
-        requirements = [f"{package}=={_version(package)}" for package in ("tensorflow", "keras")]
-        # MLflow checks the input example with `model.predict`, whose progress bar goes to stdout.
-        with _tracking_uri_set_to(resolve_uri(self.uri)), contextlib.redirect_stdout(io.StringIO()):
-            info = Model.log(artifact_path=None, name=name, flavor=mlflow.tensorflow, model=model, run_id=self.run_id,
-                             model_id=logged.model_id, step=step, signature=signature, input_example=input_example,
-                             pip_requirements=requirements, registered_model_name=register_as)
-        return info.model_uri
-
-    def logged_steps(self, metric: str) -> set[int]:
-        return {point.step for point in self.client.get_metric_history(self.run_id, metric)}
-
-    def log_artifact(self, path: Path, artifact_dir: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_dir)
-
-    def __exit__(self, error_type, error, trace) -> bool:
-        if self.run_id is None:
-            return False
-        for close in self._closers:
-            self._safely(close)
-        if error is None:
-            status = RunStatus.FINISHED
-        else:
-            interrupted = isinstance(error, KeyboardInterrupt)
-            status = RunStatus.KILLED if interrupted else RunStatus.FAILED
-            reason = "interrupted (Ctrl-C or SIGTERM)" if interrupted else f"{type(error).__name__}: {error}"
-            log.info("run %s ends %s", self.run_id, RunStatus.to_string(status))
-            error_file = self.output_dir / "error.txt"
-            self._safely(lambda: error_file.write_text("".join(traceback.format_exception(error_type, error, trace))))
-            self._safely(lambda: self.set_tags({"failure_reason": reason[:5000]}))
-            if error_file.is_file():
-                self._safely(lambda: self.log_artifact(error_file))
-        if self.log_file is not None and Path(self.log_file).exists():
-            for handler in logging.getLogger().handlers:
-                self._safely(handler.flush)
-            self._safely(lambda: self.log_artifact(Path(self.log_file)))
-        self._safely(lambda: self.client.set_terminated(self.run_id, RunStatus.to_string(status)))
-        return False
-
-    @staticmethod
-    def _safely(action) -> None:
-        # While closing a run, a second error (a full disk, a lost server) must not hide the
-        # first one or keep the run from being terminated.
-        try:
-            action()
-        except Exception as error:  # noqa: BLE001
-            log.warning("while closing the run: %s: %s", type(error).__name__, error)
-
-
-@contextlib.contextmanager
-def _tracking_uri_set_to(uri: str):
-    """The process-wide tracking URI set to `uri` for a block, then put back as it was."""
-    previous = mlflow.get_tracking_uri() if mlflow.tracking.is_tracking_uri_set() else None
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)
-
-
-def _version(package: str) -> str:
+def package_version(package: str) -> str:
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:

@@ -49,11 +49,10 @@ def test_a_second_name_for_a_knob_is_refused_by_hydra(override):
 
 
 def test_run_params_hold_one_name_per_knob_and_no_nulls():
-    from ganlab.job import resolved
     from ganlab.scores import REGISTRY
     from ganlab.tracking import run_params
 
-    params = run_params(resolved(compose_train(["dropout=0.1"])))
+    params = run_params(config.resolved(compose_train(["dropout=0.1"])))
     assert params["dropout"] == 0.1 and params["dtype"] == "fp32"
     assert not [key for key in params if key.startswith("model.") and key.split(".")[1] in ("dropout", "random_dim", "dtype")]
     assert None not in params.values()
@@ -72,12 +71,12 @@ def test_configs_compose_into_a_tmp_dir(tmp_path):
 def test_dropout_knob_sets_all_three_dropout_layers():
     import keras
 
-    from ganlab.models import build_discriminator
+    from ganlab.models import build_nets
 
-    cfg = compose_train(["dropout=0.1"])
-    net = build_discriminator(cfg.model, cfg.dropout)
-    rates = [layer.rate for layer in net.layers if isinstance(layer, keras.layers.Dropout)]
-    assert rates == [0.1, 0.1, 0.1]
+    for model, layers in (("mlp", 3), ("dcgan", 2)):
+        _, net = build_nets(compose_train(["dropout=0.1", f"model={model}"]), (28, 28))
+        rates = [layer.rate for layer in net.layers if isinstance(layer, keras.layers.Dropout)]
+        assert rates == [0.1] * layers
 
 
 def test_model_matches_the_tutorial_architecture():
@@ -85,7 +84,7 @@ def test_model_matches_the_tutorial_architecture():
 
     from ganlab.models import build_nets
 
-    generator, discriminator = build_nets(compose_train())
+    generator, discriminator = build_nets(compose_train(), (28, 28))
     dense = lambda net: [layer for layer in net.layers if isinstance(layer, keras.layers.Dense)]  # noqa: E731
     assert [layer.units for layer in dense(generator)] == [256, 512, 1024, 784]
     assert [layer.units for layer in dense(discriminator)] == [1024, 512, 256, 1]
@@ -98,19 +97,19 @@ def test_model_matches_the_tutorial_architecture():
 
 
 def _trainer(cfg, images):
-    from ganlab.gan import GanTrainer
-    from ganlab.models import build_nets
+    from ganlab.job import build_trainer
 
-    return GanTrainer(*build_nets(cfg), images,
-                      batch_size=cfg.batch_size, label_smoothing=cfg.label_smoothing,
-                      learning_rate=cfg.optimizer.lr, beta_1=cfg.optimizer.beta_1, seed=cfg.seed)
+    class Data:  # what build_trainer reads of a dataset
+        x_train = images
+
+    return build_trainer(cfg, Data)
 
 
 def test_label_smoothing_sets_the_real_target_in_the_loss():
     """With D's kernels zeroed and its last bias at b, every logit is b, so the first D loss
     is 0.5 * (BCE(real_target, b) + BCE(0, b)): it tells which real target the step used."""
     cfg = compose_train(["label_smoothing=0.2", "batch_size=16"])
-    trainer = _trainer(cfg, np.zeros((64, 784), np.uint8))
+    trainer = _trainer(cfg, np.zeros((64, 28, 28), np.uint8))
     bias = 1.0
     for layer in trainer.discriminator.layers:
         for weight in layer.weights:
@@ -121,7 +120,7 @@ def test_label_smoothing_sets_the_real_target_in_the_loss():
     def bce(target, logit):
         return math.log1p(math.exp(-logit)) + (1 - target) * logit
 
-    assert trainer.real_target == pytest.approx(0.8)
+    assert trainer.loss.real_target == pytest.approx(0.8)
     assert d_loss == pytest.approx(0.5 * (bce(0.8, bias) + bce(0.0, bias)), rel=1e-5)
     assert d_loss != pytest.approx(0.5 * (bce(0.9, bias) + bce(0.0, bias)), rel=1e-5)
     assert d_real == pytest.approx(1 / (1 + math.exp(-bias)), rel=1e-5)
@@ -129,7 +128,7 @@ def test_label_smoothing_sets_the_real_target_in_the_loss():
 
 def test_optimizer_and_batch_knobs_reach_the_trainer():
     cfg = compose_train(["optimizer.lr=0.001", "optimizer.beta_1=0.7", "batch_size=32", "random_dim=20"])
-    trainer = _trainer(cfg, np.zeros((64, 784), np.uint8))
+    trainer = _trainer(cfg, np.zeros((64, 28, 28), np.uint8))
     for optimizer in (trainer.d_optimizer, trainer.g_optimizer):
         assert float(optimizer.learning_rate) == pytest.approx(0.001)
         assert optimizer.beta_1 == pytest.approx(0.7)
@@ -234,10 +233,10 @@ def test_batch_size_above_training_set_is_rejected():
 
 
 def test_bf16_runs_hidden_layers_in_bfloat16_and_keeps_outputs_float32():
-    from ganlab.models import build_discriminator, build_generator
+    from ganlab.models import build_nets
 
     cfg = compose_train(["dtype=bf16"])
-    for net in (build_generator(cfg.model, cfg.random_dim, cfg.dtype), build_discriminator(cfg.model, cfg.dropout, cfg.dtype)):
+    for net in build_nets(cfg, (28, 28)):
         dense = [layer for layer in net.layers if layer.__class__.__name__ == "Dense"]
         assert all(layer.compute_dtype == "bfloat16" and layer.variable_dtype == "float32" for layer in dense[:-1])
         assert dense[-1].compute_dtype == "float32"

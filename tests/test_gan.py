@@ -14,9 +14,15 @@ import pytest
 from conftest import FIXTURE_MNIST
 from ganlab.data import load_dataset
 from ganlab.gan import GanTrainer
+from ganlab.losses import NonSaturating
 
 RANDOM_DIM = 8
 EMA = 0.9  # far from 1, so a few steps move the average visibly away from the live weights
+
+
+def TUTORIAL_LOSS_AND_OPTIMIZERS() -> dict:  # noqa: N802 - fresh optimizers for every trainer
+    return {"loss": NonSaturating(label_smoothing=0.1), "batch_size": 16,
+            "d_optimizer": keras.optimizers.Adam(2e-4, beta_1=0.5), "g_optimizer": keras.optimizers.Adam(2e-4, beta_1=0.5)}
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +50,7 @@ def tiny_nets(seed: int) -> tuple[keras.Sequential, keras.Sequential]:
 
 def trainer(images, ema=None, seed=0) -> GanTrainer:
     generator, discriminator = tiny_nets(seed)
-    return GanTrainer(generator, discriminator, images, batch_size=16, label_smoothing=0.1,
-                      learning_rate=2e-4, beta_1=0.5, seed=seed, ema=ema)
+    return GanTrainer(generator, discriminator, images, seed=seed, ema=ema, **TUTORIAL_LOSS_AND_OPTIMIZERS())
 
 
 def losses(gan: GanTrainer, steps: int) -> list[tuple[float, float]]:
@@ -135,5 +140,4 @@ def test_ema_use_without_ema_is_an_error(images):
 def test_ema_outside_zero_one_is_rejected(images, ema):
     generator, discriminator = tiny_nets(0)
     with pytest.raises(ValueError, match="ema must be"):
-        GanTrainer(generator, discriminator, images, batch_size=16, label_smoothing=0.1,
-                   learning_rate=2e-4, beta_1=0.5, seed=0, ema=ema)
+        GanTrainer(generator, discriminator, images, seed=0, ema=ema, **TUTORIAL_LOSS_AND_OPTIMIZERS())

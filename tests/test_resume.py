@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from conftest import EVAL_CACHE, MNIST_FILE, QUICK, all_runs, run_cli, store_client, store_is_ready
 from ganlab import checkpoint
@@ -93,12 +94,13 @@ def test_a_locked_checkpoint_cannot_be_resumed(tmp_path):
     checkpoint.save(folder, [np.zeros(2)], [], {"epoch": 1, "run_id": "r", "tracking_uri": "sqlite:///x",
                                                 "experiment": "e", "threads": 1, "config": {"epochs": 3}})
     held = checkpoint.FolderLock(folder).acquire()
+    cfg = OmegaConf.create({"resume": str(folder.parent), "tracking": {"uri": None}})
     try:
         with pytest.raises(InputError, match="in use by a running job"):
-            checkpoint.prepare(str(folder.parent), {"tracking": {"uri": None}}, [], lambda uri, run: None)
+            checkpoint.prepare_resume(cfg, [])
     finally:
         held.release()
-    resumed = checkpoint.prepare(str(folder.parent), {"tracking": {"uri": None}}, [], lambda uri, run: None)
+    resumed = checkpoint.prepare_resume(cfg, [])
     assert resumed.config.threads == 1 and resumed.config.tracking.uri == "sqlite:///x"
     resumed.lock.release()
 
@@ -279,10 +281,10 @@ def test_a_full_disk_ends_the_run_failed_with_a_message_and_no_partial_file(tmp_
 
 def test_closing_a_run_survives_a_failing_error_file(tmp_path, monkeypatch):
     """ENOSPC while writing error.txt must not keep the run from being terminated."""
-    from ganlab import tracking
+    from ganlab.job_run import JobRun
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    run = tracking.JobRun(uri, "e", tmp_path / "out", "name", {})
+    run = JobRun(uri, "e", tmp_path / "out", "name", {})
     original = Path.write_text
 
     def full_disk(self, *args, **kwargs):
