@@ -36,7 +36,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import layers  # noqa: E402
 
-from ganlab.data import DATASETS, load_dataset, to_unit_range  # noqa: E402
+from ganlab.data import DATASETS, IMAGE_LAYOUTS_TEXT, IMAGE_SHAPE, is_image_batch, load_dataset, to_unit_range  # noqa: E402
 from ganlab.errors import InputError  # noqa: E402
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -46,7 +46,7 @@ NUM_CLASSES = 10
 FEATURE_DIM = 128
 BATCH_SIZE = 128
 LEARNING_RATE = 1e-3
-INPUT_SHAPE = (28, 28, 1)
+INPUT_SHAPE = (*IMAGE_SHAPE, 1)  # the data's image shape, one grey channel
 
 
 def build_network() -> keras.Model:
@@ -75,17 +75,17 @@ def architecture_summary(network: keras.Model) -> list[str]:
 
 
 def as_image_batch(images: np.ndarray) -> np.ndarray:
-    """(N, 784), (N, 28, 28) or (N, 28, 28, 1) in [-1, 1] -> float32 (N, 28, 28, 1)."""
+    """Images in [-1, 1] in any of data.IMAGE_LAYOUTS ((N, 784), (N, 28, 28), (N, 28, 28, 1))
+    -> float32 (N, *INPUT_SHAPE)."""
     images = np.asarray(images)
     if images.dtype == np.uint8:
         raise ValueError(
             "classifier input is uint8 grey levels; scale it to [-1, 1] first "
             "(ganlab.data.to_unit_range), as the generator's output is."
         )
-    if images.ndim < 2 or int(np.prod(images.shape[1:])) != 784:
+    if not is_image_batch(images.shape):
         raise ValueError(
-            f"classifier input has shape {images.shape}; expected images in [-1, 1] shaped "
-            "(N, 784), (N, 28, 28) or (N, 28, 28, 1)."
+            f"classifier input has shape {images.shape}; expected images in [-1, 1] shaped {IMAGE_LAYOUTS_TEXT}."
         )
     return images.reshape((len(images), *INPUT_SHAPE)).astype(np.float32, copy=False)
 
@@ -151,9 +151,29 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+class DatasetMismatch(InputError):
+    """Weights trained on one dataset, asked to score another. The message speaks to a training
+    job (`eval.classifier`); a CLI catches this and names its own options instead."""
+
+    def __init__(self, weights_path: Path, trained_on: str, dataset: str):
+        self.weights_path, self.trained_on, self.dataset = weights_path, trained_on, dataset
+        super().__init__(
+            f"eval.classifier: {str(weights_path)!r} was trained on {trained_on}, but the job's data is {dataset}; "
+            f"its scores would mean nothing. Train a classifier on {dataset} ({train_command(dataset)}) and pass "
+            f"eval.classifier=/path/to/{dataset}_classifier.weights.h5, or set eval.enabled=false."
+        )
+
+
+def train_command(dataset: str) -> str:
+    """The command that trains a classifier on `dataset`, quoted for a message."""
+    return (f"`python -m ganlab.classifier --dataset {dataset} --data /path/to/{dataset}.npz "
+            f"--out {dataset}_classifier.weights.h5`")
+
+
 def check(weights_path: str | Path | None = None, dataset: str | None = None) -> tuple[Path, str, dict]:
     """(weights path, sha256, metadata) after checking the weights' sha256 against the JSON
-    beside them and, when `dataset` is given, that they were trained on it. Builds nothing."""
+    beside them and, when `dataset` is given, that they were trained on it (DatasetMismatch
+    if not). Builds nothing."""
     weights_path = Path(weights_path) if weights_path is not None else DEFAULT_WEIGHTS
     json_path = metadata_path(weights_path)
     retrain = "python -m ganlab.classifier --data /path/to/mnist.npz"
@@ -183,14 +203,9 @@ def check(weights_path: str | Path | None = None, dataset: str | None = None) ->
             f"but {json_path.name} records {expected}. Scores from other weights are not "
             f"comparable; restore the shipped files or retrain with `{retrain}` (which rewrites both)."
         )
-    trained_on = info.get("dataset", "mnist")
+    trained_on = info.get("dataset", "mnist")  # weights from before the JSON named a dataset were MNIST's
     if dataset is not None and trained_on != dataset:
-        raise InputError(
-            f"eval.classifier: {str(weights_path)!r} was trained on {trained_on}, but the job's data is {dataset}; "
-            f"its scores would mean nothing. Train a classifier on {dataset} (`python -m ganlab.classifier "
-            f"--dataset {dataset} --data /path/to/{dataset}.npz --out {dataset}_classifier.weights.h5`) and pass "
-            f"eval.classifier=/path/to/{dataset}_classifier.weights.h5, or set eval.enabled=false."
-        )
+        raise DatasetMismatch(weights_path, trained_on, dataset)
     return weights_path, actual, info
 
 
@@ -240,7 +255,7 @@ def train(
     batch_size: int = BATCH_SIZE,
     verbose: int = 2,
 ) -> dict:
-    """Train on the MNIST training set, score the test set, save weights + JSON; return the JSON."""
+    """Train on the dataset's training set, score its test set, save weights + JSON; return the JSON."""
     keras.utils.set_random_seed(seed)
     dataset = load_dataset(dataset_name, data_path)
     x_train = as_image_batch(to_unit_range(dataset.x_train))
@@ -295,7 +310,7 @@ def train(
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m ganlab.classifier",
-        description="Train the MNIST classifier that ganlab's scores use and save it in the package.",
+        description="Train the classifier that ganlab's scores use (the MNIST one ships in the package).",
     )
     parser.add_argument("--data", default=None, help="MNIST .npz (Keras layout) or IDX folder; default: keras.datasets")
     parser.add_argument("--dataset", default="mnist", choices=DATASETS, help="what the data is (recorded in the JSON)")

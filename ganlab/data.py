@@ -1,10 +1,14 @@
 """MNIST-shaped image data: from the Keras cache/download or a local file, checked.
 
-`load_dataset(name, path)` returns uint8 images (N, 28, 28) and labels (N,) for the
-training and test splits. `path=None` goes through `keras.datasets` (its cache, else a
-download); a path is either a `.npz` in the Keras layout (`x_train`, `y_train`,
-`x_test`, `y_test`) or a folder with the four IDX files of the original distribution,
-raw or gzipped. Whatever the source, the arrays are checked before anyone trains on them.
+`load_dataset(name, path)` returns uint8 images (N, *IMAGE_SHAPE), i.e. (N, 28, 28), and
+labels (N,) for the training and test splits. `path=None` goes through `keras.datasets`
+(its cache, else a download); a path is either a `.npz` in the Keras layout (`x_train`,
+`y_train`, `x_test`, `y_test`) or a folder with the four IDX files of the original
+distribution, raw or gzipped. Whatever the source, the arrays are checked before anyone trains on them.
+
+`IMAGE_SHAPE` is the one home of the image size: the classifier, the evaluator, the
+pictures and the scoring CLI derive theirs from it (or from the arrays they are given),
+and accept a batch of images in any of the layouts a generator may output (`as_images`).
 """
 
 from __future__ import annotations
@@ -29,13 +33,17 @@ IDX_FILES = {  # key -> accepted file names (the original, and a common variant)
     "x_test": ("t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte"),
     "y_test": ("t10k-labels-idx1-ubyte", "t10k-labels.idx1-ubyte"),
 }
-IMAGE_SHAPE = (28, 28)
+IMAGE_SHAPE = (28, 28)  # (height, width) of every image ganlab reads, generates and scores
+IMAGE_PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
+# The layouts a batch of N images may come in: flat (a dense generator), square, or with one channel (a conv one).
+IMAGE_LAYOUTS = ((IMAGE_PIXELS,), IMAGE_SHAPE, (*IMAGE_SHAPE, 1))
+IMAGE_LAYOUTS_TEXT = "{}, {} or {}".format(*(f"(N, {', '.join(map(str, layout))})" for layout in IMAGE_LAYOUTS))
 KERAS_CACHE = {"mnist": "mnist.npz", "fashion_mnist": "fashion-mnist"}  # under <Keras home>/datasets/
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Train and test splits as loaded: uint8 images (N, 28, 28), integer labels 0-9."""
+    """Train and test splits as loaded: uint8 images (N, *IMAGE_SHAPE), integer labels 0-9."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -60,9 +68,22 @@ class Dataset:
 
 
 def to_unit_range(images: np.ndarray) -> np.ndarray:
-    """uint8 images (N, 28, 28) -> float32 (N, 784) in [-1, 1], as the tutorial scales them."""
+    """uint8 images (N, height, width) -> float32 (N, height * width) in [-1, 1], as the tutorial scales them."""
     flat = images.reshape(len(images), -1).astype(np.float32)
     return (flat - 127.5) / 127.5
+
+
+def is_image_batch(shape: tuple) -> bool:
+    """Is `shape` that of a batch of images in one of IMAGE_LAYOUTS?"""
+    return len(shape) >= 2 and tuple(shape[1:]) in IMAGE_LAYOUTS
+
+
+def as_images(images: np.ndarray) -> np.ndarray:
+    """A batch in any of IMAGE_LAYOUTS -> the same values shaped (N, *IMAGE_SHAPE); ValueError otherwise."""
+    images = np.asarray(images)
+    if not is_image_batch(images.shape):
+        raise ValueError(f"images have shape {images.shape}; expected {IMAGE_LAYOUTS_TEXT}.")
+    return images.reshape((len(images), *IMAGE_SHAPE))
 
 
 def load_dataset(name: str = "mnist", path: str | None = None) -> Dataset:
@@ -86,14 +107,14 @@ def load_dataset(name: str = "mnist", path: str | None = None) -> Dataset:
 
 
 def check_dataset(dataset: Dataset) -> None:
-    """Raise InputError unless both splits hold uint8 28x28 images with labels 0-9."""
+    """Raise InputError unless both splits hold uint8 IMAGE_SHAPE images with labels 0-9."""
     where = dataset.source
     for split in ("train", "test"):
         images = getattr(dataset, f"x_{split}")
         labels = getattr(dataset, f"y_{split}")
         if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
             raise InputError(
-                f"{where}: x_{split} has shape {images.shape}; expected (N, 28, 28) images."
+                f"{where}: x_{split} has shape {images.shape}; expected (N, {IMAGE_SHAPE[0]}, {IMAGE_SHAPE[1]}) images."
             )
         if images.dtype != np.uint8:
             raise InputError(

@@ -1,10 +1,14 @@
 """Score a saved generator, an MLflow run, or real images against the dataset's test set.
 
     python -m ganlab.evaluate --generator path/to/generator.keras [--num-samples 10000] [--seed 0]
+    python -m ganlab.evaluate --generator fashion.keras --dataset fashion_mnist --weights fashion.weights.h5
     python -m ganlab.evaluate --run-id RUN_ID [--tracking-uri URI]
     python -m ganlab.evaluate --real train        # the floor: real training images vs test
 
-A generator is a Keras model from (N, random_dim) N(0, 1) noise to (N, 784) tanh images.
+A generator is a Keras model from (N, random_dim) N(0, 1) noise to tanh images in [-1, 1],
+shaped (N, 784), (N, 28, 28) or (N, 28, 28, 1) (`ganlab.data.IMAGE_LAYOUTS`). `--dataset`
+(default mnist) names what the generator imitates; as in training, the classifier must
+have been trained on it, else the command refuses before loading any data.
 `--run-id` re-scores a run exactly as training scored it: the run's own
 `eval.num_samples`, dataset, classifier and noise seed, on its final generator (or, for a
 run that did not finish, the generator of its last checkpoint, and it says which epoch).
@@ -29,12 +33,13 @@ import numpy as np  # noqa: E402
 
 from ganlab import classifier as classifier_module  # noqa: E402
 from ganlab import scores, tracking  # noqa: E402
-from ganlab.data import load_dataset, to_unit_range  # noqa: E402
+from ganlab.data import DATASETS, IMAGE_LAYOUTS_TEXT, as_images, is_image_batch, load_dataset, to_unit_range  # noqa: E402
 from ganlab.errors import InputError, report_or_refuse  # noqa: E402
 from ganlab.evaluation import Evaluator, evaluation_noise  # noqa: E402
 
 GENERATOR_ARTIFACT = "models/generator.keras"
 MAX_SAMPLES = 200_000  # the scores need memory for the samples' pairwise distances in blocks; more says nothing new
+DEFAULT_DATASET = DATASETS[0]  # mnist: what --generator and --real score when --dataset is not given
 
 
 def load_generator(path: str | Path):
@@ -60,11 +65,24 @@ def load_generator(path: str | Path):
             f"--generator: {str(path)!r} has input shape {model.input_shape}; expected one "
             "input of shape (None, random_dim), the noise vector."
         )
+    try:
+        output = model.output_shape
+    except (AttributeError, ValueError):  # a subclassed model may not know it: checked when it generates
+        output = None
+    known = isinstance(output, tuple) and None not in output[1:]
+    if isinstance(output, list) or (known and not is_image_batch(output)):
+        raise InputError(_output_shape_message(f"--generator: {str(path)!r}", output))
     return model
 
 
-def generate(generator, num_samples: int, seed: int, batch_size: int = 2000) -> np.ndarray:
-    """num_samples images (N, 784) from the same N(0, 1) noise training scores on."""
+def _output_shape_message(what: str, shape) -> str:
+    return f"{what} outputs shape {shape}; expected one output of images in [-1, 1] shaped {IMAGE_LAYOUTS_TEXT}."
+
+
+def generate(generator, num_samples: int, seed: int, batch_size: int = 2000,
+             name: str = "--generator: the model") -> np.ndarray:
+    """num_samples images (N, *data.IMAGE_SHAPE) from the same N(0, 1) noise training scores on;
+    `name` says which generator in an error."""
     import keras
 
     noise = evaluation_noise(seed, num_samples, generator.input_shape[1])
@@ -73,12 +91,9 @@ def generate(generator, num_samples: int, seed: int, batch_size: int = 2000) -> 
         for start in range(0, num_samples, batch_size)
     ]
     images = np.concatenate(batches)
-    if int(np.prod(images.shape[1:])) != 784:
-        raise InputError(
-            f"--generator: the model outputs shape {images.shape[1:]} per sample; expected 784 "
-            "pixels ((784,) or (28, 28)) in [-1, 1]."
-        )
-    return images.reshape(num_samples, 784)
+    if not is_image_batch(images.shape):
+        raise InputError(_output_shape_message(name, images.shape))
+    return as_images(images)
 
 
 def real_images(dataset, split: str, num_samples: int, seed: int) -> np.ndarray:
@@ -138,15 +153,37 @@ def run_generator(client, run, folder: str):
     return generator, found.epoch
 
 
+def check_classifier(weights: str | None, dataset: str, whose: str) -> None:
+    """Refuse, before any data is loaded, classifier weights trained on another dataset than `dataset`
+    (the check training makes, `classifier.check`), naming this command's options."""
+    try:
+        classifier_module.check(weights, dataset)
+    except classifier_module.DatasetMismatch as mismatch:
+        raise InputError(
+            f"--weights: the classifier {str(mismatch.weights_path)!r} was trained on {mismatch.trained_on}, but "
+            f"{whose} {dataset} images; its scores of them would mean nothing. --dataset takes one of "
+            f"{', '.join(DATASETS)} (default {DEFAULT_DATASET}) and must be the dataset the --weights were trained on: "
+            f"pass --weights of a classifier trained on {dataset} (train one with "
+            f"{classifier_module.train_command(dataset)}), or --dataset {mismatch.trained_on} if the images are "
+            f"{mismatch.trained_on}."
+        ) from mismatch
+
+
 def score_run(client, run, args) -> tuple[str, dict[str, float], np.ndarray]:
     """Re-score a run as training did; log `rescore_*` into it at the scored epoch."""
     scoring = RunScoring.of(run)
+    if args.dataset is not None and args.dataset != scoring.data_name:
+        raise InputError(f"--dataset: run {run.info.run_id} was trained on {scoring.data_name} (its data.name), not "
+                         f"{args.dataset}; --run-id scores a run on its own dataset, so leave --dataset out.")
+    weights = args.weights or scoring.classifier
+    check_classifier(weights, scoring.data_name, f"run {run.info.run_id} was trained on")
     dataset = load_dataset(scoring.data_name, args.data or scoring.data_path)
-    evaluator = Evaluator.from_dataset(dataset, classifier=classifier_module.load(args.weights or scoring.classifier, dataset=dataset.name),
+    evaluator = Evaluator.from_dataset(dataset, classifier=classifier_module.load(weights, dataset=dataset.name),
                                        cache_dir=args.cache_dir)
     with tempfile.TemporaryDirectory() as folder:
         generator, epoch = run_generator(client, run, folder)
-        evaluation = evaluator.evaluate(generate(generator, scoring.num_samples, scoring.seed))
+        images = generate(generator, scoring.num_samples, scoring.seed, name=f"--run-id: run {run.info.run_id}'s generator")
+        evaluation = evaluator.evaluate(images)
     run_id = run.info.run_id
     already = {point.step for point in client.get_metric_history(run_id, scores.rescore(scores.FID))}
     if args.log and epoch in already:
@@ -174,14 +211,17 @@ def format_table(found: dict[str, float], histogram: np.ndarray | None = None) -
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m ganlab.evaluate",
-        description="Score generated digits against the 10,000 test images (FID, KID, precision/recall, ...).",
+        description="Score generated images against the dataset's 10,000 test images (FID, KID, precision/recall, ...).",
     )
     what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--generator", help="a .keras generator: (N, random_dim) noise -> (N, 784) in [-1, 1]")
+    what.add_argument("--generator", help=f"a .keras generator: (N, random_dim) noise -> images in [-1, 1], {IMAGE_LAYOUTS_TEXT}")
     what.add_argument("--run-id", help="an MLflow run: re-score it as training did, log rescore_* into it")
     what.add_argument("--real", choices=["train"], help="score real training images (the floor)")
-    parser.add_argument("--data", default=None, help="MNIST .npz (Keras layout) or IDX folder; default: keras.datasets "
-                        "(for --run-id: the run's own data.path)")
+    parser.add_argument("--dataset", default=None, choices=DATASETS,
+                        help=f"what the generator imitates or --real reads (default {DEFAULT_DATASET}); the classifier "
+                        "must be trained on it (a run uses its own)")
+    parser.add_argument("--data", default=None, help="the dataset's .npz (Keras layout) or IDX folder; default: "
+                        "keras.datasets (for --run-id: the run's own data.path)")
     parser.add_argument("--num-samples", type=int, default=10000, help="for --generator and --real (a run uses its own)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the noise or the real subset (a run uses its own)")
     parser.add_argument("--tracking-uri", default=None, help="default: mlruns/mlflow.db in this directory")
@@ -202,11 +242,15 @@ def run(args: argparse.Namespace) -> str:
         title, found, histogram = score_run(client, tracking.find_run(client, args.run_id), args)
         return f"{title}\n{format_table(found, histogram)}"
     generator = load_generator(args.generator) if args.generator else None  # a typo fails before the statistics
-    dataset = load_dataset("mnist", args.data)
-    evaluator = Evaluator.from_dataset(dataset, classifier=classifier_module.load(args.weights), cache_dir=args.cache_dir)
+    name = args.dataset or DEFAULT_DATASET
+    check_classifier(args.weights, name, "the generator imitates" if generator is not None else "--real reads")
+    dataset = load_dataset(name, args.data)
+    evaluator = Evaluator.from_dataset(dataset, classifier=classifier_module.load(args.weights, dataset=dataset.name),
+                                       cache_dir=args.cache_dir)
     reference = f"{evaluator.num_real} real test images of {dataset.source}"
     if generator is not None:
-        evaluation = evaluator.evaluate(generate(generator, args.num_samples, args.seed))
+        images = generate(generator, args.num_samples, args.seed, name=f"--generator: {args.generator!r}")
+        evaluation = evaluator.evaluate(images)
         title = f"{args.num_samples} samples (seed {args.seed}) of {args.generator} vs {reference}"
     else:
         evaluation = evaluator.evaluate(real_images(dataset, args.real, args.num_samples, args.seed))

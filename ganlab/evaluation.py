@@ -2,8 +2,9 @@
 
 `Evaluator` holds the classifier (`ganlab.classifier`) and the statistics of a real
 reference set, by default the 10,000 MNIST test images. `Evaluator.score(images)` takes
-generated images in [-1, 1], shaped (N, 784), and returns the scores of the registry
-`ganlab.scores.SCORE_NAMES`; `Evaluator.evaluate(images)` also returns the predicted-class histogram.
+generated images in [-1, 1], shaped (N, 784), (N, 28, 28) or (N, 28, 28, 1) (`ganlab.data.IMAGE_LAYOUTS`),
+and returns {name: value} for every score of the registry `ganlab.scores.SCORE_NAMES`, in
+the registry's order; `Evaluator.evaluate(images)` also returns the predicted-class histogram.
 
 The real statistics (features, their mean and covariance, logit mean and covariance,
 k-NN radii) cost one forward pass and two 10k x 10k distance sweeps, so they are cached
@@ -25,14 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ganlab import metrics
-from ganlab.scores import SCORE_NAMES
+from ganlab import metrics, scores
 from ganlab.classifier import Classifier, softmax
 from ganlab.classifier import load as load_classifier
-from ganlab.data import Dataset, to_unit_range
+from ganlab.data import IMAGE_LAYOUTS_TEXT, IMAGE_SHAPE, Dataset, as_images, is_image_batch, to_unit_range
 from ganlab.errors import InputError
 
 CACHE_FORMAT = 1  # bump when the cached arrays change meaning
+
+
 def evaluation_noise(seed: int, num_samples: int, random_dim: int) -> np.ndarray:
     """The noise a generator is scored on: N(0, 1) from a NumPy generator seeded with `seed`.
     Training and `python -m ganlab.evaluate` both draw it here, so a run's seed reproduces its scores."""
@@ -58,7 +60,7 @@ class RealStats:
 
 @dataclass(frozen=True)
 class Evaluation:
-    scores: dict[str, float]  # exactly SCORE_NAMES
+    scores: dict[str, float]  # {name: value} for exactly scores.SCORE_NAMES, in that order
     histogram: np.ndarray  # predicted digit counts, (10,)
     seconds: dict[str, float] = field(default_factory=dict)  # per stage, for benchmarks
 
@@ -66,7 +68,7 @@ class Evaluation:
 class Evaluator:
     """Scores generated images against a fixed real set; see the module docstring.
 
-    real_images: uint8 (N, 28, 28). classifier: default the shipped one. seed: KID's
+    real_images: uint8 (N, *data.IMAGE_SHAPE). classifier: default the shipped one. seed: KID's
     subset draws. precision_k / density_k: the k of the k-NN balls (3 and 5, as in the
     papers). kid_subsets / kid_subset_size: 100 subsets of 1000, clipped to the set sizes.
     """
@@ -104,7 +106,7 @@ class Evaluator:
         return self.evaluate(images).scores
 
     def evaluate(self, images: np.ndarray) -> Evaluation:
-        """All scores of generated images (N, 784) in [-1, 1], plus the class histogram."""
+        """All scores of generated images in [-1, 1] (any of data.IMAGE_LAYOUTS), plus the class histogram."""
         images = self._check_generated(images)
         real, clock = self.real, _Clock()
         features, logits = self.classifier.features_and_logits(images)
@@ -127,15 +129,19 @@ class Evaluator:
             real.features, features, self.density_k, real_radii=real.radii_density
         )
         clock.lap("density_coverage")
-        values = (fid, fid_logits, class_score, kid_mean, kid_std, precision, recall, density, coverage,
-                  float(modes), kl_uniform)  # in the registry's order
-        return Evaluation(dict(zip(SCORE_NAMES, values, strict=True)), histogram, clock.laps)
+        found = {
+            scores.FID: fid, scores.FID_LOGITS: fid_logits, scores.CLASSIFIER_SCORE: class_score,
+            scores.KID: kid_mean, scores.KID_STD: kid_std, scores.PRECISION: precision, scores.RECALL: recall,
+            scores.DENSITY: density, scores.COVERAGE: coverage, scores.MODES_COVERED: float(modes),
+            scores.KL_UNIFORM: kl_uniform,
+        }
+        return Evaluation(in_registry_order(found), histogram, clock.laps)
 
     def _check_generated(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images, dtype=np.float32)
-        if images.ndim < 2 or int(np.prod(images.shape[1:])) != 784:
+        if not is_image_batch(images.shape):
             raise InputError(
-                f"generated images have shape {images.shape}; expected (N, 784) or (N, 28, 28) "
+                f"generated images have shape {images.shape}; expected {IMAGE_LAYOUTS_TEXT} "
                 "in [-1, 1], as the generator's tanh output."
             )
         minimum = max(self.classifier.feature_dim + 1, self.precision_k + 1, self.density_k + 1)
@@ -147,7 +153,7 @@ class Evaluator:
             )
         if not np.all(np.isfinite(images)):
             raise ValueError("generated images contain NaN or infinite values; the generator diverged.")
-        return images.reshape(len(images), 784)
+        return as_images(images)
 
     # -------------------------------------------------------------- real statistics and cache
 
@@ -205,12 +211,21 @@ class Evaluator:
             warnings.warn(f"could not cache real statistics in {self.cache_path} ({error})", stacklevel=3)
 
 
+def in_registry_order(found: dict[str, float]) -> dict[str, float]:
+    """`found` ({name: value}) in the registry's order; ValueError unless it names exactly its scores."""
+    if set(found) != set(scores.SCORE_NAMES):
+        missing, extra = set(scores.SCORE_NAMES) - set(found), set(found) - set(scores.SCORE_NAMES)
+        raise ValueError(f"an evaluation must give every registry score once: missing {sorted(missing)}, "
+                         f"not in the registry {sorted(extra)}.")
+    return {name: found[name] for name in scores.SCORE_NAMES}
+
+
 def _check_real_images(images: np.ndarray) -> np.ndarray:
     images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
+    if images.dtype != np.uint8 or images.shape[1:] != IMAGE_SHAPE:
         raise InputError(
             f"real reference images have shape {images.shape} and dtype {images.dtype}; expected "
-            "uint8 (N, 28, 28) grey levels, as Dataset.x_test holds them."
+            f"uint8 (N, {IMAGE_SHAPE[0]}, {IMAGE_SHAPE[1]}) grey levels, as Dataset.x_test holds them."
         )
     return images
 

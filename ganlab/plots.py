@@ -1,7 +1,8 @@
 """Pictures of a run: sample grids, loss curves, sweep heatmaps and montages.
 
 Everything here takes plain NumPy arrays or numbers and writes a PNG; nothing here
-knows about TensorFlow or MLflow.
+knows about TensorFlow or MLflow. Images come in any of `ganlab.data.IMAGE_LAYOUTS`
+((N, 784), (N, 28, 28) or (N, 28, 28, 1)), in [-1, 1].
 """
 
 from __future__ import annotations
@@ -14,15 +15,19 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ganlab.data import as_images  # noqa: E402
+from ganlab.scores import D_LOSS, G_LOSS  # noqa: E402
+
 
 def image_grid(images: np.ndarray, rows: int = 10) -> np.ndarray:
-    """Tile (N, 784) images in [-1, 1] into one 2-D array in [0, 1], `rows` per column."""
-    images = np.asarray(images, dtype=np.float32).reshape(-1, 28, 28)
+    """Tile images in [-1, 1] (any of data.IMAGE_LAYOUTS) into one 2-D array in [0, 1] of `rows` rows."""
+    images = as_images(np.asarray(images, dtype=np.float32))
+    height, width = images.shape[1:]
     columns = int(np.ceil(len(images) / rows))
-    canvas = np.zeros((rows * 28, columns * 28), dtype=np.float32)
+    canvas = np.zeros((rows * height, columns * width), dtype=np.float32)
     for index, image in enumerate(images):
         row, column = divmod(index, columns)
-        canvas[row * 28 : (row + 1) * 28, column * 28 : (column + 1) * 28] = image
+        canvas[row * height : (row + 1) * height, column * width : (column + 1) * width] = image
     return (canvas + 1.0) / 2.0
 
 
@@ -41,7 +46,7 @@ def save_loss_curve(d_losses: np.ndarray, g_losses: np.ndarray, steps_per_epoch:
     d_losses, g_losses = np.asarray(d_losses), np.asarray(g_losses)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     epochs_axis = np.arange(1, len(d_losses) + 1) / steps_per_epoch
-    for losses, name, color in ((d_losses, "d_loss", "tab:blue"), (g_losses, "g_loss", "tab:orange")):
+    for losses, name, color in ((d_losses, D_LOSS, "tab:blue"), (g_losses, G_LOSS, "tab:orange")):
         ax.plot(epochs_axis, losses, color=color, alpha=0.25, linewidth=0.6)
         epoch_means = losses[: len(losses) // steps_per_epoch * steps_per_epoch].reshape(-1, steps_per_epoch).mean(axis=1)
         ax.plot(np.arange(1, len(epoch_means) + 1), epoch_means, "o-", color=color, label=f"{name} (epoch mean)")

@@ -1,9 +1,12 @@
 """The score registry: every metric ganlab logs, with which way is better.
 
 One home for each metric's name, direction, format and meaning. The evaluator, the
-epoch record, config validation of `objective`, the sweep's best pick and tables,
-`ganlab.report`, `ganlab.evaluate` and the README's table all read it; no other module
-spells a metric name.
+epoch record, config validation of `objective`, the sweep's best pick and tables, the
+Optuna sweep's direction, `ganlab.report`, `ganlab.evaluate` and the README's table all
+read it. Code refers to a metric through the constants below (`scores.FID`, ...), never
+by its position in the registry; no other module spells an evaluation score's name
+(tests/test_registry.py checks it), though the training loop's epoch record (`gan.py`)
+still spells the training metrics' names.
 
 Derived names follow fixed patterns and inherit their base metric's direction:
 `ema_<score>` (the EMA generator's scores), `rescore_<score>` (a later re-scoring of a
@@ -33,38 +36,41 @@ class Metric:
         return f"{text} ({self.note})" if self.note else text
 
 
+# Every metric's name, once. Code names a metric through these, never by its position.
+FID, FID_LOGITS, CLASSIFIER_SCORE = "fid", "fid_logits", "classifier_score"
+KID, KID_STD = "kid", "kid_std"
+PRECISION, RECALL, DENSITY, COVERAGE = "precision", "recall", "density", "coverage"
+MODES_COVERED, KL_UNIFORM = "modes_covered", "kl_uniform"
+D_LOSS, G_LOSS, D_REAL, D_FAKE, STEPS_PER_SEC = "d_loss", "g_loss", "d_real", "d_fake", "steps_per_sec"
+
 # Scores of generated samples, in the order an evaluation reports them.
 EVALUATION = (
-    Metric("fid", LOWER, ".4g", "Frechet distance between Gaussians fitted to real and generated classifier features: quality and diversity together"),
-    Metric("fid_logits", LOWER, ".4g", "the same on the 10 class logits: is the class mix and class confidence right"),
-    Metric("classifier_score", HIGHER, ".4g", "exp E[KL(p(y|x) || p(y))], MNIST's Inception Score: confident and varied digits", "max 10"),
-    Metric("kid", LOWER, ".4g", "Kernel Inception Distance: unbiased MMD^2 (cubic kernel) over 100 subsets of 1,000"),
-    Metric("kid_std", None, ".3g", "spread of kid across subsets; the error on kid is about kid_std / 10", "a spread"),
-    Metric("precision", HIGHER, ".3f", "share of generated samples inside the real data's k-NN manifold (k=3): realism", "max 1"),
-    Metric("recall", HIGHER, ".3f", "share of real samples inside the generated manifold: diversity", "max 1"),
-    Metric("density", None, ".3f", "how crowded real neighbourhoods are with generated samples (k=5); about 1 for real data", "~1 like real"),
-    Metric("coverage", HIGHER, ".3f", "share of real neighbourhoods holding at least one generated sample", "max 1"),
-    Metric("modes_covered", HIGHER, ".0f", "digit classes holding at least 1% of the samples", "max 10"),
-    Metric("kl_uniform", LOWER, ".3g", "KL divergence of the predicted class mix from uniform", "0 = balanced"),
+    Metric(FID, LOWER, ".4g", "Frechet distance between Gaussians fitted to real and generated classifier features: quality and diversity together"),
+    Metric(FID_LOGITS, LOWER, ".4g", "the same on the 10 class logits: is the class mix and class confidence right"),
+    Metric(CLASSIFIER_SCORE, HIGHER, ".4g", "exp E[KL(p(y|x) || p(y))], MNIST's Inception Score: confident and varied digits", "max 10"),
+    Metric(KID, LOWER, ".4g", "Kernel Inception Distance: unbiased MMD^2 (cubic kernel) over 100 subsets of 1,000"),
+    Metric(KID_STD, None, ".3g", "spread of kid across subsets; the error on kid is about kid_std / 10", "a spread"),
+    Metric(PRECISION, HIGHER, ".3f", "share of generated samples inside the real data's k-NN manifold (k=3): realism", "max 1"),
+    Metric(RECALL, HIGHER, ".3f", "share of real samples inside the generated manifold: diversity", "max 1"),
+    Metric(DENSITY, None, ".3f", "how crowded real neighbourhoods are with generated samples (k=5); about 1 for real data", "~1 like real"),
+    Metric(COVERAGE, HIGHER, ".3f", "share of real neighbourhoods holding at least one generated sample", "max 1"),
+    Metric(MODES_COVERED, HIGHER, ".0f", "digit classes holding at least 1% of the samples", "max 10"),
+    Metric(KL_UNIFORM, LOWER, ".3g", "KL divergence of the predicted class mix from uniform", "0 = balanced"),
 )
 # What every epoch of training logs.
 TRAINING = (
-    Metric("d_loss", LOWER, ".4g", "discriminator loss, epoch mean"),
-    Metric("g_loss", LOWER, ".4g", "generator loss, epoch mean"),
-    Metric("d_real", None, ".3f", "mean D probability on real images", "a probability"),
-    Metric("d_fake", None, ".3f", "mean D probability on generated images", "a probability"),
-    Metric("steps_per_sec", HIGHER, ".1f", "training speed of the epoch"),
+    Metric(D_LOSS, LOWER, ".4g", "discriminator loss, epoch mean"),
+    Metric(G_LOSS, LOWER, ".4g", "generator loss, epoch mean"),
+    Metric(D_REAL, None, ".3f", "mean D probability on real images", "a probability"),
+    Metric(D_FAKE, None, ".3f", "mean D probability on generated images", "a probability"),
+    Metric(STEPS_PER_SEC, HIGHER, ".1f", "training speed of the epoch"),
 )
 REGISTRY = {metric.name: metric for metric in (*EVALUATION, *TRAINING)}
 SCORE_NAMES = tuple(metric.name for metric in EVALUATION)
 TRAINING_NAMES = tuple(metric.name for metric in TRAINING)
 
 # The scores short summaries show (a job's closing lines, the report's default).
-HEADLINE = ("fid", "classifier_score", "precision", "recall", "modes_covered")
-# Names the code refers to directly.
-FID = "fid"
-MODES_COVERED = "modes_covered"
-D_LOSS, G_LOSS, D_REAL, D_FAKE, STEPS_PER_SEC = TRAINING_NAMES
+HEADLINE = (FID, CLASSIFIER_SCORE, PRECISION, RECALL, MODES_COVERED)
 
 EMA_PREFIX = "ema_"
 RESCORE_PREFIX = "rescore_"
@@ -118,17 +124,43 @@ def objective_names() -> tuple[str, ...]:
     return tuple(metric.name for metric in REGISTRY.values() if metric.better)
 
 
+def comparable_direction(name: str) -> str:
+    """LOWER or HIGHER for a metric that has a better direction; ValueError naming the metric
+    for one that has none (a spread, a probability, an epoch number) or is unknown."""
+    metric = lookup(name)
+    if metric is None:
+        raise ValueError(f"unknown metric {name!r}; valid: {_valid_names()}.")
+    if metric.better is None:
+        why = f" ({metric.note})" if metric.note else ""
+        raise ValueError(f"metric {name!r} has no better direction{why}: neither a higher nor a lower value of it is "
+                         f"better, so it cannot pick a best value; use one of: {', '.join(objective_names())}.")
+    return metric.better
+
+
 def is_better(name: str, candidate: float, incumbent: float | None) -> bool:
-    """Is `candidate` strictly better than `incumbent` (None or NaN: anything finite is)?"""
+    """Is `candidate` strictly better than `incumbent` (None or NaN: anything finite is)?
+    ValueError for a metric without a direction (see `comparable_direction`)."""
+    better = comparable_direction(name)
     if candidate is None or math.isnan(candidate):
         return False
     if incumbent is None or math.isnan(incumbent):
         return True
-    return candidate > incumbent if direction(name) == HIGHER else candidate < incumbent
+    return candidate > incumbent if better == HIGHER else candidate < incumbent
+
+
+def optuna_direction(name: str | None) -> str:
+    """'minimize' or 'maximize': the Optuna study direction that optimises metric `name`.
+    The sweeps read it through the `${ganlab.direction:${objective}}` resolver (`ganlab.sweep`)."""
+    if name is None:
+        raise ValueError(f"objective is null, but a search optimises one; set objective to one of: "
+                         f"{', '.join(objective_names())}.")
+    return "maximize" if comparable_direction(name) == HIGHER else "minimize"
 
 
 def pick_best(name: str, items, value):
-    """The item whose `value(item)` is best for metric `name`; None if none has a number."""
+    """The item whose `value(item)` is best for metric `name`; None if none has a number.
+    `value` is called on each item and may itself depend on the item (which metric it returned)."""
+    comparable_direction(name)  # a metric without a direction is refused even when no item has a value
     chosen, chosen_value = None, None
     for item in items:
         candidate = value(item)
@@ -149,11 +181,13 @@ def check_names(names, option: str) -> list[str]:
     names = list(names)
     unknown = [name for name in names if not is_known(name)]
     if unknown:
-        raise ValueError(
-            f"{option}: unknown metric {', '.join(unknown)}; valid: {', '.join(REGISTRY)} "
-            f"(and the derived {EMA_PREFIX}<score>, {RESCORE_PREFIX}<score>, <metric>{BEST_SUFFIX})."
-        )
+        raise ValueError(f"{option}: unknown metric {', '.join(unknown)}; valid: {_valid_names()}.")
     return names
+
+
+def _valid_names() -> str:
+    return (f"{', '.join(REGISTRY)} (and the derived {EMA_PREFIX}<score>, {RESCORE_PREFIX}<score>, "
+            f"<metric>{BEST_SUFFIX})")
 
 
 def markdown_table() -> str:

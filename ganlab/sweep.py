@@ -8,6 +8,11 @@ multirun ends it hands the children to `ganlab.sweep_report`, logs the summary o
 parent (files, the best job's scores and swept values, a Markdown description) and
 closes it. A sweep with a failed job ends FAILED and exits non-zero; one stopped by
 Ctrl-C or SIGTERM ends KILLED, and one that dies of an error FAILED: never RUNNING.
+
+Importing this module also registers the OmegaConf resolver `ganlab.direction`:
+`${ganlab.direction:${objective}}` is `minimize` or `maximize` as the score registry says
+for the objective, so an Optuna sweep (sweeps/search.yaml) never restates a direction.
+The entry point `ganlab.train` imports this module before Hydra composes the config.
 """
 
 from __future__ import annotations
@@ -24,11 +29,16 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from ganlab import sweep_report, tracking
+from ganlab import config as ganlab_config
+from ganlab import scores, sweep_report, tracking
 
 log = logging.getLogger(__name__)
 
 SWEEP_FILE = "ganlab_sweep.json"
+DIRECTION_RESOLVER = "ganlab.direction"  # ${ganlab.direction:${objective}} -> minimize / maximize
+
+if not OmegaConf.has_resolver(DIRECTION_RESOLVER):
+    OmegaConf.register_new_resolver(DIRECTION_RESOLVER, scores.optuna_direction)
 
 
 def read_sweep_file(sweep_dir: Path) -> dict:
@@ -101,31 +111,43 @@ class SweepTracking(Callback):
         experiment_id = client.get_run(run_id).info.experiment_id
         _, children = tracking.sweep_children(client, experiment_id, run_id)
         failed = [child for child in children if child.info.status != "FINISHED"]
+        runless = jobs_without_a_run(Path(config.hydra.sweep.dir), children)
+        swept = [ganlab_config.param_key(key) for key in read_sweep_file(Path(config.hydra.sweep.dir)).get("swept_keys", [])]
         with tempfile.TemporaryDirectory() as scratch:
-            summary = sweep_report.summarize(client, children, read_sweep_file(Path(config.hydra.sweep.dir)).get("swept_keys", []),
-                                             config.get("objective"), Path(scratch))
+            summary = sweep_report.summarize(client, children, swept, config.get("objective"), Path(scratch),
+                                             objective_at=config.get("objective_at"), runless_jobs=runless)
             for file in summary.files:
                 client.log_artifact(run_id, str(file), "summary")
         optimizer_report = Path(config.hydra.sweep.dir) / "optimization_results.yaml"  # written by the Optuna sweeper
         if optimizer_report.exists():
             client.log_artifact(run_id, str(optimizer_report), "summary")
         sweep_report.log_on_parent(client, run_id, summary, config.get("objective"))
-        status = "FAILED" if failed or not children else "FINISHED"
-        client.set_tag(run_id, "sweep.jobs", f"{len(children) - len(failed)} of {len(children)} finished")
+        jobs = len(children) + len(runless)
+        lost = len(failed) + len(runless)
+        status = "FAILED" if lost or not children else "FINISHED"
+        client.set_tag(run_id, "sweep.jobs", f"{jobs - lost} of {jobs} finished")
         client.set_terminated(run_id, status)
         self.run_id = None  # closed: nothing left for the exit handler
-        print(f"ganlab: sweep of {len(children)} jobs ({len(failed)} failed); summary (table, heatmap, samples) "
+        print(f"ganlab: sweep of {jobs} jobs ({lost} failed); summary (table, heatmap, samples) "
               f"under summary/ of MLflow run {run_id}", flush=True)
         print(tracking.ui_hint(config.tracking.uri, experiment_id, run_id), flush=True)
-        if failed:
-            reasons = "; ".join(
-                f"job {child.data.tags.get('sweep.job_num')} ({child.data.tags.get('hydra.overrides', '')}): "
-                f"{child.data.tags.get('failure_reason', child.info.status)}"
-                for child in failed
-            )
+        if lost:
             # Hydra turns a callback's exception into a warning; the exit status must say it.
-            print(f"{len(failed)} of {len(children)} sweep jobs did not finish: {reasons}", file=sys.stderr, flush=True)
+            reasons = "; ".join(sweep_report.not_finished(children, runless))
+            print(f"{lost} of {jobs} sweep jobs did not finish: {reasons}", file=sys.stderr, flush=True)
             raise SystemExit(1)
+
+
+def jobs_without_a_run(sweep_dir: Path, children) -> dict[str, str]:
+    """{job number: its overrides} of the sweep's jobs that have a folder but no MLflow run: they
+    failed before their run was created (their log holds the traceback)."""
+    with_run = {child.data.tags.get("sweep.job_num") for child in children}
+    found = {}
+    for overrides in sorted(Path(sweep_dir).glob("*/.hydra/overrides.yaml")):
+        job_num = overrides.parent.parent.name
+        if job_num not in with_run:
+            found[job_num] = " ".join(OmegaConf.load(overrides))
+    return found
 
 
 def _interrupted_by_exception() -> bool:

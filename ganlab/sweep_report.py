@@ -8,6 +8,7 @@ the runs themselves and fetches each child's metric histories at most once.
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import tempfile
 from dataclasses import dataclass, field
@@ -15,17 +16,25 @@ from pathlib import Path
 
 from ganlab import scores, tracking
 
+log = logging.getLogger(__name__)
+
 SEED_KEY = "seed"
 RECORD = "runs.csv"  # the values behind comparison.csv, enough to compute it again
+OBJECTIVE_AT_KEY = "objective_at"  # a job's param: which value of the objective it returned (final or best)
+AT_BEST = "best"  # objective_at=best: the job returned <objective>_best (ganlab.epochs), not the final value
+SAMPLES_ARTIFACT = "samples.png"  # a job's final sample grid (ganlab.outputs)
 
 
 @dataclass
 class SweepSummary:
     files: list[Path] = field(default_factory=list)
     best: object | None = None  # the best finished child for the objective
+    best_metric: str | None = None  # the metric the best child returned to the sweeper: the objective or <objective>_best
     keys: list[str] = field(default_factory=list)
     rows: list[dict] = field(default_factory=list)
     description: str = ""  # Markdown for the parent's mlflow.note.content
+    not_finished: list[str] = field(default_factory=list)  # one line per job that did not finish
+    jobs: int = 0  # the sweep's jobs: its children and the jobs that failed before their run existed
 
 
 def job_rows(children, keys) -> list[dict]:
@@ -46,11 +55,16 @@ def metric_columns(rows) -> list[str]:
     return ordered + sorted(logged - set(ordered))
 
 
-def summarize(client, children, keys: list[str], objective: str | None, folder: Path) -> SweepSummary:
-    """Write the sweep's table, heatmap, montage (and seed comparison) into `folder`."""
+def summarize(client, children, keys: list[str], objective: str | None, folder: Path,
+              objective_at: str | None = None, runless_jobs: dict[str, str] | None = None) -> SweepSummary:
+    """Write the sweep's table, heatmap, montage (and seed comparison) into `folder`.
+    The best job is the one that returned the best objective to the sweeper: see `best_job`.
+    `runless_jobs` ({job number: overrides}) failed before their run existed; they count as not finished."""
     keys = [key for key in keys if any(key in child.data.params for child in children)] or varying_params(children)
     rows = job_rows(children, keys)
-    summary = SweepSummary(keys=keys, rows=rows)
+    runless_jobs = runless_jobs or {}
+    summary = SweepSummary(keys=keys, rows=rows, not_finished=not_finished(children, runless_jobs),
+                           jobs=len(children) + len(runless_jobs))
     metrics = metric_columns(rows)
     summary.files.append(_write_csv(rows, ["job", *keys, "status", *metrics, "run_id"], folder / "sweep_summary.csv"))
     headline = [name for name in scores.HEADLINE if name in metrics] or [name for name in metrics if scores.direction(name)][:3]
@@ -60,7 +74,8 @@ def summarize(client, children, keys: list[str], objective: str | None, folder: 
 
     finished = [child for child in children if child.info.status == "FINISHED"]
     if objective:
-        summary.best = scores.pick_best(objective, finished, lambda child: child.data.metrics.get(objective))
+        summary.best = best_job(finished, objective, objective_at)
+        summary.best_metric = returned_metric(summary.best, objective, objective_at) if summary.best else None
 
     grid_keys = [key for key in keys if key != SEED_KEY]
     heat_metric = next((name for name in (scores.FID, scores.G_LOSS) if name in metrics), None)
@@ -77,8 +92,36 @@ def summarize(client, children, keys: list[str], objective: str | None, folder: 
     return summary
 
 
+def not_finished(children, runless_jobs: dict[str, str]) -> list[str]:
+    """One line per job that did not finish: its number, overrides and why."""
+    lines = [f"job {child.data.tags.get('sweep.job_num')} ({child.data.tags.get('hydra.overrides', '')}): "
+             f"{child.data.tags.get('failure_reason', child.info.status)}"
+             for child in children if child.info.status != "FINISHED"]
+    lines += [f"job {job} ({overrides}): failed before its MLflow run existed (its traceback is in the job's log)"
+              for job, overrides in runless_jobs.items()]
+    return lines
+
+
+def returned_metric(child, objective: str, objective_at: str | None = None) -> str:
+    """The metric whose value `child` returned to the sweeper for `objective`, as `ganlab.epochs` chose it:
+    `<objective>_best` for a job run with objective_at=best (its own param; `objective_at` is the sweep's,
+    for a job that lacks the param), unless the job logged none (epochs=0: it returned the final value)."""
+    at = child.data.params.get(OBJECTIVE_AT_KEY, objective_at)
+    if at == AT_BEST and scores.best(objective) in child.data.metrics:
+        return scores.best(objective)
+    return objective
+
+
+def best_job(children, objective: str, objective_at: str | None = None):
+    """The child that returned the best value of `objective` (in the registry's direction): its best
+    evaluated value for objective_at=best, its final value otherwise. None if no child has a value."""
+    return scores.pick_best(objective, children,
+                            lambda child: child.data.metrics.get(returned_metric(child, objective, objective_at)))
+
+
 def log_on_parent(client, run_id: str, summary: SweepSummary, objective: str | None) -> None:
-    """The parent shows the best job: its scores as metrics, its swept values as params, and the description."""
+    """The parent shows the best job: its scores as metrics, its swept values as params, and the description;
+    tag `best.<metric>` holds the value it was chosen on (`best.fid`, or `best.fid_best` for objective_at=best)."""
     from mlflow.entities import Metric, Param, RunTag
 
     best = summary.best
@@ -88,7 +131,8 @@ def log_on_parent(client, run_id: str, summary: SweepSummary, objective: str | N
         metrics = [Metric(name, value, 0, step) for name, value in best.data.metrics.items() if scores.is_known(name)]
         params = [Param(key, best.data.params[key]) for key in summary.keys if key in best.data.params]
         client.log_batch(run_id, metrics=metrics, params=params)
-        tags += [RunTag("best.run_id", best.info.run_id), RunTag(f"best.{objective}", str(best.data.metrics[objective])),
+        chosen_on = summary.best_metric or objective
+        tags += [RunTag("best.run_id", best.info.run_id), RunTag(f"best.{chosen_on}", str(best.data.metrics[chosen_on])),
                  RunTag("best.overrides", best.data.tags.get("hydra.overrides", ""))]
     client.log_batch(run_id, tags=tags)
 
@@ -135,8 +179,11 @@ def _montage(client, children, rows, keys, folder: Path) -> Path | None:
         grids, labels = [], []
         for child, row in zip(children, rows):
             try:
-                local = client.download_artifacts(child.info.run_id, "samples.png", scratch)
-            except Exception:  # a job that failed before its final grid
+                local = client.download_artifacts(child.info.run_id, SAMPLES_ARTIFACT, scratch)
+            except Exception as error:  # noqa: BLE001 - e.g. a job that failed before its final grid: left out, said why
+                log.warning("sweep montage: left out job %s (run %s, %s): could not download its %s (%s: %s)",
+                            row["job"], child.info.run_id, child.info.status, SAMPLES_ARTIFACT,
+                            type(error).__name__, error)
                 continue
             grids.append(Path(local).rename(Path(scratch) / f"grid_{len(grids)}.png"))
             labels.append(" ".join(f"{key}={row[key]}" for key in keys) or f"job {row['job']}")
@@ -207,10 +254,14 @@ def _description(summary: SweepSummary, table: str, objective: str | None, compa
     best = summary.best
     if best is not None:
         shown = " ".join(f"{key}={best.data.params.get(key)}" for key in summary.keys)
-        lines.append(f"**Best job** for `{objective}`: {shown} ({objective} "
-                     f"{scores.format_value(objective, best.data.metrics[objective])}), "
+        chosen_on = summary.best_metric or objective
+        lines.append(f"**Best job** for `{chosen_on}`: {shown} ({chosen_on} "
+                     f"{scores.format_value(chosen_on, best.data.metrics[chosen_on])}), "
                      f"[run {best.info.run_id[:8]}](#/experiments/{best.info.experiment_id}/runs/{best.info.run_id}).")
         lines.append("")
+    if summary.not_finished:
+        lines += [f"**{len(summary.not_finished)} of {summary.jobs} jobs did not finish:**", ""]
+        lines += [f"- {line}" for line in summary.not_finished] + [""]
     if comparison_lines:
         lines += ["**Across seeds** (95% intervals, Welch):", ""] + [f"- {line}" for line in comparison_lines] + [""]
     lines += [table]

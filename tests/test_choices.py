@@ -206,3 +206,29 @@ def test_a_trainer_restored_from_a_checkpoint_goes_on_bit_for_bit(images, tmp_pa
     np.testing.assert_array_equal(again.g_losses, expected.g_losses)
     noise = np.ones((2, straight.random_dim), np.float32)
     np.testing.assert_array_equal(resumed.generate(noise), straight.generate(noise))
+
+
+# ---------------------------------------------------------------------------- the whole job, through the CLI
+
+
+def test_a_dcgan_wgan_gp_ttur_job_runs_end_to_end_and_logs_a_loadable_generator(workdir, monkeypatch):
+    """Evaluation, sample grids, checkpoint and the MLflow model take the image shape from the data."""
+    import mlflow
+
+    from conftest import store_client
+
+    result = run_cli(["model=dcgan", "loss=wgan_gp", "optimizer=ttur", "epochs=1", "steps_per_epoch=6",
+                      "eval.num_samples=300", QUICK[-1]], workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = all_runs(workdir)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert (params["model.name"], params["loss.name"], params["optimizer.name"]) == ("dcgan", "wgan_gp", "ttur")
+    assert (params["optimizer.d_lr"], params["optimizer.g_lr"], params["loss.n_critic"]) == ("0.0004", "0.0001", "5")
+    assert "label_smoothing" not in params  # wgan_gp sets it aside
+    assert {"fid", "d_loss", "g_loss"} <= set(run.data.metrics)
+    client = store_client(workdir)
+    models = {client.get_logged_model(output.model_id).name: output.model_id for output in run.outputs.model_outputs}
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)  # for models:/ URIs
+    images = mlflow.pyfunc.load_model(f"models:/{models['generator']}").predict(np.zeros((2, 100), np.float32))
+    assert images.shape == (2, 28, 28, 1) and np.all(np.abs(images) <= 1.0)

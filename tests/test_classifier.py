@@ -58,6 +58,25 @@ def test_batching_does_not_change_outputs(classifier, small_mnist):
 def test_wrong_image_shape_is_refused(classifier):
     with pytest.raises(ValueError, match="expected images"):
         classifier.features(np.zeros((4, 27, 27), np.float32))
+    with pytest.raises(ValueError, match=r"shape \(4, 392, 2\); expected images in \[-1, 1\] shaped \(N, 784\)"):
+        clf.as_image_batch(np.zeros((4, 392, 2), np.float32))  # 784 pixels, but not an image layout
+
+
+def test_the_input_shape_is_the_datas():
+    from ganlab.data import IMAGE_SHAPE
+
+    assert clf.INPUT_SHAPE == (*IMAGE_SHAPE, 1)
+    images = np.random.default_rng(0).uniform(-1, 1, (3, 784)).astype(np.float32)
+    for layout in ((3, 784), (3, 28, 28), (3, 28, 28, 1)):
+        np.testing.assert_array_equal(clf.as_image_batch(images.reshape(layout)), images.reshape(3, 28, 28, 1))
+
+
+def test_a_classifier_of_another_dataset_is_refused_by_name(copied_weights):
+    with pytest.raises(clf.DatasetMismatch, match="was trained on mnist, but the job's data is fashion_mnist") as caught:
+        clf.check(copied_weights, "fashion_mnist")
+    assert (caught.value.trained_on, caught.value.dataset) == ("mnist", "fashion_mnist")
+    assert isinstance(caught.value, InputError)  # training's refusal is unchanged
+    assert clf.check(copied_weights, "mnist")[0] == copied_weights
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURE_MNIST, run_cli
+from ganlab import data
 from ganlab.data import load_dataset, to_unit_range
 from ganlab.errors import InputError
 
@@ -139,3 +140,16 @@ def test_keras_download_failure_says_how_to_pass_a_local_file(tmp_path):
     result = run_cli(["epochs=1", "steps_per_epoch=1", "eval.enabled=false", "objective=null"], cwd=tmp_path, env=env, timeout=300)
     assert result.returncode != 0
     assert "download failed" in result.stderr and "data.path=/path/to/mnist.npz" in result.stderr
+
+
+def test_the_image_shape_has_one_home_and_three_layouts():
+    assert data.IMAGE_SHAPE == (28, 28) and data.IMAGE_PIXELS == 784
+    assert data.IMAGE_LAYOUTS_TEXT == "(N, 784), (N, 28, 28) or (N, 28, 28, 1)"
+    images = np.arange(2 * 784, dtype=np.float32).reshape(2, 784)
+    for layout in ((2, 784), (2, 28, 28), (2, 28, 28, 1)):
+        assert data.is_image_batch(layout)
+        np.testing.assert_array_equal(data.as_images(images.reshape(layout)), images.reshape(2, 28, 28))
+    for shape in ((784,), (2, 392, 2), (2, 28, 28, 3), (2, 1, 28, 28)):
+        assert not data.is_image_batch(shape)
+    with pytest.raises(ValueError, match=r"images have shape \(2, 392, 2\); expected \(N, 784\)"):
+        data.as_images(images.reshape(2, 392, 2))

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from ganlab import classifier as clf
-from ganlab import evaluate
+from ganlab import evaluate, scores
+from ganlab import evaluation as evaluation_module
 from ganlab.data import load_dataset, to_unit_range
 from ganlab.errors import InputError
 from ganlab.evaluation import Evaluator
@@ -46,6 +47,27 @@ def test_scores_are_the_documented_metric_names(evaluator, small_mnist):
     assert tuple(evaluation.scores) == SCORE_NAMES
     assert all(isinstance(value, float) for value in evaluation.scores.values())
     assert evaluation.histogram.shape == (10,) and evaluation.histogram.sum() == 1000
+
+
+def test_scores_are_paired_with_their_names_whatever_the_registry_order(evaluator, small_mnist, monkeypatch):
+    images = balanced_real(small_mnist, n=500)
+    expected = evaluator.score(images)
+    reordered = tuple(reversed(SCORE_NAMES))
+    monkeypatch.setattr(scores, "SCORE_NAMES", reordered)
+    monkeypatch.setattr(evaluation_module, "SCORE_NAMES", reordered, raising=False)  # where an older evaluator kept it
+    found = evaluator.score(images)
+    assert tuple(found) == reordered  # reported in the registry's order...
+    assert found == expected  # ...but each name keeps its own value
+    assert found["modes_covered"] == 10.0 and found["classifier_score"] > 9.0 and found["kl_uniform"] < 0.05
+
+
+def test_generated_images_are_scored_alike_in_every_layout(evaluator, small_mnist):
+    flat = balanced_real(small_mnist, n=500)
+    expected = evaluator.score(flat)
+    for layout in ((500, 28, 28), (500, 28, 28, 1)):  # a dense generator's output, and a convolutional one's
+        assert evaluator.score(flat.reshape(layout)) == expected, layout
+    with pytest.raises(InputError, match=r"shape \(500, 392, 2\); expected \(N, 784\), \(N, 28, 28\) or \(N, 28, 28, 1\)"):
+        evaluator.score(flat.reshape(500, 392, 2))
 
 
 def test_real_digits_score_well(evaluator, small_mnist):
@@ -161,6 +183,46 @@ def test_cli_scores_a_saved_generator(tmp_path):
     assert "predicted classes" in result.stdout
 
 
+def test_cli_refuses_a_dataset_its_classifier_was_not_trained_on(tmp_path):
+    """As training does: the shipped digit classifier does not score Fashion-MNIST (before any data is read)."""
+    generator = save_untrained_generator(tmp_path / "generator.keras")
+    env = {**os.environ, "GANLAB_CACHE_DIR": str(tmp_path / "cache"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = [sys.executable, "-m", "ganlab.evaluate", "--generator", str(generator), "--dataset", "fashion_mnist",
+               "--data", str(tmp_path / "not-read.npz"), "--num-samples", "300"]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stdout == ""
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]  # one paragraph
+    assert error.startswith("error: --weights: the classifier") and "was trained on mnist" in error
+    assert "--dataset takes one of mnist, fashion_mnist (default mnist)" in error
+    assert "python -m ganlab.classifier --dataset fashion_mnist" in error
+    assert not (tmp_path / "cache").exists()  # refused before any statistics
+
+
+def test_cli_dataset_option_is_checked_for_real_images_and_runs(tmp_path, capsys):
+    assert evaluate.main(["--real", "train", "--dataset", "fashion_mnist", "--data", str(FIXTURE)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: --weights:") and "--real reads fashion_mnist images" in error
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["--real", "train", "--dataset", "cifar10"])
+    assert exit_info.value.code == 2 and "choose from 'mnist', 'fashion_mnist'" in capsys.readouterr().err
+
+
+def test_a_generator_may_output_images_in_any_layout(tmp_path):
+    import keras
+
+    dense = keras.layers.Dense(784, activation="tanh")
+    flat = keras.Sequential([keras.Input((16,)), dense])
+    channel = keras.Sequential([keras.Input((16,)), dense, keras.layers.Reshape((28, 28, 1))])  # the same weights
+    expected = evaluate.generate(flat, 300, seed=1)
+    np.testing.assert_array_equal(evaluate.generate(channel, 300, seed=1), expected)
+    assert expected.reshape(300, 784).tolist() == keras.ops.convert_to_numpy(flat(evaluation_module.evaluation_noise(1, 300, 16))).tolist()
+    channel.save(tmp_path / "channel.keras")
+    evaluate.load_generator(tmp_path / "channel.keras")
+    keras.Sequential([keras.Input((16,)), keras.layers.Dense(10)]).save(tmp_path / "ten.keras")
+    with pytest.raises(InputError, match=r"outputs shape \(None, 10\); expected one output of images"):
+        evaluate.load_generator(tmp_path / "ten.keras")
+
+
 def test_cli_missing_generator_exits_with_a_message(tmp_path, capsys):
     # Checked before any data is loaded or real statistics computed.
     code = evaluate.main(["--generator", str(tmp_path / "nope.keras"), "--data", str(FIXTURE)])
@@ -199,6 +261,14 @@ def test_cli_run_id_scores_and_logs_into_the_run(tmp_path, capsys, monkeypatch):
 
     assert evaluate.main(["--run-id", "0" * 32, "--tracking-uri", uri, "--data", str(FIXTURE)]) == 2
     assert "no MLflow run" in capsys.readouterr().err
+
+    assert evaluate.main([*args, "--no-log", "--dataset", "fashion_mnist"]) == 2  # a run is scored on its own dataset
+    assert f"--dataset: run {run_id} was trained on mnist (its data.name)" in capsys.readouterr().err
+    fashion = client.create_run(run.info.experiment_id).info.run_id
+    for key, value in {"seed": 3, "epochs": 2, "data.name": "fashion_mnist", "data.path": str(FIXTURE)}.items():
+        client.log_param(fashion, key, value)
+    assert evaluate.main(["--run-id", fashion, "--tracking-uri", uri, "--no-log"]) == 2
+    assert f"but run {fashion} was trained on fashion_mnist images" in capsys.readouterr().err
 
 
 def test_cli_refuses_a_missing_tracking_store(tmp_path, capsys):

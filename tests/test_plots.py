@@ -20,6 +20,16 @@ def test_image_grid_tiles_images_in_rows():
     assert grid[28:56, 84:112].min() == 1.0 and grid[:28, :].max() == 0.0
 
 
+def test_image_grid_takes_every_generator_layout():
+    images = np.random.default_rng(0).uniform(-1, 1, (30, 784)).astype(np.float32)
+    expected = plots.image_grid(images, rows=5)
+    assert expected.shape == (5 * 28, 6 * 28)
+    for layout in ((30, 28, 28), (30, 28, 28, 1)):
+        np.testing.assert_array_equal(plots.image_grid(images.reshape(layout), rows=5), expected)
+    with pytest.raises(ValueError, match=r"expected \(N, 784\), \(N, 28, 28\) or \(N, 28, 28, 1\)"):
+        plots.image_grid(images.reshape(30, 392, 2))
+
+
 def test_every_picture_is_a_png(tmp_path):
     files = [
         plots.save_sample_grid(np.zeros((100, 784)), tmp_path / "grid.png", title="epoch 1"),

@@ -26,8 +26,9 @@ def string_literals(path: Path) -> set[str]:
     return {node.value for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Constant) and isinstance(node.value, str)}
 
 
-# A string equal to a score's name that means something else: the record's dtype column.
-NOT_A_SCORE = {("reproduce.py", "precision")}
+# A string equal to a score's name that means something else: the record's dtype column
+# (its old name, which record.py renames on reading).
+NOT_A_SCORE = {("reproduce.py", "precision"), ("record.py", "precision")}
 
 
 def test_only_the_registry_spells_a_score_name():
@@ -62,6 +63,34 @@ def test_the_best_job_follows_the_metric_direction(name):
     best = scores.pick_best(name, children, lambda child: child.data.metrics.get(name))
     expected = "1" if scores.direction(name) == scores.HIGHER else "0"
     assert best.info.run_id == expected
+
+
+@pytest.mark.parametrize("name", ["kid_std", "density", "d_real", "fid_best_epoch", "ema_density"])
+def test_a_metric_without_a_direction_is_refused_by_name_not_taken_as_lower_is_better(name):
+    assert scores.direction(name) is None
+    with pytest.raises(ValueError, match=f"metric '{name}' has no better direction"):
+        scores.is_better(name, 1.0, 2.0)
+    with pytest.raises(ValueError, match=f"metric '{name}' has no better direction"):
+        scores.pick_best(name, [1.0, 2.0], float)
+    with pytest.raises(ValueError, match=f"metric '{name}' has no better direction"):
+        scores.pick_best(name, [], float)  # refused even with nothing to compare
+    with pytest.raises(ValueError, match="unknown metric 'foo'; valid: fid, fid_logits"):
+        scores.is_better("foo", 1.0, 2.0)
+
+
+def test_optunas_direction_is_the_registrys():
+    assert {scores.optuna_direction(name) for name in scores.objective_names() if scores.direction(name) == scores.HIGHER} == {"maximize"}
+    assert {scores.optuna_direction(name) for name in scores.objective_names() if scores.direction(name) == scores.LOWER} == {"minimize"}
+    assert scores.optuna_direction(scores.best(scores.CLASSIFIER_SCORE)) == "maximize"
+    with pytest.raises(ValueError, match="objective is null"):
+        scores.optuna_direction(None)
+
+
+def test_each_name_constant_is_its_registry_entry():
+    """Code names metrics through constants: each is the name of the entry it stands for, whatever the order."""
+    constants = {value for key, value in vars(scores).items() if key.isupper() and isinstance(value, str)}
+    assert set(scores.REGISTRY) <= constants
+    assert scores.FID == "fid" and scores.KL_UNIFORM == "kl_uniform" and scores.D_LOSS == "d_loss"
 
 
 def test_derived_names_inherit_their_direction():

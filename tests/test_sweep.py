@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -133,3 +134,51 @@ def test_report_tables_a_sweep_by_group(dropout_sweep):
     assert (dropout_sweep / "report" / "samples_0.1.png").read_bytes()[:4] == b"\x89PNG"
     assert (dropout_sweep / "report" / "sweep_samples.png").read_bytes()[:4] == b"\x89PNG"
     assert not list((dropout_sweep / "report").glob("grid_*"))  # the downloaded grids stay out of the report
+
+
+FAULTS = '''
+"""Fault injection for one test: an unexpected error in two jobs of a sweep (by their dropout)."""
+import os
+
+if os.environ.get("GANLAB_TEST_FAULTS"):
+    import ganlab.config
+    import ganlab.job
+
+    checks, build = ganlab.config.validate_tracking, ganlab.job.build_trainer
+
+    def validate_tracking(cfg):
+        if cfg.dropout == 0.1:  # before the job's MLflow run exists
+            raise RuntimeError("injected fault before the run")
+        return checks(cfg)
+
+    def build_trainer(cfg, dataset):
+        if cfg.dropout == 0.5:  # after the run exists
+            raise RuntimeError("injected fault after the run")
+        return build(cfg, dataset)
+
+    ganlab.config.validate_tracking, ganlab.job.build_trainer = validate_tracking, build_trainer
+'''
+
+
+def test_an_unexpected_error_in_a_sweep_job_is_printed_and_counted(workdir, tmp_path):
+    """Nothing silent: each failing job prints its error, its run (if any) ends FAILED, and the
+    parent counts both jobs, with and without a run, among those that did not finish."""
+    injected = tmp_path / "faults"
+    injected.mkdir()
+    (injected / "sitecustomize.py").write_text(FAULTS)
+    env = {"GANLAB_TEST_FAULTS": "1", "PYTHONPATH": os.pathsep.join([str(injected), os.environ.get("PYTHONPATH", "")])}
+    result = run_cli(["-m", "dropout=0.1,0.3,0.5", *QUICK], workdir, env=env)
+    assert result.returncode == 1
+    assert "RuntimeError: injected fault before the run" in result.stderr
+    assert "RuntimeError: injected fault after the run" in result.stderr
+    assert "Traceback" in result.stdout  # the job's log line carries the traceback
+    assert "2 of 3 sweep jobs did not finish" in result.stderr
+    parent, children = split_parent(all_runs(workdir))
+    assert [child.data.params["dropout"] for child in children] == ["0.3", "0.5"]
+    assert [child.info.status for child in children] == ["FINISHED", "FAILED"]
+    assert "injected fault after the run" in children[1].data.tags["failure_reason"]
+    assert parent.info.status == "FAILED" and parent.data.tags["sweep.jobs"] == "1 of 3 finished"
+    description = parent.data.tags["mlflow.note.content"]
+    assert "**2 of 3 jobs did not finish:**" in description
+    assert re.search(r"job 0 \(dropout=0\.1 [^)]*\): failed before its MLflow run existed", description)
+    assert re.search(r"job 2 \(dropout=0\.5 [^)]*\): RuntimeError: injected fault after the run", description)
