@@ -31,11 +31,9 @@ import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from ganlab.plots import _save, numeric_first  # noqa: E402
-from ganlab.record import Observation, write_observations  # noqa: E402
+from ganlab.record import Observation  # noqa: E402
 from ganlab.seed_stats import seeds_needed, summarize, welch  # noqa: E402
 
-# sweep_report writes its record under this name; ganlab.record owns the writer.
-write_record = write_observations
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ CHOICE_GROUPS = ("model", "optimizer", "loss", "data")  # config groups whose op
 # Keys that say where a job runs and reads from, never what it computes: a resume may point
 # them elsewhere, and two runs differing only in them are the same experiment.
 WHERE_KEYS = ("data.path", "tracking.uri", "threads")
-OBJECTIVE_AT = ("final", "best")
+OBJECTIVE_AT_FINAL, OBJECTIVE_AT_BEST = "final", "best"  # which value of the objective a job returns
+OBJECTIVE_AT = (OBJECTIVE_AT_FINAL, OBJECTIVE_AT_BEST)
 CHECKPOINT_KEEP = ("last", "none")
 MIN_EVAL_SAMPLES = 200  # the Frechet distance needs more samples than feature dimensions
 TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")

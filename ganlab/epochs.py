@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from ganlab import outputs, plots, scores
+from ganlab.config import OBJECTIVE_AT_BEST
 from ganlab.errors import TrainingDiverged
 
 log = logging.getLogger("ganlab.train")
@@ -103,6 +104,6 @@ def objective_value(objective: str | None, objective_at: str, final: dict[str, f
     """What the job returns to a sweeper: the objective after the last epoch, or its best value."""
     if not objective:
         return None
-    if objective_at == "best" and best.value is not None:
+    if objective_at == OBJECTIVE_AT_BEST and best.value is not None:
         return best.value
     return final.get(objective)

@@ -139,17 +139,18 @@ def run_generator(client, run, folder: str):
     except (MlflowException, OSError):
         pass
     from ganlab import checkpoint
-    from ganlab.models import build_generator
+    from ganlab.data import IMAGE_SHAPE
+    from ganlab.gan import restore_generator
+    from ganlab.models import build_nets
 
     output_dir = run.data.tags.get("output_dir")
     if not output_dir:
         raise InputError(f"--run-id: run {run.info.run_id} ({run.info.status}) has neither {GENERATOR_ARTIFACT} nor a "
                          "recorded output folder with a checkpoint to score.")
     found = checkpoint.find(Path(output_dir))
-    generator = build_generator(found.config.model, found.config.random_dim, found.config.dtype)
+    generator, _ = build_nets(found.config, IMAGE_SHAPE)
     values, _ = checkpoint.load_state(found)
-    for variable, value in zip(generator.variables, values):  # the state starts with G's variables
-        variable.assign(value)
+    restore_generator(generator, values)
     return generator, found.epoch
 
 

@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from ganlab import scores
 from ganlab.errors import TrainingDiverged
 from ganlab.losses import GanLoss, gradient_penalty
 
@@ -73,11 +74,11 @@ class EpochRecord:
     def summary(self) -> dict[str, float]:
         """The epoch's scalar metrics under their MLflow names."""
         return {
-            "d_loss": self.d_loss,
-            "g_loss": self.g_loss,
-            "d_real": self.d_real,
-            "d_fake": self.d_fake,
-            "steps_per_sec": self.steps_per_sec,
+            scores.D_LOSS: self.d_loss,
+            scores.G_LOSS: self.g_loss,
+            scores.D_REAL: self.d_real,
+            scores.D_FAKE: self.d_fake,
+            scores.STEPS_PER_SEC: self.steps_per_sec,
             **self.metrics,
         }
 
@@ -158,7 +159,7 @@ class GanTrainer:
                 tf.reduce_mean(self.loss.d_output(fake_logits)))
 
     def state_variables(self) -> list:
-        """Every variable that the next step depends on, in a fixed order."""
+        """Every variable that the next step depends on, in a fixed order, G's first (`restore_generator`)."""
         return [
             *self.generator.variables, *self.discriminator.variables,  # weights and dropout seed states
             *self.g_optimizer.variables, *self.d_optimizer.variables,
@@ -242,3 +243,8 @@ class GanTrainer:
         batches = [self.generator(noise[i : i + batch_size], training=False).numpy() for i in range(0, len(noise), batch_size)]
         return np.concatenate(batches)
 
+
+def restore_generator(generator: keras.Model, state: list[np.ndarray]) -> None:
+    """Put G's part of a trainer's saved state (`GanTrainer.get_state`, which starts with G's variables) into `generator`."""
+    for variable, value in zip(generator.variables, state[: len(generator.variables)]):
+        variable.assign(value)

@@ -42,16 +42,19 @@ def save_sample_grid(images: np.ndarray, path: str | Path, title: str | None = N
 
 
 def save_loss_curve(d_losses: np.ndarray, g_losses: np.ndarray, steps_per_epoch: int, path: str | Path) -> Path:
-    """Per-step D and G losses (faint) with their per-epoch means, against epochs."""
+    """Per-step D and G losses (faint) with their per-epoch means, against epochs. G's per-step
+    losses may hold NaN where G did not step (n_critic > 1): only its steps are drawn."""
     d_losses, g_losses = np.asarray(d_losses), np.asarray(g_losses)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     epochs_axis = np.arange(1, len(d_losses) + 1) / steps_per_epoch
     for losses, name, color in ((d_losses, D_LOSS, "tab:blue"), (g_losses, G_LOSS, "tab:orange")):
-        ax.plot(epochs_axis, losses, color=color, alpha=0.25, linewidth=0.6)
-        epoch_means = losses[: len(losses) // steps_per_epoch * steps_per_epoch].reshape(-1, steps_per_epoch).mean(axis=1)
+        stepped = np.isfinite(losses)
+        ax.plot(epochs_axis[stepped], losses[stepped], color=color, alpha=0.25, linewidth=0.6, label=f"{name} (per step)")
+        whole = losses[: len(losses) // steps_per_epoch * steps_per_epoch].reshape(-1, steps_per_epoch)
+        epoch_means = np.nanmean(whole, axis=1) if whole.size else whole[:, 0]
         ax.plot(np.arange(1, len(epoch_means) + 1), epoch_means, "o-", color=color, label=f"{name} (epoch mean)")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("binary cross-entropy")
+    ax.set_ylabel("loss (the chosen loss's D and G objectives)")
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)

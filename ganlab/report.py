@@ -33,7 +33,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ganlab import comparison, plots, record, scores, sweep_report, tracking
+from ganlab import comparison, config, plots, record, scores, sweep_report, tracking
 from ganlab.errors import InputError, report_or_refuse
 
 

@@ -61,8 +61,8 @@ EVALUATION = (
 TRAINING = (
     Metric(D_LOSS, LOWER, ".4g", "discriminator loss, epoch mean"),
     Metric(G_LOSS, LOWER, ".4g", "generator loss, epoch mean"),
-    Metric(D_REAL, None, ".3f", "mean D probability on real images", "a probability"),
-    Metric(D_FAKE, None, ".3f", "mean D probability on generated images", "a probability"),
+    Metric(D_REAL, None, ".3f", "mean D output on real images: a probability with loss=ns, D's raw score with the other losses", "a probability (ns) or a score"),
+    Metric(D_FAKE, None, ".3f", "mean D output on generated images: a probability with loss=ns, D's raw score with the other losses", "a probability (ns) or a score"),
     Metric(STEPS_PER_SEC, HIGHER, ".1f", "training speed of the epoch"),
 )
 REGISTRY = {metric.name: metric for metric in (*EVALUATION, *TRAINING)}

@@ -14,14 +14,14 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ganlab import scores, tracking
+from ganlab import record, scores, tracking
+from ganlab.config import OBJECTIVE_AT_BEST
 
 log = logging.getLogger(__name__)
 
 SEED_KEY = "seed"
 RECORD = "runs.csv"  # the values behind comparison.csv, enough to compute it again
 OBJECTIVE_AT_KEY = "objective_at"  # a job's param: which value of the objective it returned (final or best)
-AT_BEST = "best"  # objective_at=best: the job returned <objective>_best (ganlab.epochs), not the final value
 SAMPLES_ARTIFACT = "samples.png"  # a job's final sample grid (ganlab.outputs)
 
 
@@ -107,7 +107,7 @@ def returned_metric(child, objective: str, objective_at: str | None = None) -> s
     `<objective>_best` for a job run with objective_at=best (its own param; `objective_at` is the sweep's,
     for a job that lacks the param), unless the job logged none (epochs=0: it returned the final value)."""
     at = child.data.params.get(OBJECTIVE_AT_KEY, objective_at)
-    if at == AT_BEST and scores.best(objective) in child.data.metrics:
+    if at == OBJECTIVE_AT_BEST and scores.best(objective) in child.data.metrics:
         return scores.best(objective)
     return objective
 
@@ -203,13 +203,11 @@ def histories(client, runs, metrics) -> dict[str, dict[str, dict[int, float]]]:
 def run_observations(runs, logged, keys) -> list:
     """The seed comparison's input: one Observation per logged value of each run, carrying the
     run's values of `keys` (all the swept keys but seed, so that a run is known by them and its seed)."""
-    from ganlab import comparison
-
     found = []
     for run in runs:
         group = {key: run.data.params.get(key, "") for key in keys}
         for metric, history in logged[run.info.run_id].items():
-            found += [comparison.Observation(group, run.data.params.get(SEED_KEY, ""), metric, step, value)
+            found += [record.Observation(group, run.data.params.get(SEED_KEY, ""), metric, step, value)
                       for step, value in history.items()]
     return found
 
@@ -237,7 +235,7 @@ def _seed_comparison(client, finished, grid_keys, metrics, folder: Path, summary
     compared = [name for name in metrics if name in scores.SCORE_NAMES and scores.direction(name)] or [scores.G_LOSS]
     logged = histories(client, finished, compared)
     values = run_observations(finished, logged, grid_keys)
-    comparison.write_record(values, grid_keys, folder / RECORD)
+    record.write_observations(values, grid_keys, folder / RECORD)
     rows = seed_comparison(values, grid_keys, compared, None, folder)
     summary.files += [folder / "comparison.csv", folder / "comparison.md", folder / RECORD]
     summary.files += sorted(folder.glob("comparison_*.png"))
