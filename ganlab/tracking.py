@@ -26,6 +26,7 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from ganlab.config import WHERE_KEYS
 from ganlab.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -208,7 +209,7 @@ def run_name(overrides, keys=None) -> str:
     for item in overrides:
         key, _, value = item.partition("=")
         key = key.lstrip("+~")
-        if (keys is not None and key not in keys) or key.startswith(("data.path", "tracking.", "hydra", "resume")):
+        if (keys is not None and key not in keys) or key.startswith((*WHERE_KEYS, *NOT_PARAMS, "hydra")):
             continue
         parts.append(f"{SHORT_KEYS.get(key, key)}={_short_value(value)}")
     name = " ".join(parts) or "default"

@@ -232,3 +232,9 @@ def test_a_dcgan_wgan_gp_ttur_job_runs_end_to_end_and_logs_a_loadable_generator(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)  # for models:/ URIs
     images = mlflow.pyfunc.load_model(f"models:/{models['generator']}").predict(np.zeros((2, 100), np.float32))
     assert images.shape == (2, 28, 28, 1) and np.all(np.abs(images) <= 1.0)
+
+
+def test_every_dtype_of_the_config_has_a_keras_policy():
+    from ganlab.models import HIDDEN_POLICY
+
+    assert tuple(HIDDEN_POLICY) == config.DTYPES
