@@ -1,5 +1,6 @@
-"""The published study cannot drift from its record: docs/study's comparisons are computed again
-from docs/study/runs.csv alone, bit for bit, and every difference the docs quote is in them. The
+"""The published studies cannot drift from their records: the comparisons of docs/study (the
+label-smoothing x dropout grid) and docs/study/losses (the loss study) are computed again from
+their runs.csv alone, bit for bit, and every difference the docs quote is in them. The
 baseline's record (docs/baseline/runs.csv) goes through the same reader."""
 
 from __future__ import annotations
@@ -13,25 +14,33 @@ from conftest import REPO
 from ganlab import report
 
 STUDY = REPO / "docs" / "study"
-RECORD = STUDY / "runs.csv"
-# Each published comparison: its folder under docs/study and the report options that made it.
+LOSS_STUDY = STUDY / "losses"
+# Each published comparison: its folder, its record, and the report options that made it.
 PUBLISHED = {
-    ".": ["--by", "dropout,label_smoothing", "--reference", "dropout=0.3,label_smoothing=0.1"],
-    "dropout": ["--by", "dropout", "--reference", "dropout=0.3"],
-    "label_smoothing": ["--by", "label_smoothing", "--reference", "label_smoothing=0.1"],
+    ".": (STUDY, ["--by", "dropout,label_smoothing", "--reference", "dropout=0.3,label_smoothing=0.1"]),
+    "dropout": (STUDY, ["--by", "dropout", "--reference", "dropout=0.3"]),
+    "label_smoothing": (STUDY, ["--by", "label_smoothing", "--reference", "label_smoothing=0.1"]),
+    "losses": (LOSS_STUDY, ["--by", "loss", "--reference", "loss=ns"]),
 }
-PAGES = [REPO / "README.md", REPO / "docs" / "sweeps.md", STUDY / "README.md"]
+PAGES = [REPO / "README.md", REPO / "docs" / "sweeps.md", STUDY / "README.md", LOSS_STUDY / "README.md"]
 # A quoted difference as comparison.md writes it: "+12.3 [4.56, 20.1]"
 DIFFERENCE = re.compile(r"[+-]\d[\d.e+-]* \[-?\d[\d.e+-]*, -?\d[\d.e+-]*\]")
 
 
-@pytest.mark.parametrize("folder", sorted(PUBLISHED))
-def test_each_published_comparison_is_its_record(folder, tmp_path, capsys):
-    assert report.main(["--record", str(RECORD), *PUBLISHED[folder], "--out", str(tmp_path)]) == 0, capsys.readouterr().err
-    for name in ("comparison.csv", "comparison.md"):
-        assert (tmp_path / name).read_bytes() == (STUDY / folder / name).read_bytes(), (
-            f"docs/study/{folder}/{name} is not what its record gives; run: python -m ganlab.report "
-            f"--record docs/study/runs.csv {' '.join(PUBLISHED[folder])} --out docs/study/{folder}")
+def folder_of(name: str):
+    return STUDY / name if name in ("dropout", "label_smoothing") else STUDY if name == "." else LOSS_STUDY
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_each_published_comparison_is_its_record(name, tmp_path, capsys):
+    study, options = PUBLISHED[name]
+    record = study / "runs.csv"
+    assert report.main(["--record", str(record), *options, "--out", str(tmp_path)]) == 0, capsys.readouterr().err
+    for file in ("comparison.csv", "comparison.md"):
+        published = folder_of(name) / file
+        assert (tmp_path / file).read_bytes() == published.read_bytes(), (
+            f"{published.relative_to(REPO)} is not what its record gives; run: python -m ganlab.report --record "
+            f"{record.relative_to(REPO)} {' '.join(options)} --out {published.parent.relative_to(REPO)}")
 
 
 def test_the_study_has_nine_settings_of_three_seeds_or_more():
@@ -42,25 +51,36 @@ def test_the_study_has_nine_settings_of_three_seeds_or_more():
     assert last >= 10 and len(final) == 9 and min(final.values()) >= 3, final
 
 
+def test_the_loss_study_compares_four_losses_of_three_seeds_or_more_with_ns():
+    with open(LOSS_STUDY / "comparison.csv") as stream:
+        rows = [row for row in csv.DictReader(stream) if row["metric"] == "fid"]
+    last = max(int(row["epoch"]) for row in rows)
+    final = {row["group"]: row for row in rows if int(row["epoch"]) == last}
+    assert last >= 10 and set(final) == {f"loss.name={loss}" for loss in ("ns", "hinge", "lsgan", "wgan_gp")}
+    assert min(int(row["n"]) for row in final.values()) >= 3
+    assert final["loss.name=ns"]["diff"] == "" and all(row["diff"] for key, row in final.items() if key != "loss.name=ns")
+
+
 def test_every_difference_the_docs_quote_is_in_a_published_comparison():
-    published = "\n".join((STUDY / folder / "comparison.md").read_text() for folder in PUBLISHED)
+    published = "\n".join((folder_of(name) / "comparison.md").read_text() for name in PUBLISHED)
     quoted = [(page.name, quote) for page in PAGES for quote in DIFFERENCE.findall(study_section(page))]
     assert len(quoted) >= 3
     assert [(page, quote) for page, quote in quoted if quote not in published] == []
 
 
 def study_section(page) -> str:
-    """The part of a page about the study: all of docs/study/README.md, elsewhere from the
-    heading that names the study to the next heading of the same level."""
+    """The parts of a page about the studies: all of a study's README.md, elsewhere each part from
+    a heading that names a study to the next heading of the same level or above."""
     text = page.read_text()
-    if page.parent == STUDY:
+    if page.parent in (STUDY, LOSS_STUDY):
         return text
-    match = re.search(r"^(#+) .*study.*$", text, flags=re.MULTILINE | re.IGNORECASE)
-    assert match, f"{page.name} has no section about the study"
-    level = match.group(1)
-    rest = text[match.end():]
-    end = re.search(rf"^{level} ", rest, flags=re.MULTILINE)
-    return rest[: end.start()] if end else rest
+    parts = []
+    for match in re.finditer(r"^(#+) .*study.*$", text, flags=re.MULTILINE | re.IGNORECASE):
+        rest = text[match.end():]
+        end = re.search(rf"^#{{1,{len(match.group(1))}}} ", rest, flags=re.MULTILINE)
+        parts.append(rest[: end.start()] if end else rest)
+    assert parts, f"{page.name} has no section about a study"
+    return "\n".join(parts)
 
 
 def test_the_baseline_record_is_read_and_compared_like_the_study(tmp_path, capsys):
