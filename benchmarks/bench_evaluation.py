@@ -6,18 +6,27 @@
 to [-1, 1]): realistic scores without a trained generator. Cold = the real test set's
 statistics are computed (empty cache dir); warm = a second Evaluator reads them back.
 Each line gives wall-clock seconds; the evaluation lines also split the time by stage.
+
+Old against new in one run: "old-equivalent" is each timed evaluation less the stages issue 23
+added (per-class FID, the nearest-training-image search of memorization), i.e. the checks, the
+classifier, FID/score/modes, KID, precision/recall and density/coverage; "new" is the whole
+evaluation plus, as a training evaluation does, D's output on
+2,000 training and 2,000 test images (the tutorial's discriminator, `ganlab.epochs.discriminator_gap`).
+The CPU is printed first.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
-from ganlab import classifier
+from ganlab import classifier, machine
 from ganlab.data import load_dataset, to_unit_range
 from ganlab.evaluation import Evaluator
 
@@ -41,6 +50,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
+    print(f"CPU: {machine.cpu_model()}, {len(os.sched_getaffinity(0))} cores available")
     model, seconds = timed(classifier.load)
     print(f"load classifier                 {seconds:6.2f} s")
     dataset = load_dataset("mnist", args.data)
@@ -60,9 +70,37 @@ def main() -> None:
     for stage in runs[0][0].seconds:
         stage_median = statistics.median(evaluation.seconds[stage] for evaluation, _ in runs)
         print(f"  {stage:<29} {stage_median:6.2f} s")
+    new_stages = ("class_fid", "nearest_training")  # what issue 23 added to an evaluation
+    old = statistics.median(seconds - sum(evaluation.seconds[stage] for stage in new_stages) for evaluation, seconds in runs)
+    d_gap = seconds_d_gap(dataset, args.repeats)
+    new = total + d_gap
+    print(f"  D output on train+test images {d_gap:6.2f} s")
+    print(f"old-equivalent evaluation       {old:6.2f} s")
+    print(f"new evaluation (with D gap)     {new:6.2f} s  ({100 * (new / old - 1):+.0f}%)")
     print(f"cold cache end to end           {seconds_cold_end_to_end(dataset, model, images):6.2f} s")
     scores = runs[0][0].scores
     print("scores: " + ", ".join(f"{name} {value:.4g}" for name, value in scores.items()))
+
+
+def seconds_d_gap(dataset, repeats: int) -> float:
+    """Median seconds of `epochs.discriminator_gap` with the tutorial's (untrained) D and loss."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from ganlab import epochs
+    from ganlab.losses import build_loss
+    from ganlab.models import build_nets
+
+    conf = Path(__file__).resolve().parent.parent / "conf"
+    cfg = OmegaConf.create({"model": OmegaConf.load(conf / "model" / "mlp.yaml"), "random_dim": 100, "dropout": 0.3,
+                            "dtype": "fp32"})
+    _, discriminator = build_nets(cfg, dataset.x_train.shape[1:])
+    trainer = SimpleNamespace(discriminator=discriminator, image_shape=tuple(discriminator.input_shape[1:]),
+                              loss=build_loss(OmegaConf.load(conf / "loss" / "ns.yaml").loss, 0.1))
+    images = epochs.d_gap_images(dataset.x_train, dataset.x_test, seed=0)
+    epochs.discriminator_gap(trainer, *images)  # warm-up
+    return statistics.median(timed(epochs.discriminator_gap, trainer, *images)[1] for _ in range(repeats))
 
 
 def seconds_cold_end_to_end(dataset, model, images) -> float:

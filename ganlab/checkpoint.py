@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 FOLDER = "checkpoint"
 FILE = "checkpoint.npz"
+PARTIAL_PATTERN = ".checkpoint-*.partial"  # a write that a kill -9 cut short
 LOCK_FILE = "job.lock"
 # What a resumed job may take from its own command line: where things are and how many
 # threads. Everything else (what is trained) comes from the checkpoint.
@@ -75,6 +76,7 @@ def save(folder: Path, variables: list[np.ndarray], records: list[dict], meta: d
     arrays = {f"v{index:04d}": value for index, value in enumerate(variables)}
     arrays["records"] = np.array(json.dumps(records))
     arrays["meta"] = np.array(json.dumps(meta))
+    remove_partials(folder)
     descriptor, partial = tempfile.mkstemp(dir=folder, prefix=".checkpoint-", suffix=".partial")
     try:
         with os.fdopen(descriptor, "wb") as stream:
@@ -91,6 +93,13 @@ def save(folder: Path, variables: list[np.ndarray], records: list[dict], meta: d
         raise
 
 
+def remove_partials(folder: Path) -> None:
+    """Drop what a write killed by kill -9 left (called by the folder's only writer: its lock holder)."""
+    for partial in Path(folder).glob(PARTIAL_PATTERN):
+        partial.unlink(missing_ok=True)
+        log.info("removed %s, left by a checkpoint write that was killed", partial)
+
+
 def find(folder: Path) -> Checkpoint:
     """Read the checkpoint in `folder` (a checkpoint folder or the job folder holding one)."""
     folder = Path(folder)
@@ -102,6 +111,9 @@ def find(folder: Path) -> Checkpoint:
             f"resume: no checkpoint in {str(folder)!r} (expected {FILE}, written after every epoch). "
             "Give a job's output folder, its checkpoint folder, or an MLflow run id."
         )
+    if file.is_symlink() and file.resolve().parent != folder.resolve():
+        raise InputError(f"resume: the checkpoint {str(file)!r} is a link to {str(file.resolve())!r}, outside its "
+                         "folder; a job's checkpoint is its own file. Resume from the folder that holds it.")
     try:
         with np.load(file, allow_pickle=False) as archive:
             meta = json.loads(str(archive["meta"]))
@@ -195,6 +207,18 @@ def prepare_resume(cfg: DictConfig, explicit_overrides: list[str]) -> Resume:
         found = find(Path(target))
     else:
         found = find(_run_output_dir(OmegaConf.select(cfg, "tracking.uri"), target))
+        if found.run_id != target:  # a copy of (or link to) another run's checkpoint
+            raise InputError(f"resume: the checkpoint {str(found.file)!r} belongs to run {found.run_id}, not to "
+                             f"run {target} that was asked for; nothing was resumed. Resume run {found.run_id} "
+                             "by its own id, or restore this run's own checkpoint.")
+    lock = FolderLock(found.folder).acquire()
+    try:
+        remove_partials(found.folder)
+        if "data.path" in given:
+            _check_same_data(found, OmegaConf.select(cfg, "data.path"))
+    except BaseException:
+        lock.release()
+        raise
     resumed = found.config.copy()
     OmegaConf.update(resumed, "tracking.uri", found.tracking_uri, force_add=True)
     OmegaConf.update(resumed, "tracking.experiment", found.experiment, force_add=True)
@@ -206,7 +230,26 @@ def prepare_resume(cfg: DictConfig, explicit_overrides: list[str]) -> Resume:
                 log.warning("threads=%s differs from the %s threads the run trained with: the numbers will "
                             "differ from an uninterrupted run", OmegaConf.select(cfg, key), found.threads)
             OmegaConf.update(resumed, key, OmegaConf.select(cfg, key), force_add=True)
-    return Resume(found, resumed, FolderLock(found.folder).acquire())
+    return Resume(found, resumed, lock)
+
+
+def _check_same_data(found: Checkpoint, path: str | None) -> None:
+    """A resumed run trains on the data it started with: an explicit data.path must hold
+    exactly that data (the sha256 the run recorded in its `data.sha256` tag)."""
+    try:
+        client, _ = tracking.open_reader(found.tracking_uri, option="tracking.uri")
+        recorded = client.get_run(found.run_id).data.tags.get("data.sha256")
+    except Exception:  # noqa: BLE001 - no store or no run: opening the run says so
+        return
+    if recorded is None:  # stopped before its data was read: any data is its first
+        return
+    from ganlab.data import load_dataset
+
+    digest = load_dataset(OmegaConf.select(found.config, "data.name") or "mnist", path).sha256()
+    if digest != recorded:
+        raise InputError(f"resume: data.path={path} holds data with sha256 {digest}, but run {found.run_id} trained "
+                         f"on data with sha256 {recorded}; a resumed run must go on with the same data. Give that "
+                         "data's file, or leave data.path out to use the recorded one.")
 
 
 def _run_output_dir(uri: str | None, run_id: str) -> Path:

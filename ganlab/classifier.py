@@ -41,6 +41,8 @@ from ganlab.errors import InputError  # noqa: E402
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "mnist_classifier.weights.h5"
+# The sha256 of the weights as shipped: the JSON beside them can be replaced with them, this cannot.
+SHIPPED_WEIGHTS_SHA256 = "3481b4b675a0bd7e686d212e5061cc61ac02a9be4a3c78a0357deb9b6b74ade7"
 WEIGHTS_SUFFIX = ".weights.h5"
 NUM_CLASSES = 10
 FEATURE_DIM = 128
@@ -202,6 +204,13 @@ def check(weights_path: str | Path | None = None, dataset: str | None = None) ->
             f"classifier weights {str(weights_path)!r} were altered: their sha256 is {actual} "
             f"but {json_path.name} records {expected}. Scores from other weights are not "
             f"comparable; restore the shipped files or retrain with `{retrain}` (which rewrites both)."
+        )
+    if weights_path.resolve() == DEFAULT_WEIGHTS.resolve() and actual != SHIPPED_WEIGHTS_SHA256:
+        raise InputError(
+            f"classifier weights {str(weights_path)!r} were altered: their sha256 is {actual}, not the shipped "
+            f"{SHIPPED_WEIGHTS_SHA256} (ganlab.classifier.SHIPPED_WEIGHTS_SHA256), although {json_path.name} "
+            "agrees with them. Restore the shipped files from version control, or put retrained weights "
+            "elsewhere and pass eval.classifier=/path/to/them."
         )
     trained_on = info.get("dataset", "mnist")  # weights from before the JSON named a dataset were MNIST's
     if dataset is not None and trained_on != dataset:

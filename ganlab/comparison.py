@@ -32,7 +32,7 @@ from scipy import stats  # noqa: E402
 
 from ganlab.plots import _save, numeric_first  # noqa: E402
 from ganlab.record import Observation  # noqa: E402
-from ganlab.seed_stats import seeds_needed, summarize, welch  # noqa: E402
+from ganlab.seed_stats import VarianceSplit, seeds_needed, summarize, welch  # noqa: E402
 
 
 
@@ -366,3 +366,30 @@ def _p(p_value: float | None) -> str:
     if p_value is None or math.isnan(p_value):
         return ""
     return "<0.001" if p_value < 0.001 else f"{p_value:.2g}"
+
+
+# ---------------------------------------------------------------------------- variance split
+
+
+VARIANCE_HEADER = [field.name for field in fields(VarianceSplit)]  # variance_split.csv
+
+
+def variance_markdown(splits: Sequence[VarianceSplit]) -> str:
+    """A section for comparison.md: the split per setting and a sentence on what dominates."""
+    lines = ["## Training or sampling variance?", "",
+             "Each run's score is the mean of `eval.repeats` sample draws. Of the variance between a setting's runs, "
+             "mean(sampling_std²) / repeats is what sampling alone explains; the rest is between-seed (training) "
+             "variance.", "",
+             "| group | metric | runs | repeats | variance between runs | sampling part | training part | dominates |",
+             "|---|---|---|---|---|---|---|---|"]
+    for split in splits:
+        lines.append(f"| {split.group} | {split.metric} | {split.runs} | {split.repeats} | {_number(split.total)} | "
+                     f"{_number(split.sampling)} | {_number(split.training)} | {split.dominant} |")
+    known = [split for split in splits if split.dominant != "unknown"]
+    if known:
+        training = sum(split.dominant.startswith("training") for split in known)
+        lines += ["", f"Training (between-seed) variance dominates in {training} of {len(known)} settings, "
+                      f"sampling variance in {len(known) - training}"
+                      + (": more seeds, not more samples, narrow the intervals." if training * 2 > len(known)
+                         else ": more samples or repeats per evaluation narrow the intervals.")]
+    return "\n".join(lines) + "\n"

@@ -28,7 +28,8 @@ OBJECTIVE_AT_FINAL, OBJECTIVE_AT_BEST = "final", "best"  # which value of the ob
 OBJECTIVE_AT = (OBJECTIVE_AT_FINAL, OBJECTIVE_AT_BEST)
 CHECKPOINT_KEEP = ("last", "none")
 MIN_EVAL_SAMPLES = 200  # the Frechet distance needs more samples than feature dimensions
-TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
+# No `file:`: MLflow 3 refuses a file store for the model logging every job does.
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
 # Experiment names become folder names under mlruns/artifacts/: no separators, no "..".
 EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 _MISSING = "<missing>"
@@ -46,6 +47,21 @@ def resolve_all(cfg: DictConfig, keys=None) -> None:
         key = getattr(error, "full_key", None) or "config"
         reason = str(error).splitlines()[0]
         raise InputError(f"{key}: cannot be resolved ({type(error).__name__}: {reason}).") from None
+
+
+def refuse_new_keys(overrides) -> None:
+    """`+key=value` adds a key no ganlab config has (Hydra refuses `+` for a key that exists):
+    refused, so a misspelt knob is never trained with silently. Config groups and Hydra's own keys pass."""
+    from pathlib import Path
+
+    groups = {path.name for path in (Path(__file__).resolve().parent.parent / "conf").iterdir() if path.is_dir()}
+    for item in overrides:
+        key = str(item).split("=", 1)[0]
+        if key.startswith("+") and not key.startswith("++"):
+            name = key.lstrip("+")
+            if name.split(".")[0] not in groups | {"hydra"}:
+                raise InputError(f"{item}: {name} is not a ganlab knob, so it would be trained with silently; "
+                                 "`python -m ganlab.train --help` lists the knobs (override one without '+').")
 
 
 def param_key(key: str) -> str:
@@ -67,6 +83,10 @@ def validate_tracking(cfg: DictConfig) -> None:
     uri = _get(cfg, "tracking.uri")
     if uri is not None:
         scheme = uri.split("://", 1)[0].lower() if isinstance(uri, str) and "://" in uri else None
+        if scheme == "file":
+            raise InputError(f"tracking.uri: got {_show(uri)}; MLflow 3 no longer stores runs in a file: folder "
+                             "(it refuses the model logging every job does); use null (the SQLite store in "
+                             "./mlruns) or sqlite:////abs/path/mlflow.db.")
         if scheme not in TRACKING_SCHEMES:
             raise InputError(
                 f"tracking.uri: got {_show(uri)}; expected null (the SQLite store in ./mlruns) or an MLflow "
@@ -106,6 +126,7 @@ def validate(cfg: DictConfig) -> None:
     _boolean(cfg, "eval.enabled")
     _integer(cfg, "eval.every", minimum=1)
     _integer(cfg, "eval.num_samples", minimum=MIN_EVAL_SAMPLES)
+    _integer(cfg, "eval.repeats", minimum=1, optional=True)
     _optional_string(cfg, "eval.classifier", "a path to classifier weights (.weights.h5 with its .json beside it)")
     _validate_objective(cfg)
     _choice(cfg, "checkpoint.keep", CHECKPOINT_KEEP)

@@ -3,7 +3,11 @@
 - `train_epoch`: one epoch of the trainer, with the checkpoint's place in a divergence message;
 - `EpochScoring`: at an evaluated epoch (`is_evaluated`), the fixed-noise sample grid and
   the classifier's scores of `eval.num_samples` images (and the EMA generator's, prefixed
-  `ema_`), each picture logged as an MLflow image (keys `samples`, `classes`; step = epoch);
+  `ema_`), each picture logged as an MLflow image (keys `samples`, `classes`,
+  `nearest_training`; step = epoch); with `eval.repeats` R > 1 each score is the mean over R
+  noise draws and `fid_sampling_std` their spread; the per-class FID table
+  (`fid_per_class/epoch_NNN.csv`); and D's mean output on training and held-out test
+  images in inference mode (`d_real_train`, `d_real_test`, `d_gap`);
 - `BestEpoch`: the objective's best value so far (`<objective>_best`, `<objective>_best_epoch`)
   and the generator that reached it;
 - `log_epoch`: the epoch's metrics into the run and one console line.
@@ -13,12 +17,16 @@ in between is mended on resume (which logs the checkpoint's epochs that the run 
 
 from __future__ import annotations
 
+import csv
 import logging
 import time
 from pathlib import Path
 
-from ganlab import outputs, plots, scores
+import numpy as np
+
+from ganlab import metrics, outputs, plots, scores
 from ganlab.config import OBJECTIVE_AT_BEST
+from ganlab.data import to_unit_range
 from ganlab.errors import TrainingDiverged
 
 log = logging.getLogger("ganlab.train")
@@ -38,14 +46,40 @@ def is_evaluated(epoch: int, every: int, last_epoch: int) -> bool:
     return epoch % every == 0 or epoch == last_epoch
 
 
+D_GAP_SAMPLES = 2000  # training and test images D is measured on, as many of each (capped at the test set)
+NEAREST_KEY = "nearest_training"  # the MLflow image key and folder of the memorization picture
+CLASS_FID_DIR = "fid_per_class"  # the per-class FID tables, one CSV per evaluated epoch
+
+
 class EpochScoring:
     """The pictures and scores of the generator at an evaluated epoch (the evaluator is None
-    when evaluation is off: then only the sample grid)."""
+    when evaluation is off: then only the sample grid).
 
-    def __init__(self, evaluator, eval_noise, run, output_dir: Path, random_dim: int):
-        self.evaluator, self.eval_noise, self.run = evaluator, eval_noise, run
+    eval_noise: one noise array, or a list of `eval.repeats` of them (`evaluation.evaluation_noises`);
+    each score is the mean over the draws, `fid_sampling_std` their spread (with two or more).
+    dataset: its training and test images measure D's overfitting (`d_real_train`, `d_real_test`,
+    `d_gap`); None leaves those out."""
+
+    def __init__(self, evaluator, eval_noise, run, output_dir: Path, random_dim: int, dataset=None, seed: int = 0):
+        self.evaluator, self.run = evaluator, run
+        self.eval_noises = list(eval_noise) if isinstance(eval_noise, (list, tuple)) else [eval_noise]
+        self.eval_noise = self.eval_noises[0]
         self.output_dir = Path(output_dir)
         self.sample_noise = outputs.fixed_noise(random_dim)
+        self.d_images = None if dataset is None else d_gap_images(dataset.x_train, dataset.x_test, seed)
+        if evaluator is not None:
+            run.set_tags({**evaluator.scoring_tags(), "eval.repeats": str(len(self.eval_noises))})
+
+    def scores_of(self, trainer, ema: bool = False):
+        """The mean scores over the noise draws (the first draw's Evaluation for its pictures and table)."""
+        results = [self.evaluator.evaluate(trainer.generate(noise, ema=ema) if ema else trainer.generate(noise))
+                   for noise in self.eval_noises]
+        found = {}
+        for name in results[0].scores:
+            found[name], spread = metrics.mean_and_spread([result.scores[name] for result in results])
+            if name == scores.FID and len(results) > 1:
+                found[scores.sampling_std(name)] = spread
+        return found, results[0]
 
     def __call__(self, trainer, epoch: int) -> dict[str, float]:
         grid = trainer.generate(self.sample_noise)
@@ -55,17 +89,57 @@ class EpochScoring:
         if self.evaluator is None:
             return {}
         started = time.perf_counter()
-        result = self.evaluator.evaluate(trainer.generate(self.eval_noise))
+        found, result = self.scores_of(trainer)
         histogram = plots.save_class_histogram(result.histogram, self.output_dir / "classes" / f"epoch_{epoch:03d}.png",
                                                title=f"epoch {epoch}")
         self.run.log_artifact(histogram, "classes")
         self.run.log_image(histogram, key="classes", step=epoch)
-        found = dict(result.scores)
+        if result.class_fid is not None:
+            table = save_class_fid(result.class_fid, result.class_counts, self.output_dir / CLASS_FID_DIR / f"epoch_{epoch:03d}.csv")
+            self.run.log_artifact(table, CLASS_FID_DIR)
+        if result.nearest_pairs is not None:
+            nearest = plots.save_nearest_pairs(*result.nearest_pairs, self.output_dir / NEAREST_KEY / f"epoch_{epoch:03d}.png",
+                                               distances=result.nearest_distances, title=f"epoch {epoch}")
+            self.run.log_artifact(nearest, NEAREST_KEY)
+            self.run.log_image(nearest, key=NEAREST_KEY, step=epoch)
+        if self.d_images is not None:
+            found.update(discriminator_gap(trainer, *self.d_images))
         if trainer.ema is not None:
-            ema_result = self.evaluator.evaluate(trainer.generate(self.eval_noise, ema=True))
-            found.update({scores.ema(name): value for name, value in ema_result.scores.items()})
+            ema_found, _ = self.scores_of(trainer, ema=True)
+            found.update({scores.ema(name): value for name, value in ema_found.items()})
         log.info("evaluation of epoch %d took %.1f s", epoch, time.perf_counter() - started)
         return found
+
+
+def d_gap_images(x_train: np.ndarray, x_test: np.ndarray, seed: int, size: int = D_GAP_SAMPLES):
+    """Equal-sized uint8 samples of training and test images for `discriminator_gap`: the first
+    min(size, test) test images and as many training images drawn without replacement (seeded)."""
+    size = min(size, len(x_test), len(x_train))
+    chosen = np.sort(np.random.default_rng(seed).choice(len(x_train), size, replace=False))
+    return x_train[chosen], x_test[:size]
+
+
+def discriminator_gap(trainer, train_images: np.ndarray, test_images: np.ndarray, batch_size: int = 2000) -> dict[str, float]:
+    """D's mean output (inference mode: no dropout) on training and on held-out test images, and
+    their difference: `d_real_train`, `d_real_test`, `d_gap` (a probability with loss=ns, else a raw score)."""
+    means = []
+    for images in (train_images, test_images):
+        scaled = to_unit_range(images).reshape(len(images), *trainer.image_shape)
+        d_outputs = [np.asarray(trainer.loss.d_output(trainer.discriminator(scaled[i:i + batch_size], training=False)),
+                                np.float64).ravel() for i in range(0, len(scaled), batch_size)]
+        means.append(float(np.concatenate(d_outputs).mean()))
+    return {scores.D_REAL_TRAIN: means[0], scores.D_REAL_TEST: means[1], scores.D_GAP: means[0] - means[1]}
+
+
+def save_class_fid(class_fid: np.ndarray, counts: np.ndarray, path: Path) -> Path:
+    """The per-class FID table: class, generated images the classifier assigns to it, FID (empty: too few)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["class", "generated", scores.FID])
+        for label, (value, count) in enumerate(zip(class_fid, counts)):
+            writer.writerow([label, int(count), "" if np.isnan(value) else repr(float(value))])
+    return path
 
 
 class BestEpoch:

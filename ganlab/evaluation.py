@@ -10,13 +10,24 @@ The real statistics (features, their mean and covariance, logit mean and covaria
 k-NN radii) cost one forward pass and two 10k x 10k distance sweeps, so they are cached
 as an .npz in `$GANLAB_CACHE_DIR` (default `~/.cache/ganlab`). The file name is a hash
 of the classifier's sha256, the real images' sha256, their count and the k values, so
-changing any of them gives a new cache entry instead of stale numbers.
+changing any of them gives a new cache entry instead of stale numbers. A cache file that
+cannot be read, or whose arrays have the wrong shapes for this classifier and reference
+set, is a miss: recomputed and replaced.
+
+Given the training images too (`from_dataset` passes them), the evaluator also scores
+memorization: each generated image's nearest training image in the classifier's feature
+space (the first `MEMORIZATION_SAMPLES` generated images), against the threshold the real
+test images set (`MEMORIZATION_QUANTILE` of their own nearest-training distances), and
+keeps the closest pairs for a picture. The training features and the test images'
+distances are cached with the rest. Per-class FID compares, for each digit the classifier
+predicts, the generated images of that class with the test images it assigns to it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 import time
@@ -32,13 +43,28 @@ from ganlab.classifier import load as load_classifier
 from ganlab.data import IMAGE_LAYOUTS_TEXT, IMAGE_SHAPE, Dataset, as_images, is_image_batch, to_unit_range
 from ganlab.errors import InputError
 
-CACHE_FORMAT = 1  # bump when the cached arrays change meaning
+CACHE_FORMAT = 2  # bump when the cached arrays change meaning
+NUM_CLASSES = 10
+MEMORIZATION_SAMPLES = 1000  # generated images searched against every training image (cost: N x 60,000 distances)
+MEMORIZATION_QUANTILE = 0.01  # the threshold: this quantile of the test images' nearest-training distances
+NEAREST_PAIRS = 10  # the closest (generated, training) pairs the picture shows
+REFERENCE_SPLIT = "test"  # which of the dataset's splits the scores compare with
 
 
 def evaluation_noise(seed: int, num_samples: int, random_dim: int) -> np.ndarray:
     """The noise a generator is scored on: N(0, 1) from a NumPy generator seeded with `seed`.
     Training and `python -m ganlab.evaluate` both draw it here, so a run's seed reproduces its scores."""
     return np.random.default_rng(seed).standard_normal((num_samples, random_dim), dtype=np.float32)
+
+
+def evaluation_noises(seed: int, num_samples: int, random_dim: int, repeats: int = 1) -> list[np.ndarray]:
+    """`repeats` independent noise draws: the first is `evaluation_noise(seed, ...)` exactly (so a single
+    draw scores as before), draw r > 0 comes from the seed sequence (seed, r)."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}.")
+    extra = [np.random.default_rng([seed, r]).standard_normal((num_samples, random_dim), dtype=np.float32)
+             for r in range(1, repeats)]
+    return [evaluation_noise(seed, num_samples, random_dim), *extra]
 
 
 def default_cache_dir() -> Path:
@@ -56,6 +82,11 @@ class RealStats:
     logits_sigma: np.ndarray
     radii_precision: np.ndarray  # k-NN radii for precision/recall
     radii_density: np.ndarray  # k-NN radii for density/coverage
+    class_counts: np.ndarray  # (C,) test images per predicted class
+    class_mu: np.ndarray  # (C, d), NaN rows for classes with too few images
+    class_sigma: np.ndarray  # (C, d, d)
+    train_features: np.ndarray  # (M, d) float32; (0, d) without training images
+    test_nearest: np.ndarray  # (N,) each test image's distance to its nearest training image; (0,) without
 
 
 @dataclass(frozen=True)
@@ -63,6 +94,10 @@ class Evaluation:
     scores: dict[str, float]  # {name: value} for exactly scores.SCORE_NAMES, in that order
     histogram: np.ndarray  # predicted digit counts, (10,)
     seconds: dict[str, float] = field(default_factory=dict)  # per stage, for benchmarks
+    class_fid: np.ndarray | None = None  # (C,) FID per predicted class, NaN where too few samples
+    class_counts: np.ndarray | None = None  # (C,) generated images per predicted class
+    nearest_pairs: tuple[np.ndarray, np.ndarray] | None = None  # (generated, nearest training) images, closest first
+    nearest_distances: np.ndarray | None = None  # (K,) their feature distances
 
 
 class Evaluator:
@@ -83,8 +118,10 @@ class Evaluator:
         density_k: int = 5,
         kid_subsets: int = 100,
         kid_subset_size: int = 1000,
+        train_images: np.ndarray | None = None,
     ):
         real_images = _check_real_images(real_images)
+        self.train_images = None if train_images is None else _check_real_images(train_images)
         self.classifier = classifier if classifier is not None else load_classifier()
         self.seed = seed
         self.precision_k = precision_k
@@ -96,11 +133,21 @@ class Evaluator:
         self.cache_path = cache_dir / f"real_stats_{self._cache_key(real_images)}.npz"
         self.cache_hit = False
         self.real = self._load_cached() or self._compute_and_cache(real_images)
+        self.memorization_threshold = (metrics.memorization_threshold(self.real.test_nearest, MEMORIZATION_QUANTILE)
+                                       if len(self.real.test_nearest) else math.nan)
 
     @classmethod
     def from_dataset(cls, dataset: Dataset, **kwargs) -> Evaluator:
-        """Reference set = the dataset's test images (10,000 for MNIST)."""
+        """Reference set = the dataset's test images (10,000 for MNIST); memorization is measured
+        against its training images."""
+        kwargs.setdefault("train_images", dataset.x_train)
         return cls(dataset.x_test, **kwargs)
+
+    def scoring_tags(self) -> dict[str, str]:
+        """How this evaluator scores, for a run's tags (`eval.*`): runs are comparable only when these agree."""
+        return {"eval.classifier_sha256": self.classifier.sha256, "eval.reference": REFERENCE_SPLIT,
+                "eval.num_real": str(self.num_real), "eval.reference_key": self.cache_path.stem.rsplit("_", 1)[-1],
+                "eval.memorization_samples": str(MEMORIZATION_SAMPLES if self.train_images is not None else 0)}
 
     def score(self, images: np.ndarray) -> dict[str, float]:
         return self.evaluate(images).scores
@@ -129,13 +176,28 @@ class Evaluator:
             real.features, features, self.density_k, real_radii=real.radii_density
         )
         clock.lap("density_coverage")
+        predicted = logits.argmax(axis=1)
+        class_fid = metrics.class_frechet_distances(real.class_mu, real.class_sigma, features, predicted)
+        clock.lap("class_fid")
+        memorized, pairs, pair_distances = math.nan, None, None
+        if len(real.train_features):
+            searched = features[:MEMORIZATION_SAMPLES]
+            distances, nearest = metrics.nearest_neighbours(searched, real.train_features)
+            memorized = metrics.memorization(distances, self.memorization_threshold)
+            closest = np.argsort(distances, kind="stable")[:NEAREST_PAIRS]
+            pairs = (images[closest], as_images(to_unit_range(self.train_images[nearest[closest]])))
+            pair_distances = distances[closest]
+        clock.lap("nearest_training")
         found = {
             scores.FID: fid, scores.FID_LOGITS: fid_logits, scores.CLASSIFIER_SCORE: class_score,
             scores.KID: kid_mean, scores.KID_STD: kid_std, scores.PRECISION: precision, scores.RECALL: recall,
             scores.DENSITY: density, scores.COVERAGE: coverage, scores.MODES_COVERED: float(modes),
-            scores.KL_UNIFORM: kl_uniform,
+            scores.KL_UNIFORM: kl_uniform, scores.MEMORIZATION: memorized,
+            scores.FID_CLASS_WORST: metrics.worst(class_fid, scores.direction(scores.FID)),
         }
-        return Evaluation(in_registry_order(found), histogram, clock.laps)
+        return Evaluation(in_registry_order(found), histogram, clock.laps, class_fid=class_fid,
+                          class_counts=np.bincount(predicted, minlength=NUM_CLASSES), nearest_pairs=pairs,
+                          nearest_distances=pair_distances)
 
     def _check_generated(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images, dtype=np.float32)
@@ -165,6 +227,8 @@ class Evaluator:
             "num_real": len(real_images),
             "precision_k": self.precision_k,
             "density_k": self.density_k,
+            "train_sha256": (None if self.train_images is None
+                             else hashlib.sha256(np.ascontiguousarray(self.train_images).tobytes()).hexdigest()),
         }
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -176,14 +240,31 @@ class Evaluator:
                 stats = RealStats(**{name: archive[name] for name in RealStats.__dataclass_fields__})
         except Exception:  # truncated (BadZipFile, EOFError), damaged or an older layout: a cache miss
             return None  # recomputed and replaced
+        if not self._well_shaped(stats):  # readable but not for this classifier and reference set: a miss too
+            return None
         self.cache_hit = True
         return stats
+
+    def _well_shaped(self, stats: RealStats) -> bool:
+        """Do the cached arrays have the shapes this classifier and reference set give?"""
+        n, d, c = self.num_real, self.classifier.feature_dim, NUM_CLASSES
+        num_train = 0 if self.train_images is None else len(self.train_images)
+        expected = {"features": (n, d), "mu": (d,), "sigma": (d, d), "logits_mu": (c,), "logits_sigma": (c, c),
+                    "radii_precision": (n,), "radii_density": (n,), "class_counts": (c,), "class_mu": (c, d),
+                    "class_sigma": (c, d, d), "train_features": (num_train, d), "test_nearest": (n if num_train else 0,)}
+        return all(getattr(stats, name).shape == shape for name, shape in expected.items())
 
     def _compute_and_cache(self, real_images: np.ndarray) -> RealStats:
         features, logits = self.classifier.features_and_logits(to_unit_range(real_images))
         features, logits = features.astype(np.float64), logits.astype(np.float64)
         mu, sigma = metrics.gaussian_stats(features)
         logits_mu, logits_sigma = metrics.gaussian_stats(logits)
+        class_counts, class_mu, class_sigma = metrics.class_stats(features, logits.argmax(axis=1), NUM_CLASSES)
+        if self.train_images is None:
+            train_features, test_nearest = np.zeros((0, features.shape[1]), np.float32), np.zeros(0)
+        else:
+            train_features = self.classifier.features_and_logits(to_unit_range(self.train_images))[0].astype(np.float32)
+            test_nearest = metrics.nearest_neighbours(features, train_features)[0]
         stats = RealStats(
             features=features,
             mu=mu,
@@ -192,6 +273,11 @@ class Evaluator:
             logits_sigma=logits_sigma,
             radii_precision=metrics.knn_radii(features, self.precision_k),
             radii_density=metrics.knn_radii(features, self.density_k),
+            class_counts=class_counts,
+            class_mu=class_mu,
+            class_sigma=class_sigma,
+            train_features=train_features,
+            test_nearest=test_nearest,
         )
         self._write_cache(stats)
         return stats

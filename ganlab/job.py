@@ -49,6 +49,7 @@ def run_job(cfg: DictConfig, context: JobContext) -> float | None:
     resume = checkpoint.prepare_resume(cfg, context.overrides) if cfg.get("resume") else None
     if resume is not None:
         cfg = resume.config
+    print(f"ganlab: job outputs in {context.output_dir}", flush=True)
     threads = cfg.threads if cfg.threads is not None else context.threads
     tags = {**context.tags, **runtime_tags(threads)}
     if resume is None:
@@ -56,9 +57,9 @@ def run_job(cfg: DictConfig, context: JobContext) -> float | None:
     else:
         tags.update({"resumed_from_epoch": resume.checkpoint.epoch, "resumed_from": str(resume.checkpoint.folder)})
     run = JobRun(cfg.tracking.uri, cfg.tracking.experiment, context.output_dir, context.run_name, tags,
-                          parent_run_id=context.parent_run_id, log_file=context.log_file,
-                          resume_run_id=resume.checkpoint.run_id if resume else None,
-                          system_metrics=cfg.tracking.system_metrics)
+                 parent_run_id=context.parent_run_id, log_file=context.log_file,
+                 resume_run_id=resume.checkpoint.run_id if resume else None,
+                 system_metrics=cfg.tracking.system_metrics)
     try:
         with signals_as_interrupt(), run:
             return train_job(cfg, context, run, threads, resume)
@@ -81,7 +82,8 @@ def train_job(cfg, context: JobContext, run: JobRun, threads: int | None, resume
         runtime.configure_tensorflow(cfg.seed, threads, cfg.deterministic)  # TensorFlow loads only now
         dataset, steps = load_data(cfg, run, new_run=resume is None)
         trainer = build_trainer(cfg, dataset)
-        score = epochs.EpochScoring(build_evaluator(cfg, dataset), evaluation_noise(cfg), run, output_dir, cfg.random_dim)
+        score = epochs.EpochScoring(build_evaluator(cfg, dataset), evaluation_noise(cfg), run, output_dir, cfg.random_dim,
+                                    dataset=dataset, seed=cfg.seed)
         history = checkpoint.resume_into(trainer, resume, run, output_dir, threads) if resume else []
         best = epochs.BestEpoch(cfg.objective, output_dir, history)
         log.info("training %d epochs of %d steps (batch %d) on %s", cfg.epochs, steps, cfg.batch_size, dataset.source)
@@ -164,12 +166,12 @@ def build_evaluator(cfg, dataset):
 
 
 def evaluation_noise(cfg):
-    """The noise every evaluation of this job scores G on (None when evaluation is off)."""
+    """The noise draws (`eval.repeats` of them) every evaluation of this job scores G on (None when evaluation is off)."""
     if not cfg.eval.enabled:
         return None
-    from ganlab.evaluation import evaluation_noise
+    from ganlab.evaluation import evaluation_noises
 
-    return evaluation_noise(cfg.seed, cfg.eval.num_samples, cfg.random_dim)
+    return evaluation_noises(cfg.seed, cfg.eval.num_samples, cfg.random_dim, cfg.eval.get("repeats", 1))
 
 
 def runtime_tags(threads: int | None) -> dict:

@@ -12,6 +12,8 @@ import contextlib
 import io
 import json
 import logging
+import os
+import shlex
 import time
 import traceback
 from pathlib import Path
@@ -21,8 +23,10 @@ import mlflow
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
-from ganlab.tracking import (DATASET_CONTEXT_TAG, DIGEST_LENGTH, PARENT_RUN_TAG, environment_tags, open_store,
-                             package_version, resolve_uri, store_call)
+from ganlab.tracking import (CLOSING_WAITS, DATASET_CONTEXT_TAG, DIGEST_LENGTH, PARENT_RUN_TAG, StoreError,
+                             environment_tags, open_store, package_version, resolve_uri, store_call, store_failure)
+
+FAILURE_TAG = "failure_reason"
 
 log = logging.getLogger("ganlab.tracking")
 
@@ -35,6 +39,12 @@ class JobRun:
     `error.txt` artifact, and the exception goes on. Metrics logged before stay. Once the
     run exists, any failure, even while it is being opened or closed, still ends it:
     every step of closing is best-effort and none can stop `set_terminated`.
+
+    Every write goes through `store_call`, so a failing store (a server that hangs or
+    errs, a full disk, a read-only folder) raises one `StoreError` naming the store and
+    the cause. The run is then closed with one short try, FAILED first and nothing else
+    unless that worked; `marked` says whether it was (False: the run may stay RUNNING,
+    and the error's line says how to mend it once the store works again).
     """
 
     def __init__(self, uri: str | None, experiment: str, output_dir: Path, run_name: str, tags: dict[str, Any],
@@ -53,13 +63,16 @@ class JobRun:
         self.experiment_id: str | None = None
         self.run_id: str | None = None
         self._closers: list = []  # called first when the run ends (e.g. a system-metrics monitor)
+        self._monitor = None
+        self.marked: bool | None = None  # after closing: whether the run's end status was recorded
 
     def __enter__(self) -> "JobRun":
         self.client, self.experiment_id = open_store(self.uri, self.experiment)
         tags = {**environment_tags(), **self.tags}
         if self.resume_run_id:  # the same run goes on: params stay as first logged
             self.run_id = self.resume_run_id
-            self._guarded(lambda: (self.client.update_run(self.run_id, status="RUNNING"), self.set_tags(tags)))
+            self._guarded(lambda: (self._store(lambda: self.client.update_run(self.run_id, status="RUNNING")),
+                                   self.set_tags(tags), self._clear_failure_reason()))
             log.info("MLflow run %s resumed in %s", self.run_id, resolve_uri(self.uri))
         else:
             run = store_call(resolve_uri(self.uri), lambda: self.client.create_run(self.experiment_id, run_name=self.run_name, tags=tags))
@@ -81,7 +94,18 @@ class JobRun:
         monitor = SystemMetricsMonitor(self.run_id, resume_logging=self.resume_run_id is not None,
                                        tracking_uri=resolve_uri(self.uri))
         monitor.start()
+        self._monitor = monitor
         self.on_close(monitor.finish)
+
+    def _store(self, call):
+        """One store call; a failure becomes a StoreError naming the store and the cause."""
+        return store_call(resolve_uri(self.uri), call)
+
+    def _clear_failure_reason(self) -> None:
+        """A resumed run starts clean: the reason an earlier attempt failed no longer applies."""
+        run = self._store(lambda: self.client.get_run(self.run_id))
+        if FAILURE_TAG in run.data.tags:
+            self._store(lambda: self.client.delete_tag(self.run_id, FAILURE_TAG))
 
     def _guarded(self, action) -> None:
         """Do `action` while opening; if it fails the run is closed FAILED before the error goes on."""
@@ -103,15 +127,15 @@ class JobRun:
     def log_params(self, params: dict[str, Any]) -> None:
         items = [Param(key, str(value)) for key, value in params.items()]
         for start in range(0, len(items), 100):  # MLflow's batch limit for params
-            self.client.log_batch(self.run_id, params=items[start : start + 100])
+            self._store(lambda: self.client.log_batch(self.run_id, params=items[start : start + 100]))
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
+        self._store(lambda: self.client.log_batch(self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()]))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
         items = [Metric(key, float(value), now, step) for key, value in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=items)
+        self._store(lambda: self.client.log_batch(self.run_id, metrics=items))
 
     def log_image(self, image, key: str, step: int) -> None:
         """An image (an array, or a PNG file) under `key` at `step`: the UI shows it with a step
@@ -122,14 +146,14 @@ class JobRun:
 
             with Image.open(image) as picture:
                 image = picture.convert("RGB")
-        self.client.log_image(self.run_id, image, key=key, step=step)
+        self._store(lambda: self.client.log_image(self.run_id, image, key=key, step=step))
 
     def log_dataset(self, name: str, digest: str, source: str, profile: dict | None = None) -> None:
         """The training data as the run's dataset input (the UI's Dataset column): its name, the
         start of its content hash (the whole one goes into a tag) and the file it was read from."""
         dataset = Dataset(name=name, digest=digest[:DIGEST_LENGTH], source_type="local",
                           source=json.dumps({"uri": source}), profile=json.dumps(profile) if profile else None)
-        self.client.log_inputs(self.run_id, [DatasetInput(dataset, [InputTag(DATASET_CONTEXT_TAG, "training")])])
+        self._store(lambda: self.client.log_inputs(self.run_id, [DatasetInput(dataset, [InputTag(DATASET_CONTEXT_TAG, "training")])]))
 
     def log_model(self, model, name: str, input_example, step: int, register_as: str | None = None) -> str:
         """A Keras model as an MLflow Model of this run (the UI's Models column), with its
@@ -157,13 +181,22 @@ class JobRun:
         return info.model_uri
 
     def logged_steps(self, metric: str) -> set[int]:
-        return {point.step for point in self.client.get_metric_history(self.run_id, metric)}
+        return {point.step for point in self._store(lambda: self.client.get_metric_history(self.run_id, metric))}
 
     def log_artifact(self, path: Path, artifact_dir: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_dir)
+        self._store(lambda: self.client.log_artifact(self.run_id, str(path), artifact_dir))
 
     def __exit__(self, error_type, error, trace) -> bool:
         if self.run_id is None:
+            return False
+        failure = store_failure(resolve_uri(self.uri), error) if error is not None else None
+        if failure is not None:
+            self._close_after_store_failure(failure)
+            if not self.marked:
+                failure = StoreError(f"{failure} Run {self.run_id} could not be marked FAILED there, so it may still "
+                                     f"show RUNNING: {self._mend_hint()}.", failure.uri)
+            if failure is not error:  # one clear line instead of the store's traceback
+                raise failure from error
             return False
         for close in self._closers:
             self._safely(close)
@@ -176,24 +209,73 @@ class JobRun:
             log.info("run %s ends %s", self.run_id, RunStatus.to_string(status))
             error_file = self.output_dir / "error.txt"
             self._safely(lambda: error_file.write_text("".join(traceback.format_exception(error_type, error, trace))))
-            self._safely(lambda: self.set_tags({"failure_reason": reason[:5000]}))
+            self._safely(lambda: self.set_tags({FAILURE_TAG: reason[:5000]}))
             if error_file.is_file():
                 self._safely(lambda: self.log_artifact(error_file))
         if self.log_file is not None and Path(self.log_file).exists():
             for handler in logging.getLogger().handlers:
                 self._safely(handler.flush)
             self._safely(lambda: self.log_artifact(Path(self.log_file)))
-        self._safely(lambda: self.client.set_terminated(self.run_id, RunStatus.to_string(status)))
+        try:
+            self._store(lambda: self.client.set_terminated(self.run_id, RunStatus.to_string(status)))
+            self.marked = True
+        except Exception as closing:  # noqa: BLE001 - must not hide the error that ended the job
+            self.marked = False
+            log.warning("while closing the run: %s", closing)
+            if error is None:  # the job itself went well: the store failing at the end is the one error
+                failure = store_failure(resolve_uri(self.uri), closing, os_errors=True) or StoreError(
+                    f"tracking.uri: the MLflow store {resolve_uri(self.uri)} failed: {closing}.", resolve_uri(self.uri))
+                raise StoreError(f"{failure} Run {self.run_id} could not be marked FINISHED there, so it may still "
+                                 f"show RUNNING: {self._mend_hint()}.", failure.uri) from closing
         return False
 
+    def _mend_hint(self) -> str:
+        """How to close a run that could not be marked, once its store works again."""
+        uri = resolve_uri(self.uri)
+        if (self.output_dir / "checkpoint" / "checkpoint.npz").is_file():
+            return (f"once the store works again, `python -m ganlab.train resume={shlex.quote(str(self.output_dir))}` "
+                    "continues it and closes it")
+        if self.resume_run_id:
+            return (f"once the store works again, `python -m ganlab.train resume={self.run_id} "
+                    f"tracking.uri={shlex.quote(uri)}` continues it and closes it")
+        return (f"it stopped before its first checkpoint, so there is nothing to continue; once the store works again, "
+                f"`MLFLOW_TRACKING_URI={shlex.quote(uri)} mlflow runs delete --run-id {self.run_id}` removes it")
+
+    def _close_after_store_failure(self, failure: StoreError) -> None:
+        """The store failed: mark the run FAILED with one short try and, only if that
+        worked, record why; never wait on the store again (a hung server would hold every call)."""
+        log.info("run %s: %s; marking it FAILED", self.run_id, failure)
+        if self._monitor is not None:  # stop the sampler without waiting for its pending write
+            self._monitor._shutdown_event.set()
+        self._safely(lambda: (self.output_dir / "error.txt").write_text(f"{failure}\n"))
+        saved = {name: os.environ.get(name) for name in CLOSING_WAITS}
+        os.environ.update(CLOSING_WAITS)
+        try:
+            try:
+                self._store(lambda: self.client.set_terminated(self.run_id, "FAILED"))
+                self.marked = True
+            except Exception as again:  # noqa: BLE001 - said once, by the error that ends the job
+                log.info("run %s could not be marked FAILED: %s", self.run_id, again)
+                self.marked = False
+            if self.marked:
+                self._safely(lambda: self.set_tags({FAILURE_TAG: str(failure)[:5000]}))
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
     @staticmethod
-    def _safely(action) -> None:
+    def _safely(action) -> bool:
         # While closing a run, a second error (a full disk, a lost server) must not hide the
-        # first one or keep the run from being terminated.
+        # first one or keep the run from being terminated. Returns whether `action` worked.
         try:
             action()
         except Exception as error:  # noqa: BLE001
-            log.warning("while closing the run: %s: %s", type(error).__name__, error)
+            log.warning("while closing the run: %s: %s", type(error).__name__, str(error).splitlines()[0][:300] if str(error) else "")
+            return False
+        return True
 
 
 @contextlib.contextmanager

@@ -10,6 +10,10 @@ classifier, see `ganlab.classifier`) or its outputs, and return plain Python num
 - `precision_recall`: k-NN manifold precision and recall (Kynkaanniemi et al., 2019).
 - `density_coverage`: k-NN density and coverage (Naeem et al., 2020).
 - `mode_stats`: how many digit classes appear, and the KL from the uniform class mix.
+- `nearest_neighbours` / `memorization`: each sample's nearest reference row, and the share
+  of samples closer to the training set than real unseen images are.
+- `class_stats` / `class_frechet_distances`: FID within each predicted class.
+- `mean_and_spread`: a score's mean and sample standard deviation over repeated draws.
 
 Means, covariances and every sum are float64. The large matrices (KID's kernels, the
 pairwise distances of the k-NN scores) are float32 for speed; the distances are computed
@@ -17,6 +21,8 @@ in row blocks so memory stays bounded (16 MB per block) however many samples are
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -246,6 +252,96 @@ def mode_stats(
     present = fractions > 0
     kl_uniform = float(np.sum(fractions[present] * np.log(fractions[present] * num_classes)))
     return modes_covered, kl_uniform, histogram
+
+
+# ---------------------------------------------------------------------------- memorization
+
+
+def nearest_neighbours(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distance, index) of each row of a's nearest row of b (Euclidean; shapes (N,) each)."""
+    a, b = _as_2d_float64(a, "a"), _as_2d_float64(b, "b")
+    _check_same_dim(a, b)
+    if len(b) == 0:
+        raise ValueError("nearest_neighbours needs at least one reference row.")
+    # argmin_j |x - y_j|^2 = argmin_j (|y_j|^2 - 2 x.y_j): one product and one addition per block in
+    # float32; the chosen distance is then recomputed exactly in float64.
+    a32, minus_2b = a.astype(np.float32), (-2 * b).astype(np.float32)
+    b_sq = np.einsum("ij,ij->i", b, b).astype(np.float32)
+    indices = np.empty(len(a), dtype=np.int64)
+    rows_per_block = max(1, BLOCK_ELEMENTS // len(b))
+    for start in range(0, len(a), rows_per_block):
+        block = a32[start:start + rows_per_block] @ minus_2b.T
+        block += b_sq
+        indices[start:start + len(block)] = block.argmin(axis=1)
+    distances = np.sqrt(np.sum((a - b[indices]) ** 2, axis=1))
+    return distances, indices
+
+
+def memorization_threshold(real_nearest_distances: np.ndarray, quantile: float) -> float:
+    """The `quantile` of real unseen images' distances to their nearest training image."""
+    return float(np.quantile(np.asarray(real_nearest_distances, np.float64), quantile))
+
+
+def memorization(fake_nearest_distances: np.ndarray, threshold: float) -> float:
+    """Share of generated samples whose nearest training image lies strictly closer than `threshold`."""
+    distances = np.asarray(fake_nearest_distances, np.float64)
+    if distances.size == 0:
+        raise ValueError("memorization needs at least one generated sample.")
+    return float(np.mean(distances < threshold))
+
+
+# ---------------------------------------------------------------------------- per-class FID
+
+
+def class_stats(features: np.ndarray, labels: np.ndarray, num_classes: int = 10):
+    """(counts (C,), means (C, d), covariances (C, d, d)) of each class's features; a class with
+    too few samples for a covariance (at most d) gets NaN mean and covariance."""
+    x = _as_2d_float64(features, "features")
+    labels = np.asarray(labels).ravel()
+    d = x.shape[1]
+    counts = np.bincount(labels.astype(np.int64), minlength=num_classes)[:num_classes]
+    means, covariances = np.full((num_classes, d), np.nan), np.full((num_classes, d, d), np.nan)
+    for label in range(num_classes):
+        if counts[label] > d:
+            means[label], covariances[label] = gaussian_stats(x[labels == label])
+    return counts, means, covariances
+
+
+def class_frechet_distances(real_means, real_covariances, fake_features, fake_labels) -> np.ndarray:
+    """FID of each class (C,): generated samples of a predicted class against the real ones of that
+    class. NaN for a class either side has too few samples of (at most d) to fit a covariance."""
+    num_classes = len(real_means)
+    _, fake_means, fake_covariances = class_stats(fake_features, fake_labels, num_classes)
+    distances = np.full(num_classes, np.nan)
+    for label in range(num_classes):
+        if not (np.isnan(real_means[label]).any() or np.isnan(fake_means[label]).any()):
+            distances[label] = frechet_distance_from_stats(real_means[label], real_covariances[label],
+                                                           fake_means[label], fake_covariances[label])
+    return distances
+
+
+def worst(values: np.ndarray, better: str = "lower") -> float:
+    """The worst finite value (largest for lower-is-better); NaN when none is finite."""
+    finite = np.asarray(values, np.float64)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return math.nan
+    return float(finite.max() if better == "lower" else finite.min())
+
+
+# ---------------------------------------------------------------------------- repeated draws
+
+
+def mean_and_spread(values) -> tuple[float, float]:
+    """(mean, sample standard deviation, ddof=1) of repeated draws of a score; one draw is
+    returned unchanged, bit for bit, with a NaN spread."""
+    values = [float(value) for value in values]
+    if not values:
+        raise ValueError("mean_and_spread needs at least one value.")
+    if len(values) == 1:
+        return values[0], math.nan
+    array = np.asarray(values, np.float64)
+    return float(array.mean()), float(array.std(ddof=1))
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -41,6 +41,28 @@ def save_sample_grid(images: np.ndarray, path: str | Path, title: str | None = N
     return _save(fig, path)
 
 
+def save_nearest_pairs(generated: np.ndarray, nearest: np.ndarray, path: str | Path, distances=None,
+                       title: str | None = None) -> Path:
+    """Generated images (top row) above their nearest training images (bottom row), both in [-1, 1];
+    `distances` (feature space) label the columns."""
+    generated, nearest = as_images(np.asarray(generated, np.float32)), as_images(np.asarray(nearest, np.float32))
+    columns = len(generated)
+    fig, axes = plt.subplots(2, columns, figsize=(max(1.1 * columns, 3), 2.8), squeeze=False)
+    for column in range(columns):
+        for row, images in enumerate((generated, nearest)):
+            ax = axes[row, column]
+            ax.imshow((images[column] + 1) / 2, cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if distances is not None:
+            axes[0, column].set_title(f"{float(distances[column]):.2g}", fontsize=8)
+    axes[0, 0].set_ylabel("generated", fontsize=8)
+    axes[1, 0].set_ylabel("nearest train", fontsize=8)
+    fig.suptitle(title + ": closest to training images (feature distance)" if title else "closest to training images",
+                 fontsize=9)
+    return _save(fig, path)
+
+
 def save_loss_curve(d_losses: np.ndarray, g_losses: np.ndarray, steps_per_epoch: int, path: str | Path) -> Path:
     """Per-step D and G losses (faint) with their per-epoch means, against epochs. G's per-step
     losses may hold NaN where G did not step (n_critic > 1): only its steps are drawn."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import shutil
 import statistics
 import sys
 import tempfile
@@ -149,6 +150,9 @@ def run(args) -> str:
         metrics = scores.check_names([m for m in args.metrics.split(",") if m], "--metrics")
     except ValueError as error:
         raise InputError(str(error)) from None
+    if not metrics:
+        raise InputError(f"--metrics: got {args.metrics!r}; name at least one metric, e.g. --metrics fid,recall.")
+    check_out(Path(args.out))
     keys = [config.param_key(key) for key in args.by.split(",") if key]  # --by loss groups by loss.name
     if args.record:
         return run_from_record(Path(args.record), keys, args.reference, metrics, Path(args.out))
@@ -156,11 +160,13 @@ def run(args) -> str:
     parent, children = tracking.sweep_children(client, experiment_id, args.parent)
     if not children:
         raise InputError(f"--parent: run {parent} has no child runs.")
+    check_by(keys, children)
     groups = grouped_runs(children, keys)
     if not groups:
         raise InputError(f"sweep {parent} has no finished runs to compare.")
     reference = parse_reference(args.reference, keys)
     finished = [run for runs in groups.values() for run in runs]
+    sweep_report.check_alike_scoring(finished, keys)  # one line naming how runs of a group were scored differently
     logged = sweep_report.histories(client, finished, metrics)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -222,9 +228,31 @@ def run_from_record(path: Path, keys: list[str], reference_text: str | None, met
     return f"{len(values)} values of {groups} groups from {path}; written to {out}/ ({', '.join(written)})"
 
 
+def check_out(out: Path) -> None:
+    """--out must be (or be creatable as) a folder: checked before anything is written."""
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise InputError(f"--out: {str(folder)!r} is a file, not a folder; give a folder for the report.")
+            return
+
+
+def check_by(keys: list[str], children) -> None:
+    """Every --by key must be a param of the sweep's runs (else every run would group as `key=`)."""
+    params = sorted({name for child in children for name in child.data.params})
+    unknown = [key for key in keys if key not in params]
+    if unknown:
+        raise InputError(f"--by: {', '.join(unknown)} is not a param of the sweep's runs; they have: "
+                         f"{', '.join(params) or 'none'}.")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return report_or_refuse(lambda: run(args))
+    created = not Path(args.out).exists()
+    status = report_or_refuse(lambda: run(args))
+    if status != 0 and created:  # a refused report leaves no --out folder behind
+        shutil.rmtree(args.out, ignore_errors=True)
+    return status
 
 
 if __name__ == "__main__":

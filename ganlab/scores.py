@@ -41,6 +41,9 @@ FID, FID_LOGITS, CLASSIFIER_SCORE = "fid", "fid_logits", "classifier_score"
 KID, KID_STD = "kid", "kid_std"
 PRECISION, RECALL, DENSITY, COVERAGE = "precision", "recall", "density", "coverage"
 MODES_COVERED, KL_UNIFORM = "modes_covered", "kl_uniform"
+MEMORIZATION, FID_CLASS_WORST = "memorization", "fid_class_worst"
+FID_SAMPLING_STD = "fid_sampling_std"
+D_REAL_TRAIN, D_REAL_TEST, D_GAP = "d_real_train", "d_real_test", "d_gap"
 D_LOSS, G_LOSS, D_REAL, D_FAKE, STEPS_PER_SEC = "d_loss", "g_loss", "d_real", "d_fake", "steps_per_sec"
 
 # Scores of generated samples, in the order an evaluation reports them.
@@ -56,6 +59,22 @@ EVALUATION = (
     Metric(COVERAGE, HIGHER, ".3f", "share of real neighbourhoods holding at least one generated sample", "max 1"),
     Metric(MODES_COVERED, HIGHER, ".0f", "digit classes holding at least 1% of the samples", "max 10"),
     Metric(KL_UNIFORM, LOWER, ".3g", "KL divergence of the predicted class mix from uniform", "0 = balanced"),
+    Metric(MEMORIZATION, LOWER, ".3f", "share of generated samples closer (classifier features) to their nearest training image "
+           "than 99% of real test images are to theirs: copies of training images", "about 0.01 for unseen real digits"),
+    Metric(FID_CLASS_WORST, LOWER, ".4g", "the largest per-class FID: each digit class (classifier labels) of generated against "
+           "test images; all ten classes in fid_per_class/epoch_NNN.csv"),
+)
+# Scores of an evaluated epoch besides the per-draw scores above: the spread over the
+# eval.repeats sample draws (logged only when eval.repeats > 1) and the discriminator's
+# overfitting, measured in inference mode on equal-sized train and test samples.
+SAMPLING_STD_SUFFIX = "_sampling_std"
+EPOCH_DIAGNOSTICS = (
+    Metric(FID_SAMPLING_STD, None, ".3g", "standard deviation of fid over the eval.repeats sample draws (their mean is fid); "
+           "logged with eval.repeats > 1", "a spread"),
+    Metric(D_REAL_TRAIN, None, ".3f", "mean D output (inference mode) on training images: a probability with loss=ns, a raw score "
+           "otherwise", "a probability (ns) or a score"),
+    Metric(D_REAL_TEST, None, ".3f", "mean D output (inference mode) on as many held-out test images", "a probability (ns) or a score"),
+    Metric(D_GAP, None, ".3g", "d_real_train - d_real_test: a growing gap means D memorizes its training images", "0 = no overfitting"),
 )
 # What every epoch of training logs.
 TRAINING = (
@@ -65,8 +84,9 @@ TRAINING = (
     Metric(D_FAKE, None, ".3f", "mean D output on generated images: a probability with loss=ns, D's raw score with the other losses", "a probability (ns) or a score"),
     Metric(STEPS_PER_SEC, HIGHER, ".1f", "training speed of the epoch"),
 )
-REGISTRY = {metric.name: metric for metric in (*EVALUATION, *TRAINING)}
+REGISTRY = {metric.name: metric for metric in (*EVALUATION, *EPOCH_DIAGNOSTICS, *TRAINING)}
 SCORE_NAMES = tuple(metric.name for metric in EVALUATION)
+DIAGNOSTIC_NAMES = tuple(metric.name for metric in EPOCH_DIAGNOSTICS)
 TRAINING_NAMES = tuple(metric.name for metric in TRAINING)
 
 # The scores short summaries show (a job's closing lines, the report's default).
@@ -84,6 +104,11 @@ def ema(name: str) -> str:
 
 def rescore(name: str) -> str:
     return RESCORE_PREFIX + name
+
+
+def sampling_std(name: str) -> str:
+    """`<score>_sampling_std`: the spread of a score over the eval.repeats sample draws (registered for fid)."""
+    return name + SAMPLING_STD_SUFFIX
 
 
 def best(name: str) -> str:
@@ -193,7 +218,7 @@ def _valid_names() -> str:
 def markdown_table() -> str:
     """The README's score table, generated from the registry."""
     lines = ["| score | what it measures | better |", "|---|---|---|"]
-    for metric in EVALUATION:
+    for metric in (*EVALUATION, *EPOCH_DIAGNOSTICS):
         meaning = metric.meaning.replace("|", "\\|")  # a bare | would end the table cell
         lines.append(f"| `{metric.name}` | {meaning} | {metric.direction_text} |")
     return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""Statistics of a few seeds: mean with its Student-t interval, Welch's difference, the seeds a test needs.
+"""Statistics of a few seeds: mean with its Student-t interval, Welch's difference, the seeds a test
+needs, and a setting's variance split into training (between seeds) and sampling (within runs).
 
 A GAN's scores move a lot from one seed to the next; these are the numbers that say whether
 two sets of seeds differ beyond that noise. Pure NumPy/SciPy.
@@ -7,7 +8,7 @@ two sets of seeds differ beyond that noise. Pure NumPy/SciPy.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,3 +99,37 @@ def _t_test_power(effect_size: float, n_per_group: np.ndarray, alpha: float) -> 
     critical = stats.t.ppf(1 - alpha / 2, df)
     with np.errstate(all="ignore"):  # nct warns on far tails that are simply ~0
         return stats.nct.sf(critical, df, noncentrality) + stats.nct.cdf(-critical, df, noncentrality)
+
+
+@dataclass(frozen=True)
+class VarianceSplit:
+    """Where a setting's run-to-run variance of a score comes from (see `variance_split`)."""
+
+    group: str
+    metric: str
+    runs: int
+    repeats: int
+    total: float  # variance of the runs' logged values (ddof=1); NaN with one run
+    sampling: float  # the part sampling alone explains: mean(sampling_std^2) / repeats
+    training: float  # the rest, between seeds: max(total - sampling, 0); NaN with one run
+    dominant: str  # "training (between seeds)", "sampling (within runs)" or "unknown"
+
+
+def variance_split(group: str, metric: str, values: Sequence[float], sampling_stds: Sequence[float],
+                   repeats: int) -> VarianceSplit:
+    """Split the variance of one setting's runs into a between-seed (training) and a within-run
+    (sampling) part. Each run logs the mean of `repeats` draws and their standard deviation s;
+    sampling alone makes a run's mean vary by s^2 / repeats, so of the runs' observed variance V,
+    S = mean(s^2) / repeats is sampling and T = max(V - S, 0) is training (a method-of-moments
+    split, as in a one-way random-effects model); the larger part dominates."""
+    values = np.asarray(values, np.float64)
+    stds = np.asarray(sampling_stds, np.float64)
+    stds = stds[np.isfinite(stds)]
+    sampling = float(np.mean(stds**2) / repeats) if stds.size else math.nan
+    total = float(np.var(values, ddof=1)) if len(values) > 1 else math.nan
+    training = max(total - sampling, 0.0) if not (math.isnan(total) or math.isnan(sampling)) else math.nan
+    if math.isnan(training):
+        dominant = "unknown"
+    else:
+        dominant = "training (between seeds)" if training > sampling else "sampling (within runs)"
+    return VarianceSplit(group, metric, len(values), repeats, total, sampling, training, dominant)

@@ -23,6 +23,13 @@ SEED_KEY = "seed"
 RECORD = "runs.csv"  # the values behind comparison.csv, enough to compute it again
 OBJECTIVE_AT_KEY = "objective_at"  # a job's param: which value of the objective it returned (final or best)
 SAMPLES_ARTIFACT = "samples.png"  # a job's final sample grid (ganlab.outputs)
+VARIANCE = "variance_split.csv"  # per setting: the runs' variance split into training and sampling parts
+# How a run was scored: its scores compare with another run's only where all of these agree
+# (params or tags; a value a run lacks counts as its default, or as unknown where none is given).
+SCORING_KEYS = ("eval.num_samples", "eval.repeats", "eval.classifier_sha256", "eval.reference", "eval.num_real",
+                "data.name", "data.sha256")
+SCORING_DEFAULTS = {"eval.repeats": "1", "eval.reference": "test"}  # runs from before these were recorded
+REPEATS_KEY = "eval.repeats"
 
 
 @dataclass
@@ -51,7 +58,7 @@ def job_rows(children, keys) -> list[dict]:
 def metric_columns(rows) -> list[str]:
     """The metrics any job logged, in registry order, derived names after their base."""
     logged = {name for row in rows for name in row if scores.is_known(name)}
-    ordered = [name for name in (*scores.SCORE_NAMES, *scores.TRAINING_NAMES) if name in logged]
+    ordered = [name for name in (*scores.SCORE_NAMES, *scores.DIAGNOSTIC_NAMES, *scores.TRAINING_NAMES) if name in logged]
     return ordered + sorted(logged - set(ordered))
 
 
@@ -86,10 +93,92 @@ def summarize(client, children, keys: list[str], objective: str | None, folder: 
         summary.files.append(montage)
 
     comparison_lines = []
-    if SEED_KEY in keys and grid_keys and len(finished) > 1:
+    unlike = scoring_difference(finished, grid_keys)
+    if unlike:
+        comparison_lines = [f"not compared: {unlike}"]
+    elif SEED_KEY in keys and grid_keys and len(finished) > 1:
         comparison_lines = _seed_comparison(client, finished, grid_keys, metrics, folder, summary)
-    summary.description = _description(summary, table, objective, comparison_lines)
+    variance_lines = [] if unlike else _variance_split(finished, grid_keys, folder, summary)
+    summary.description = _description(summary, table, objective, comparison_lines, variance_lines)
     return summary
+
+
+def scoring(run, key: str) -> str:
+    """How `run` was scored in one respect (`SCORING_KEYS`): its param or tag, else the default ('' = unknown)."""
+    return str(run.data.params.get(key, run.data.tags.get(key, SCORING_DEFAULTS.get(key, ""))))
+
+
+def scoring_difference(runs, keys) -> str | None:
+    """One line naming how runs of one group (same values of `keys`) were scored differently, or None
+    when every group's runs were scored alike. Unknown values (runs that did not record one) are skipped."""
+    groups: dict[tuple, list] = {}
+    for run in runs:
+        groups.setdefault(tuple(run.data.params.get(key, "") for key in keys), []).append(run)
+    for key in SCORING_KEYS:
+        for group, members in groups.items():
+            seen = sorted({scoring(run, key) for run in members} - {""})
+            if len(seen) > 1:
+                where = " ".join(f"{k}={v}" for k, v in zip(keys, group)) or "all runs"
+                shown = ", ".join(value[:12] for value in seen)
+                return (f"runs scored differently: {key} differs within the group {where} ({shown}), so their scores "
+                        f"are not comparable; compare like runs only, or group by it too (--by "
+                        f"{','.join([*keys, key])}).")
+    return None
+
+
+def check_alike_scoring(runs, keys) -> None:
+    """InputError (one line, naming the difference) unless every group's runs were scored alike."""
+    from ganlab.errors import InputError
+
+    unlike = scoring_difference(runs, keys)
+    if unlike:
+        raise InputError(unlike)
+
+
+def variance_splits(runs, keys, metric: str = scores.FID) -> list:
+    """Per group of `keys`, the split of its runs' final `metric` into training and sampling variance
+    (`seed_stats.variance_split`); only groups whose runs logged `<metric>_sampling_std` (eval.repeats > 1)."""
+    from ganlab import comparison, seed_stats
+
+    spread = scores.sampling_std(metric)
+    groups: dict[tuple, list] = {}
+    for run in runs:
+        if metric in run.data.metrics and spread in run.data.metrics:
+            groups.setdefault(tuple(run.data.params.get(key, "") for key in keys), []).append(run)
+    splits = []
+    for group, members in groups.items():
+        repeats = int(scoring(members[0], REPEATS_KEY) or 1)
+        label = comparison.group_label(dict(zip(keys, group)), keys) or "all runs"
+        splits.append(seed_stats.variance_split(label, metric, [run.data.metrics[metric] for run in members],
+                                                [run.data.metrics[spread] for run in members], repeats))
+    return splits
+
+
+def _variance_split(finished, keys, folder: Path, summary: SweepSummary) -> list[str]:
+    """variance_split.csv, the section appended to comparison.md (or its own variance_split.md),
+    and a description line per setting, where the runs logged repeated draws."""
+    from dataclasses import astuple
+
+    from ganlab import comparison
+
+    splits = variance_splits(finished, keys)
+    if not splits:
+        return []
+    with open(folder / VARIANCE, "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(comparison.VARIANCE_HEADER)
+        writer.writerows(astuple(split) for split in splits)
+    section = comparison.variance_markdown(splits)
+    target = folder / "comparison.md"
+    if target.is_file():
+        target.write_text(target.read_text().rstrip("\n") + "\n\n" + section)
+    else:
+        target = folder / "variance_split.md"
+        target.write_text(section)
+    summary.files += [path for path in (folder / VARIANCE, target) if path not in summary.files]
+    return [f"{split.group}: {split.metric} variance between runs {scores.format_value(split.metric, split.total)}, "
+            f"of which sampling {scores.format_value(split.metric, split.sampling)} and training "
+            f"{scores.format_value(split.metric, split.training)}: {split.dominant} dominates" for split in splits]
 
 
 def not_finished(children, runless_jobs: dict[str, str]) -> list[str]:
@@ -247,7 +336,8 @@ def _seed_comparison(client, finished, grid_keys, metrics, folder: Path, summary
     return [comparison.sentence(rows, key, headline, last_epoch, scores.direction(headline)) for key in grid_keys]
 
 
-def _description(summary: SweepSummary, table: str, objective: str | None, comparison_lines: list[str]) -> str:
+def _description(summary: SweepSummary, table: str, objective: str | None, comparison_lines: list[str],
+                 variance_lines: list[str] = ()) -> str:
     lines = []
     best = summary.best
     if best is not None:
@@ -262,6 +352,9 @@ def _description(summary: SweepSummary, table: str, objective: str | None, compa
         lines += [f"- {line}" for line in summary.not_finished] + [""]
     if comparison_lines:
         lines += ["**Across seeds** (95% intervals, Welch):", ""] + [f"- {line}" for line in comparison_lines] + [""]
+    if variance_lines:
+        lines += ["**Training or sampling variance** (final values; see comparison.md):", ""]
+        lines += [f"- {line}" for line in variance_lines] + [""]
     lines += [table]
     return "\n".join(lines)
 

@@ -18,7 +18,9 @@ import getpass
 import logging
 import os
 import platform
+import shlex
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,10 @@ from ganlab.errors import InputError
 
 log = logging.getLogger(__name__)
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # MLflow sets INFO when imported: no schema-migration chatter
+# A failing store is said once, by StoreError: not by every retry and every background sampler too.
+logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)  # logs each database error with its traceback
 
 PARENT_RUN_TAG = "mlflow.parentRunId"
 NOTE_TAG = "mlflow.note.content"  # a run's description, rendered as Markdown by the UI
@@ -41,14 +47,30 @@ PACKAGES = ("tensorflow", "keras", "mlflow", "hydra-core", "numpy", "scipy")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SERVER_TIMEOUT_S = 10
 # Bounded waits on a tracking server (each can be overridden in the environment): a
-# request gives up after 10 s and is retried once, so a server whose API hangs fails a
-# job within about half a minute instead of MLflow's default of many minutes.
+# request gives up after 10 s and is retried once (about 21 s in all), so a server whose
+# API hangs fails a job within HANG_BOUND_S instead of MLflow's default of many minutes.
 SERVER_WAIT_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # no download bars in the console
 }
+
+
+# Once a store has failed, the run is closed with one short try (CLOSING_WAITS), so a hung
+# server stops the job within about 21 s (the failing request) + 5 s (marking it FAILED) +
+# what the job does in between: HANG_BOUND_S is the documented bound (docs/reliability.md).
+CLOSING_WAITS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+HANG_BOUND_S = 45
+
+
+class StoreError(InputError):
+    """The tracking store failed (a server that hangs or errs, a full disk, a read-only
+    folder): the message names the store and the cause in one line."""
+
+    def __init__(self, message: str, uri: str):
+        super().__init__(message)
+        self.uri = uri
 
 
 def bound_server_waits() -> None:
@@ -75,7 +97,11 @@ def ui_hint(uri: str | None, experiment_id: str | None = None, run_id: str | Non
     if uri.startswith(("http://", "https://")):
         base, command = uri.rstrip("/"), None
     else:
-        base, command = "http://127.0.0.1:5000", f"mlflow ui --backend-store-uri {uri} --port 5000"
+        # Quoted, so a path with a space or non-ASCII letters can be pasted; and this
+        # interpreter's own mlflow, which may not be the one on PATH.
+        mlflow_cli = Path(sys.executable).parent / "mlflow"
+        program = shlex.quote(str(mlflow_cli)) if mlflow_cli.is_file() else "mlflow"
+        base, command = "http://127.0.0.1:5000", f"{program} ui --backend-store-uri {shlex.quote(uri)} --port 5000"
     url = f"{base}/#/experiments/{experiment_id}" if experiment_id else base
     if experiment_id and run_id:
         url += f"/runs/{run_id}"
@@ -121,27 +147,58 @@ def open_reader(uri: str | None, experiment: str | None = None, option: str = "-
             f"{option} sqlite:////path/to/mlruns/mlflow.db."
         )
     if uri.startswith(("http://", "https://")):
-        check_server(uri)
+        check_server(uri, option)
     client = MlflowClient(tracking_uri=uri)
     if experiment is None:
         return client, None
-    found = store_call(uri, lambda: client.get_experiment_by_name(experiment))
+    found = store_call(uri, lambda: client.get_experiment_by_name(experiment), option)
     if found is None:
-        names = sorted(e.name for e in store_call(uri, client.search_experiments))
+        names = sorted(e.name for e in store_call(uri, client.search_experiments, option))
         raise InputError(f"--experiment: no experiment {experiment!r} in {uri}; it holds: {', '.join(names) or 'none'}.")
     return client, found.experiment_id
 
 
-def store_call(uri: str, call):
-    """Run one store call; a broken store or a failing server becomes an InputError naming the URI."""
+def store_call(uri: str, call, option: str = "tracking.uri"):
+    """Run one store call; a broken store or a failing server becomes a StoreError naming the URI and the cause."""
     try:
         return call()
-    except MlflowException as error:
-        raise InputError(f"tracking.uri: the MLflow store {uri} failed ({error.message.splitlines()[0][:300]}).") from error
-    except Exception as error:  # SQLAlchemy's errors for a file that is not a database, and the like
-        if type(error).__module__.startswith(("sqlalchemy", "requests", "urllib3")):
-            raise InputError(f"tracking.uri: the MLflow store {uri} cannot be used ({type(error).__name__}: {str(error).splitlines()[0][:300]}).") from error
-        raise
+    except Exception as error:
+        # inside a store call, an OSError is the store's too: its artifact folder is full or read-only
+        failure = store_failure(uri, error, option, os_errors=True)
+        if failure is None:
+            raise
+        raise failure from error
+
+
+def is_store_failure(error: BaseException) -> bool:
+    """An error of MLflow, SQLAlchemy, SQLite or HTTP: the store, not the job, failed."""
+    return isinstance(error, (MlflowException, StoreError)) or type(error).__module__.startswith(
+        ("sqlalchemy", "sqlite3", "requests", "urllib3", "mlflow"))
+
+
+def store_failure(uri: str, error: BaseException, option: str = "tracking.uri", os_errors: bool = False) -> StoreError | None:
+    """The one-line StoreError for a store's `error` (None when it is not the store's)."""
+    if isinstance(error, StoreError):
+        return error
+    if not (is_store_failure(error) or (os_errors and isinstance(error, OSError))):
+        return None
+    text = str(getattr(error, "message", None) or error)
+    lowered = text.lower()
+    if "timed out" in lowered or "timeout" in lowered:
+        cause = (f"the server did not answer within MLFLOW_HTTP_REQUEST_TIMEOUT="
+                 f"{os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT', '?')} s; set it higher for a slow server")
+    elif "database or disk is full" in lowered or "no space left" in lowered:
+        cause = "the disk holding it is full; free some space"
+    elif "readonly database" in lowered or "read-only" in lowered or "permission denied" in lowered or "unable to open database file" in lowered:
+        cause = "it cannot be written (a read-only folder or file?); make it writable"
+    elif "error responses" in lowered:
+        cause = "the server answered every try with an error (HTTP 5xx); look at its log"
+    elif "connection refused" in lowered or "failed to establish" in lowered:
+        cause = "the server stopped answering (connection refused)"
+    else:
+        first = " ".join(text.split())[:300]
+        cause = f"{type(error).__name__}: {first}"
+    return StoreError(f"{option}: the MLflow store {uri} failed: {cause}.", uri)
 
 
 def _get_or_create_experiment(client: MlflowClient, experiment: str, artifact_location: str | None):
@@ -157,7 +214,7 @@ def _get_or_create_experiment(client: MlflowClient, experiment: str, artifact_lo
         return client, found.experiment_id
 
 
-def check_server(uri: str) -> None:
+def check_server(uri: str, option: str = "tracking.uri") -> None:
     """Raise InputError unless an MLflow server answers at `uri` within SERVER_TIMEOUT_S."""
     import requests
 
@@ -165,7 +222,7 @@ def check_server(uri: str) -> None:
         requests.get(f"{uri.rstrip('/')}/health", timeout=SERVER_TIMEOUT_S).raise_for_status()
     except requests.RequestException as error:
         raise InputError(
-            f"tracking.uri: no MLflow server answers at {uri} ({type(error).__name__}). Start one "
+            f"{option}: no MLflow server answers at {uri} ({type(error).__name__}). Start one "
             f"(mlflow server --host 127.0.0.1 --port 5000 ...) or use tracking.uri=null for the local "
             "SQLite store in mlruns/."
         ) from error

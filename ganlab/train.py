@@ -10,59 +10,112 @@ sweep's parent run and swept keys, the launcher's share of the cores) and hands 
 once, as one paragraph, with a non-zero exit; in a sweep the failed job returns NaN and
 the sweep goes on (its summary names the failure). An unexpected error is never silent:
 its traceback goes to the job's log and to stderr (and its run, if it exists, ends FAILED).
+Before a job starts, every interpolation is resolved and `+new.key=...` is refused. Ctrl-C
+and SIGTERM, at any stage from the first import on, print one line (exit 130 or 143).
 """
 
 from __future__ import annotations
 
-import logging
-import math
+import signal
 import sys
-from pathlib import Path
 
-from ganlab import runtime
 
-runtime.quiet_console()  # before anything imports TensorFlow
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
-import hydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from hydra.types import RunMode  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
 
-from ganlab import sweep, tracking  # noqa: E402
-from ganlab.checkpoint import AlreadyFinished  # noqa: E402
-from ganlab.errors import InputError, TrainingDiverged  # noqa: E402
-from ganlab.job import JobContext, run_job  # noqa: E402
+def _interrupted(error: KeyboardInterrupt, where: str = " while starting; nothing was recorded") -> None:
+    """One line for Ctrl-C or SIGTERM, never a traceback; exit 130 (SIGINT) or 143 (SIGTERM)."""
+    name = "SIGTERM" if "SIGTERM" in str(error) else "SIGINT (Ctrl-C)"
+    # As the interpreter records an uncaught exception: a sweep's exit handler reads it to mark its run KILLED.
+    sys.last_type, sys.last_value = type(error), error
+    print(f"ganlab: interrupted by {name}{where}.", file=sys.stderr, flush=True)
+    sys.exit(143 if name == "SIGTERM" else 130)
+
+
+# From the first line on, SIGTERM stops the process like Ctrl-C does, imports included: one line, no
+# traceback. Only as the program itself: a launcher's worker that imports this module keeps its own handlers.
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _interrupt)
+try:
+    import logging
+    import math
+    import shutil
+    from pathlib import Path
+
+    from ganlab import runtime
+
+    runtime.quiet_console()  # before anything imports TensorFlow
+
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import DictConfig, OmegaConf
+
+    from ganlab import config, sweep, tracking
+    from ganlab.checkpoint import AlreadyFinished
+    from ganlab.errors import InputError, TrainingDiverged
+    from ganlab.job import JobContext, run_job
+except KeyboardInterrupt as stopped:
+    if __name__ != "__main__":
+        raise
+    _interrupted(stopped)
 
 log = logging.getLogger("ganlab.train")
 
 
+HYDRA_FILES = {".hydra", "train.log"}  # what Hydra puts into a job's folder before the job runs
+
+
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    context = job_context(cfg)
-    print(f"ganlab: job outputs in {context.output_dir}", flush=True)
+    hydra_cfg = HydraConfig.get()
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    context = None
     try:
-        return run_job(cfg, context)
+        overrides = OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)  # as typed, never resolved
+        config.refuse_new_keys(overrides)
+        config.resolve_all(cfg)  # `epochs='${oc.env:NOPE}'` fails here, naming its key
+        context = job_context(cfg, overrides)
+        return run_job(cfg, context)  # it says where the job's outputs go once the job is accepted
     except AlreadyFinished as done:
         print(f"ganlab: {done}", flush=True)
+        discard_unused_folder(output_dir, in_sweep)
         return None
+    except KeyboardInterrupt as stopped:
+        if in_sweep:  # the sweep marks its runs KILLED, then says so once
+            raise
+        checkpointed = (output_dir / "checkpoint" / "checkpoint.npz").is_file()
+        _interrupted(stopped, f": its run is marked KILLED; resume={output_dir} continues it" if checkpointed
+                     else " before training: its run, if one was made, is marked KILLED")
     except (InputError, TrainingDiverged) as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
-        if context.in_sweep:
+        discard_unused_folder(output_dir, in_sweep)
+        if in_sweep:
             return math.nan  # recorded FAILED on its run; the sweep goes on and reports it at the end
         sys.exit(1)
     except Exception as error:
-        if context.in_sweep:  # the sweep goes on; this job counts among those that did not finish
-            log.exception("job %s failed with an unexpected error", context.output_dir)  # the traceback, into its log
-            print(f"error: sweep job in {context.output_dir} failed: {type(error).__name__}: {error} "
-                  f"(traceback in {context.log_file})", file=sys.stderr, flush=True)
+        if in_sweep:  # the sweep goes on; this job counts among those that did not finish
+            log.exception("job %s failed with an unexpected error", output_dir)  # the traceback, into its log
+            log_file = context.log_file if context else output_dir
+            print(f"error: sweep job in {output_dir} failed: {type(error).__name__}: {error} "
+                  f"(traceback in {log_file})", file=sys.stderr, flush=True)
             return math.nan
         raise
 
 
-def job_context(cfg: DictConfig) -> JobContext:
+def discard_unused_folder(output_dir: Path, in_sweep: bool) -> None:
+    """A job refused before it made its run (a refused or finished resume, a bad store) leaves
+    no folder behind: only Hydra's own files are there, and they are removed."""
+    if in_sweep or not output_dir.is_dir() or {path.name for path in output_dir.iterdir()} - HYDRA_FILES:
+        return
+    shutil.rmtree(output_dir, ignore_errors=True)
+
+
+def job_context(cfg: DictConfig, overrides: list[str]) -> JobContext:
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
-    overrides = list(hydra_cfg.overrides.task)
     launcher = hydra_cfg.launcher
     parallel_jobs = launcher.get("n_jobs")
     context = JobContext(
@@ -84,4 +137,7 @@ def job_context(cfg: DictConfig) -> JobContext:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt as stopped:  # outside a job: while Hydra composes, or between a sweep's jobs
+        _interrupted(stopped, ": its runs are marked KILLED")

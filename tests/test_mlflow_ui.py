@@ -36,13 +36,13 @@ def parent_and_children(cwd):
     return client, parents[0], children
 
 
-def test_every_child_logs_its_samples_and_classes_as_images_at_each_epoch(sweep):
+def test_every_child_logs_its_samples_classes_and_nearest_training_images_at_each_epoch(sweep):
     client, _, children = parent_and_children(sweep[0])
     for child in children:
         # log_image(key=..., step=...) stores images/<key>+step+<step>+timestamp+<t>+<uuid>.png (and a .webp)
         pngs = sorted(path for path in artifact_paths(client, child.info.run_id, "images") if path.endswith(".png"))
         logged = {(path.removeprefix("images/").split("+")[0], int(path.split("+")[2])) for path in pngs}
-        assert logged == {("samples", 1), ("samples", 2), ("classes", 1), ("classes", 2)}
+        assert logged == {(key, epoch) for key in ("samples", "classes", "nearest_training") for epoch in (1, 2)}
         assert child.data.tags["mlflow.loggedImages"] == "True"  # what makes the UI offer image charts
         grid = next(path for path in pngs if path.startswith("images/samples+step+2+"))
         with Image.open(client.download_artifacts(child.info.run_id, grid, str(sweep[0]))) as picture:

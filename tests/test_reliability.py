@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -196,3 +199,296 @@ def test_two_sweeps_at_once_into_one_store(workdir):
         mine = [c for c in children if c.data.tags["mlflow.parentRunId"] == parent.info.run_id]
         assert sorted(c.data.params["dropout"] for c in mine) == ["0.1", "0.2"]
         assert parent.info.status == "FINISHED" and all(c.info.status == "FINISHED" for c in mine)
+
+
+# ---------------------------------------------------------------------------- the store failing after the run exists
+
+
+class MlflowStub(http.server.ThreadingHTTPServer):
+    """Just enough of MLflow's REST API for a job to create its run; after that every call hangs
+    ("hang") or fails with HTTP 500 ("fail"), except that in "fail" mode marking the run
+    (runs/get, runs/update) works and is recorded."""
+
+    daemon_threads = True
+    RUN = {"info": {"run_id": "stubrun", "run_uuid": "stubrun", "experiment_id": "1", "status": "RUNNING",
+                    "start_time": 1, "artifact_uri": "/nonexistent/stubrun", "lifecycle_stage": "active",
+                    "run_name": "stub"}, "data": {}}
+
+    def __init__(self, mode: str):
+        self.mode, self.release, self.updates, self.hung_at = mode, threading.Event(), [], None
+        stub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def reply(self, code: int, body) -> None:
+                data = json.dumps(body).encode() if not isinstance(body, bytes) else body
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                path = self.path.split("?")[0]
+                if path == "/health":
+                    return self.reply(200, b"OK")
+                if path.endswith("/experiments/get-by-name"):
+                    return self.reply(200, {"experiment": {"experiment_id": "1", "name": "ganlab", "lifecycle_stage": "active",
+                                                           "artifact_location": "/nonexistent"}})
+                if path.endswith("/runs/create"):
+                    return self.reply(200, {"run": stub.RUN})
+                if stub.mode == "hang":
+                    if stub.hung_at is None:
+                        stub.hung_at = time.monotonic()
+                    stub.release.wait(600)  # until the test ends
+                    return None
+                if path.endswith("/runs/get"):
+                    return self.reply(200, {"run": stub.RUN})
+                if path.endswith("/runs/update"):
+                    stub.updates.append(json.loads(body or b"{}"))
+                    return self.reply(200, {"run_info": stub.RUN["info"]})
+                return self.reply(500, {"error_code": "INTERNAL_ERROR", "message": "stub"})
+
+            do_POST = do_GET
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+
+@pytest.mark.parametrize("mode", ["hang", "fail"])
+def test_a_server_that_hangs_or_fails_after_the_run_exists_ends_the_job_with_one_line(workdir, mode):
+    from ganlab.tracking import HANG_BOUND_S
+
+    server = MlflowStub(mode)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        result = run_cli(["epochs=2", "steps_per_epoch=1", "eval.enabled=false", "objective=g_loss",
+                          f"data.path={MNIST_FILE}", f"tracking.uri={uri}"], workdir, timeout=600)
+        ended = time.monotonic()
+    finally:
+        server.release.set()
+        server.shutdown()
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: tracking.uri: the MLflow store {uri} failed: ")
+    if mode == "hang":
+        assert "did not answer within MLFLOW_HTTP_REQUEST_TIMEOUT=10 s" in line
+        assert "could not be marked FAILED" in line and "mlflow runs delete --run-id stubrun" in line
+        assert server.hung_at is not None and ended - server.hung_at < HANG_BOUND_S  # the documented bound
+    else:
+        assert "answered every try with an error (HTTP 5xx)" in line and "could not be marked" not in line
+        assert [update.get("status") for update in server.updates] == ["FAILED"]
+
+
+def sqlite_error(text: str):
+    """The error MLflow's SQLite store raises for `text`, as it raises it."""
+    import sqlite3
+
+    import sqlalchemy.exc
+    from mlflow.exceptions import MlflowException
+
+    cause = sqlalchemy.exc.OperationalError("INSERT INTO metrics ...", {}, sqlite3.OperationalError(text))
+    return MlflowException(f"({type(cause.orig).__module__}.{type(cause.orig).__name__}) {text}\n[SQL: INSERT ...]")
+
+
+@pytest.mark.parametrize("text, cause, markable", [
+    ("database or disk is full", "the disk holding it is full", False),
+    ("attempt to write a readonly database", "it cannot be written (a read-only folder or file?)", False),
+    ("unable to open database file", "it cannot be written (a read-only folder or file?)", True),
+])
+def test_a_failing_sqlite_store_ends_in_one_line_and_the_run_failed_when_it_can_be_written(tmp_path, text, cause, markable):
+    from mlflow.tracking import MlflowClient
+
+    from ganlab.job_run import JobRun
+    from ganlab.tracking import StoreError
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = JobRun(uri, "e", tmp_path / "out", "name", {})
+    (tmp_path / "out").mkdir()
+    with pytest.raises(StoreError) as raised:
+        with run:
+            run.log_metrics({"d_loss": 1.0}, step=1)
+            original = run.client.log_batch
+
+            def failing(*args, **kwargs):
+                raise sqlite_error(text)
+
+            run.client.log_batch = failing
+            if not markable:  # the whole store is unwritable: closing fails too
+                run.client.set_terminated = failing
+            run.log_metrics({"d_loss": 2.0}, step=2)
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith(f"tracking.uri: the MLflow store {uri} failed: {cause}")
+    closed = MlflowClient(uri).get_run(run.run_id)
+    if markable:
+        run.client.log_batch = original
+        assert closed.info.status == "FAILED" and run.marked
+    else:
+        assert closed.info.status == "RUNNING" and run.marked is False
+        assert f"Run {run.run_id} could not be marked FAILED" in message and "mlflow runs delete" in message
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
+def test_the_sqlite_stores_disk_filling_up_mid_run_is_one_line_and_resume_mends_it(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=120m", "tmpfs", str(store)], check=True)
+    try:
+        uri = f"sqlite:///{store / 'mlflow.db'}"
+        process = start_cli(["epochs=3", "steps_per_epoch=5", "eval.enabled=false", "objective=g_loss",
+                             f"data.path={MNIST_FILE}", f"tracking.uri={uri}"], tmp_path)
+        deadline = time.monotonic() + 900
+        while not store_is_ready(tmp_path):  # the event: the run exists and has its first checkpoint
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
+            time.sleep(0.1)
+        with open(store / "filler", "wb") as filler:  # fill the store's disk
+            try:
+                while True:
+                    filler.write(b"\0" * (1 << 20))
+                    filler.flush()
+            except OSError:
+                pass
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 1 and "Traceback" not in stderr
+        (line,) = stderr.strip().splitlines()
+        assert line.startswith(f"error: tracking.uri: the MLflow store {uri} failed: the disk holding it is full")
+        (store / "filler").unlink()
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(uri)
+        (run,) = client.search_runs([client.get_experiment_by_name("ganlab").experiment_id])
+        if run.info.status == "RUNNING":  # it could not be marked: the line says how to mend it
+            assert f"Run {run.info.run_id} could not be marked FAILED" in line
+        else:
+            assert run.info.status == "FAILED"
+        result = run_cli([f"resume={run.info.run_id}", f"tracking.uri={uri}"], tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+        mended = client.get_run(run.info.run_id)
+        assert mended.info.status == "FINISHED" and "failure_reason" not in mended.data.tags
+        assert [p.step for p in client.get_metric_history(run.info.run_id, "d_loss")] == [1, 2, 3]
+    finally:
+        subprocess.run(["umount", "--lazy", str(store)], check=True)
+
+
+# ---------------------------------------------------------------------------- the entry point reads nothing unchecked
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("epochs=${oc.env:NOPE_NOT_SET}", "error: epochs: cannot be resolved (InterpolationResolutionError"),
+    ("+extra.key=1", "error: +extra.key=1: extra.key is not a ganlab knob"),
+])
+def test_the_entry_point_refuses_unresolvable_and_unknown_keys_in_one_line(workdir, override, expected):
+    result = run_cli([*QUICK, override], workdir)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(expected)
+    assert not (workdir / "mlruns").exists() and not (workdir / "outputs").exists() or not list(workdir.glob("outputs/runs/*"))
+
+
+def test_sigint_during_the_imports_is_one_line(workdir):
+    """The event: -X importtime says omegaconf is imported, so ganlab.train's imports are under way."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "GANLAB_CACHE_DIR": str(EVAL_CACHE)}
+    process = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "ganlab.train", *QUICK], cwd=workdir, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:
+        if line.startswith("import time:") and line.split("|")[-1].strip() == "omegaconf":
+            process.send_signal(signal.SIGINT)
+            break
+    rest = process.stderr.read()
+    process.wait(timeout=300)
+    lines = [line for line in rest.splitlines() if not line.startswith("import time:")]
+    assert process.returncode == 130 and "Traceback" not in rest
+    assert len(lines) == 1 and lines[0].startswith("ganlab: interrupted by SIGINT (Ctrl-C)"), lines
+
+
+def test_sigterm_during_training_is_one_line_and_the_run_killed(workdir):
+    process = start_cli(KILLABLE, workdir)
+    wait_for_logged_epoch(process, workdir, 1)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 143 and "Traceback" not in stderr
+    (line,) = [line for line in stderr.splitlines() if line.strip() and "step/s" not in line and "|" not in line]
+    assert line.startswith("ganlab: interrupted by SIGTERM: its run is marked KILLED; resume=")
+    (run,) = all_runs(workdir)
+    assert run.info.status == "KILLED"
+
+
+# ---------------------------------------------------------------------------- small things
+
+
+def test_the_ui_hint_is_quoted_and_uses_this_interpreters_mlflow(tmp_path):
+    import shlex
+
+    from ganlab.tracking import ui_hint
+
+    uri = f"sqlite:///{tmp_path / 'a folder é' / 'mlflow.db'}"
+    command = ui_hint(uri).splitlines()[0].removeprefix("look at it: ")
+    words = shlex.split(command)
+    assert words[1:] == ["ui", "--backend-store-uri", uri, "--port", "5000"]
+    assert words[0] in (str(Path(sys.executable).parent / "mlflow"), "mlflow")
+
+
+def test_replaced_shipped_classifier_weights_and_json_are_refused(tmp_path, monkeypatch):
+    import json
+
+    from ganlab import classifier
+    from ganlab.errors import InputError
+
+    assert classifier.file_sha256(classifier.DEFAULT_WEIGHTS) == classifier.SHIPPED_WEIGHTS_SHA256
+    weights = tmp_path / classifier.DEFAULT_WEIGHTS.name
+    data = bytearray(classifier.DEFAULT_WEIGHTS.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    info = json.loads(classifier.metadata_path(classifier.DEFAULT_WEIGHTS).read_text())
+    classifier.metadata_path(weights).write_text(json.dumps({**info, "weights_sha256": classifier.file_sha256(weights)}))
+    monkeypatch.setattr(classifier, "DEFAULT_WEIGHTS", weights)  # both files replaced, and they agree
+    with pytest.raises(InputError, match="were altered: their sha256 is .*, not the shipped"):
+        classifier.check(None, "mnist")
+
+
+def test_a_file_store_uri_is_refused_with_the_reason():
+    from omegaconf import OmegaConf
+
+    from ganlab import config
+    from ganlab.errors import InputError
+
+    cfg = OmegaConf.create({"tracking": {"uri": "file:///tmp/mlruns", "experiment": "ganlab", "register_model": None,
+                                         "system_metrics": True}})
+    with pytest.raises(InputError, match="MLflow 3 no longer stores runs in a file: folder"):
+        config.validate_tracking(cfg)
+    assert "file" not in config.TRACKING_SCHEMES
+
+
+def test_evaluate_names_its_own_option_for_an_unreachable_server():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = run_cli(["--run-id", "0123456789abcdef", "--tracking-uri", f"http://127.0.0.1:{port}"], REPO,
+                     module="ganlab.evaluate")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith(f"error: --tracking-uri: no MLflow server answers at http://127.0.0.1:{port}")
+
+
+def test_a_store_that_fails_only_when_the_run_is_closed_is_one_line_not_a_silent_running_run(tmp_path):
+    from ganlab.job_run import JobRun
+    from ganlab.tracking import StoreError
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = JobRun(uri, "e", tmp_path / "out", "name", {})
+    with pytest.raises(StoreError) as raised:
+        with run:
+            run.log_metrics({"d_loss": 1.0}, step=1)
+
+            def failing(*args, **kwargs):
+                raise sqlite_error("database or disk is full")
+
+            run.client.set_terminated = failing
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith(f"tracking.uri: the MLflow store {uri} failed: the disk holding it is full")
+    assert f"Run {run.run_id} could not be marked FINISHED" in message and run.marked is False

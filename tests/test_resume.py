@@ -8,6 +8,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -145,9 +146,11 @@ def finished_run(tmp_path_factory):
 
 def test_resuming_a_finished_run_says_so_and_changes_nothing(finished_run):
     cwd, run = finished_run
+    before = job_folders(cwd)
     result = run_cli([f"resume={run.info.run_id}"], cwd)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "has trained all 2 epochs already" in result.stdout
+    assert job_folders(cwd) == before  # no empty outputs/runs/<time>/ left behind
     again = store_client(cwd).get_run(run.info.run_id)
     assert again.info.status == "FINISHED" and again.info.end_time == run.info.end_time
     assert again.data.tags["output_dir"] == run.data.tags["output_dir"]
@@ -371,3 +374,85 @@ def test_a_garbage_store_file_is_named(workdir):
     (workdir / "mlruns" / "mlflow.db").write_bytes(b"this is not a database" * 100)
     result = run_cli(QUICK, workdir)
     assert result.returncode != 0 and "mlflow.db" in result.stderr and "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------------- resume checks what it resumes
+
+
+def job_folders(cwd: Path) -> set[str]:
+    return {path.name for path in (cwd / "outputs" / "runs").iterdir()} if (cwd / "outputs" / "runs").is_dir() else set()
+
+
+def stand_in_run(cwd: Path, finished, folder: Path, tags: dict | None = None, own_checkpoint: bool = True) -> str:
+    """A KILLED run of the finished run's store whose output_dir tag names `folder`; with its own
+    stateless checkpoint there (the finished run's config) unless `own_checkpoint` is False."""
+    client = store_client(cwd)
+    run = client.create_run(finished.info.experiment_id, tags={"output_dir": str(folder), **(tags or {})})
+    client.set_terminated(run.info.run_id, "KILLED")
+    if own_checkpoint:
+        theirs = checkpoint.find(Path(finished.data.tags["output_dir"]))
+        meta = {"epoch": 0, "run_id": run.info.run_id, "tracking_uri": theirs.tracking_uri, "experiment": theirs.experiment,
+                "threads": theirs.threads, "config": OmegaConf.to_container(theirs.config)}
+        checkpoint.save(folder / checkpoint.FOLDER, [], [], meta)
+    return run.info.run_id
+
+
+@pytest.mark.parametrize("how", ["copy", "symlink"])
+def test_resume_refuses_another_runs_checkpoint_and_changes_nothing(finished_run, tmp_path, how):
+    cwd, finished = finished_run
+    theirs = Path(finished.data.tags["output_dir"]) / checkpoint.FOLDER / checkpoint.FILE
+    folder = tmp_path / how
+    asked = stand_in_run(cwd, finished, folder, own_checkpoint=False)
+    (folder / checkpoint.FOLDER).mkdir(parents=True)
+    if how == "copy":
+        shutil.copy2(theirs, folder / checkpoint.FOLDER / checkpoint.FILE)
+    else:
+        (folder / checkpoint.FOLDER / checkpoint.FILE).symlink_to(theirs)
+    before = job_folders(cwd)
+    result = run_cli([f"resume={asked}"], cwd)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    if how == "copy":
+        assert f"belongs to run {finished.info.run_id}, not to run {asked}" in line
+    else:
+        assert "is a link to" in line and "outside its folder" in line
+    client = store_client(cwd)
+    assert client.get_run(asked).info.status == "KILLED"
+    again = client.get_run(finished.info.run_id)
+    assert again.info.end_time == finished.info.end_time and again.data.tags["output_dir"] == finished.data.tags["output_dir"]
+    assert job_folders(cwd) == before  # no folder for a refused resume
+
+
+def test_resume_accepts_only_the_recorded_data_and_clears_the_failure_reason(finished_run, tmp_path):
+    cwd, finished = finished_run
+    recorded = finished.data.tags["data.sha256"]
+    asked = stand_in_run(cwd, finished, tmp_path / "job",
+                         tags={"data.sha256": recorded, "failure_reason": "interrupted (Ctrl-C or SIGTERM)"})
+    other_data = Path(__file__).parent / "fixtures" / "mnist_small.npz"
+    before = job_folders(cwd)
+    result = run_cli([f"resume={asked}", f"data.path={other_data}"], cwd)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert re.search(rf"data.path={re.escape(str(other_data))} holds data with sha256 [0-9a-f]{{64}}, but run {asked} "
+                     rf"trained on data with sha256 {recorded}", line)
+    assert job_folders(cwd) == before
+    assert store_client(cwd).get_run(asked).info.status == "KILLED"  # untouched
+    # the same data under its own path is accepted, and the resumed run ends without the old reason
+    result = run_cli([f"resume={asked}", f"data.path={MNIST_FILE}"], cwd)
+    assert result.returncode == 0, result.stderr[-2000:]
+    resumed = store_client(cwd).get_run(asked)
+    assert resumed.info.status == "FINISHED" and "failure_reason" not in resumed.data.tags
+    assert resumed.data.tags["data.sha256"] == recorded
+
+
+def test_a_partial_file_left_by_kill_9_is_removed_on_resume_and_on_the_next_write(tmp_path):
+    folder = tmp_path / "job" / checkpoint.FOLDER
+    meta = {"epoch": 1, "run_id": "r", "tracking_uri": "sqlite:///x", "experiment": "e", "threads": 1, "config": {"epochs": 3}}
+    checkpoint.save(folder, [np.zeros(2)], [], meta)
+    (folder / ".checkpoint-killed.partial").write_bytes(b"half a checkpoint")
+    resumed = checkpoint.prepare_resume(OmegaConf.create({"resume": str(folder.parent), "tracking": {"uri": None}}), [])
+    resumed.lock.release()
+    assert sorted(path.name for path in folder.iterdir()) == [checkpoint.FILE, checkpoint.LOCK_FILE]
+    (folder / ".checkpoint-killed.partial").write_bytes(b"half a checkpoint")
+    checkpoint.save(folder, [np.ones(2)], [], {**meta, "epoch": 2})
+    assert not list(folder.glob(checkpoint.PARTIAL_PATTERN))

@@ -133,5 +133,9 @@ def test_the_console_is_quiet_and_ends_with_how_to_look(workdir):
     assert "cuInit" not in console and "cudart" not in console and "absl::InitializeLog" not in console
     assert "Creating initial MLflow database tables" not in console
     last = result.stdout.strip().splitlines()[-2:]
-    assert last[0].strip().startswith("look at it: mlflow ui --backend-store-uri sqlite:///")
+    import shlex
+
+    command = shlex.split(last[0].strip().removeprefix("look at it: "))  # quoted, so it can be pasted
+    assert command[0] in (str(Path(sys.executable).parent / "mlflow"), "mlflow")  # this interpreter's own mlflow
+    assert command[1:3] == ["ui", "--backend-store-uri"] and command[3].startswith("sqlite:///")
     assert last[1].strip().startswith("then open http://127.0.0.1:5000/#/experiments/")
