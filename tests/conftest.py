@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -63,3 +64,14 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -
 def workdir(tmp_path: Path) -> Path:
     """An empty directory to run the CLI in: its own outputs/ and mlruns/."""
     return tmp_path
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str):
+    """A tmpfs of `size` (e.g. "20m") mounted at `folder` for the block (root only): a disk that fills up."""
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)  # the test's process may still hold files open

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import EVAL_CACHE, MNIST_FILE, QUICK, REPO, all_runs, run_cli, store_client, store_is_ready
+from conftest import EVAL_CACHE, MNIST_FILE, QUICK, REPO, all_runs, run_cli, small_disk, store_client, store_is_ready
 
 # Long enough epochs that a SIGTERM lands mid-epoch; evaluation off to keep it short.
 KILLABLE = ["epochs=3", "steps_per_epoch=60", "eval.enabled=false", "objective=g_loss", f"data.path={MNIST_FILE}"]
@@ -334,10 +334,7 @@ def test_a_failing_sqlite_store_ends_in_one_line_and_the_run_failed_when_it_can_
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
 def test_the_sqlite_stores_disk_filling_up_mid_run_is_one_line_and_resume_mends_it(tmp_path):
-    store = tmp_path / "store"
-    store.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=120m", "tmpfs", str(store)], check=True)
-    try:
+    with small_disk(tmp_path / "store", "120m") as store:
         uri = f"sqlite:///{store / 'mlflow.db'}"
         process = start_cli(["epochs=3", "steps_per_epoch=5", "eval.enabled=false", "objective=g_loss",
                              f"data.path={MNIST_FILE}", f"tracking.uri={uri}"], tmp_path)
@@ -370,8 +367,6 @@ def test_the_sqlite_stores_disk_filling_up_mid_run_is_one_line_and_resume_mends_
         mended = client.get_run(run.info.run_id)
         assert mended.info.status == "FINISHED" and "failure_reason" not in mended.data.tags
         assert [p.step for p in client.get_metric_history(run.info.run_id, "d_loss")] == [1, 2, 3]
-    finally:
-        subprocess.run(["umount", "--lazy", str(store)], check=True)
 
 
 # ---------------------------------------------------------------------------- the entry point reads nothing unchecked

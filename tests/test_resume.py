@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import EVAL_CACHE, MNIST_FILE, QUICK, all_runs, run_cli, store_client, store_is_ready
+from conftest import EVAL_CACHE, MNIST_FILE, QUICK, all_runs, run_cli, small_disk, store_client, store_is_ready
 from ganlab import checkpoint
 from ganlab.errors import InputError
 
@@ -268,18 +268,13 @@ def test_an_unusable_artifact_folder_ends_the_run_failed(workdir):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a 20 MB tmpfs needs root (CI runs as root)")
 def test_a_full_disk_ends_the_run_failed_with_a_message_and_no_partial_file(tmp_path):
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)], check=True)
-    try:
+    with small_disk(tmp_path / "small", "20m") as mount:
         result = run_cli(QUICK, mount)
         assert result.returncode != 0
         assert "no space left on the device" in result.stderr
         (run,) = all_runs(mount)
         assert run.info.status == "FAILED" and "no space left" in run.data.tags["failure_reason"]
         assert not list(mount.glob("outputs/runs/*/checkpoint/*.partial"))
-    finally:
-        subprocess.run(["umount", "--lazy", str(mount)], check=True)  # this process may still hold the store open
 
 
 def test_closing_a_run_survives_a_failing_error_file(tmp_path, monkeypatch):
