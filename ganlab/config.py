@@ -52,9 +52,9 @@ def resolve_all(cfg: DictConfig, keys=None) -> None:
 def refuse_new_keys(overrides) -> None:
     """`+key=value` adds a key no ganlab config has (Hydra refuses `+` for a key that exists):
     refused, so a misspelt knob is never trained with silently. Config groups and Hydra's own keys pass."""
-    from pathlib import Path
+    from ganlab.defaults import CONF_DIR
 
-    groups = {path.name for path in (Path(__file__).resolve().parent.parent / "conf").iterdir() if path.is_dir()}
+    groups = {path.name for path in CONF_DIR.iterdir() if path.is_dir()}
     for item in overrides:
         key = str(item).split("=", 1)[0]
         if key.startswith("+") and not key.startswith("++"):

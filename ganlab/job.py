@@ -82,7 +82,7 @@ def train_job(cfg, context: JobContext, run: JobRun, threads: int | None, resume
         runtime.configure_tensorflow(cfg.seed, threads, cfg.deterministic)  # TensorFlow loads only now
         dataset, steps = load_data(cfg, run, new_run=resume is None)
         trainer = build_trainer(cfg, dataset)
-        score = epochs.EpochScoring(build_evaluator(cfg, dataset), evaluation_noise(cfg), run, output_dir, cfg.random_dim,
+        score = epochs.EpochScoring(build_evaluator(cfg, dataset), evaluation_noises(cfg), run, output_dir, cfg.random_dim,
                                     dataset=dataset, seed=cfg.seed)
         history = checkpoint.resume_into(trainer, resume, run, output_dir, threads) if resume else []
         best = epochs.BestEpoch(cfg.objective, output_dir, history)
@@ -165,13 +165,13 @@ def build_evaluator(cfg, dataset):
     return Evaluator.from_dataset(dataset, classifier=classifier.load(cfg.eval.classifier, dataset=dataset.name))
 
 
-def evaluation_noise(cfg):
+def evaluation_noises(cfg):
     """The noise draws (`eval.repeats` of them) every evaluation of this job scores G on (None when evaluation is off)."""
     if not cfg.eval.enabled:
         return None
-    from ganlab.evaluation import evaluation_noises
+    from ganlab import evaluation
 
-    return evaluation_noises(cfg.seed, cfg.eval.num_samples, cfg.random_dim, cfg.eval.get("repeats", 1))
+    return evaluation.evaluation_noises(cfg.seed, cfg.eval.num_samples, cfg.random_dim, cfg.eval.get("repeats", 1))
 
 
 def runtime_tags(threads: int | None) -> dict:
