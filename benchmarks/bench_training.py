@@ -91,7 +91,7 @@ def ganlab_rate(dataset, steps: int, overrides: list[str]) -> tuple[float, objec
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=None, help="MNIST .npz or IDX folder (default: keras.datasets)")
+    parser.add_argument("--data", default=None, help="MNIST .npz or IDX folder (default: keras.datasets, else the shipped MNIST copy)")
     parser.add_argument("--steps", type=int, default=200)
     args = parser.parse_args()
 

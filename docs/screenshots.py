@@ -4,18 +4,23 @@
 
 Runs a small real 2x2 sweep in a temporary folder (or, with --store, uses the mlruns/ of a
 folder where such a sweep ran), starts `mlflow server` on its store, drives Chromium over
-the DevTools protocol the way a reader clicks through the UI, writes three PNGs into --out
-and stops the server and the browser:
+the DevTools protocol the way a reader clicks through the UI, starting from the URLs the
+sweep prints, writes these PNGs into --out, prints the clicks each took, and stops the
+server and the browser:
 
-    runs_table.png      the runs table: the sweep's parent with its four children expanded,
-                        their dataset, models, swept params and scores
-    sample_grids.png    the chart view's image grid of the `samples` key at the last epoch,
-                        one column per run
-    sweep_summary.png   the parent run's description: the best job and the sweep's table
+    runs_table.png      the sweep's runs table, best first (the URL the sweep prints)
+    sweep_summary.png   the parent run's page: the best setting and the table of every job
+    parent_samples_card.png  the parent's Model metrics: its `samples` card on the last epoch's
+                        montage (the slider goes through the epochs)
+    parent_samples.png  that montage at full size (a click on it): every job's grid side by
+                        side, best first, labelled with its setting and score
+    run_samples.png     the best job's Model metrics: its `samples` card on its latest grid
+    sample_grids.png    the chart view of the sweep's runs table: the `samples` image grid,
+                        one column per run, at the latest epoch, run params hidden
 
 Needs Chromium (Debian: apt-get install chromium) and the websocket-client package. The
 clicks find MLflow 3.17's buttons by their labels; another MLflow version may need them
-updated.
+updated. `Browser.shown_image` is also what tests/test_browser.py asserts with.
 """
 
 from __future__ import annotations
@@ -39,12 +44,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ganlab import tracking  # noqa: E402
+from ganlab import sweep_report, tracking  # noqa: E402
 
 SWEEP = ["-m", "dropout=0.1,0.3", "label_smoothing=0,0.2", "epochs=2", "eval.every=1", "steps_per_epoch=50",
          "eval.num_samples=1000"]
 WIDTH, HEIGHT = 1600, 1000
-ML_VIEW = "workflowType=machine_learning"  # MLflow 3 opens experiments on GenAI views otherwise
 
 
 def main() -> None:
@@ -60,13 +64,17 @@ def main() -> None:
             run_sweep(folder, args.data)
         uri = tracking.default_tracking_uri(folder)
         client, experiment_id = tracking.open_reader(uri, "ganlab")
-        parent_id, _ = tracking.sweep_children(client, experiment_id)
+        parent_id, children = tracking.sweep_children(client, experiment_id)
+        best_id = client.get_run(parent_id).data.tags["best.run_id"]
+        runs_table = tracking.view_link(experiment_id, sweep_report.view_key(parent_id))
         with mlflow_server(uri, folder) as base, Browser(Path(scratch) / "chromium") as browser:
-            shoot_runs_table(browser, f"{base}/#/experiments/{experiment_id}/runs?{ML_VIEW}", args.out / "runs_table.png")
-            shoot_sample_grids(browser, f"{base}/#/experiments/{experiment_id}/runs?{ML_VIEW}&compareRunsMode=CHART",
-                               args.out / "sample_grids.png")
-            shoot_sweep_summary(browser, f"{base}/#/experiments/{experiment_id}/runs/{parent_id}?{ML_VIEW}",
-                                args.out / "sweep_summary.png")
+            shoot_runs_table(browser, f"{base}/{runs_table}", args.out / "runs_table.png")
+            shoot_sweep_summary(browser, f"{base}/{tracking.run_link(experiment_id, parent_id)}", args.out / "sweep_summary.png")
+            parent_page, best_page = (f"{base}/{tracking.run_link(experiment_id, run)}" for run in (parent_id, best_id))
+            shoot_card(browser, parent_page, args.out / "parent_samples_card.png")
+            shoot_card(browser, parent_page, args.out / "parent_samples.png", preview=True)
+            shoot_card(browser, best_page, args.out / "run_samples.png")
+            shoot_sample_grids(browser, f"{base}/{runs_table}", args.out / "sample_grids.png")
     print(f"screenshots in {args.out}")
 
 
@@ -121,59 +129,68 @@ def wait_until(condition, what: str, timeout: float, process: subprocess.Popen |
         time.sleep(0.5)
 
 
-# ---------------------------------------------------------------------------- the three pictures
+# ---------------------------------------------------------------------------- the pictures
 
 
 def shoot_runs_table(browser: Browser, url: str, path: Path) -> None:
-    """Runs table: expand the sweep's parent, add the swept params and the objective as columns."""
-    browser.set_size(1800, HEIGHT)  # room for the param columns, which come last
-    browser.open(url, until_text="sweep dropout")
-    browser.expand_sweep()
-    search = "document.querySelector('input[placeholder=\"Search columns\"]')"
-    browser.until(lambda: browser.click(button_with_text("Columns")), f"!!{search}")
-    menu = f"(() => {{ let menu = {search}; while (!menu.innerText.includes('Parameters (')) menu = menu.parentElement; return menu; }})()"
-    for column in ("Source", "dropout", "label_smoothing", "fid"):  # Source: off, the others: on
-        browser.js(f"[...{menu}.querySelectorAll('span')].find(e => e.childElementCount === 0 && e.textContent.trim() === '{column}').click()")
-    browser.key("Escape")
-    browser.drag("document.querySelector('[aria-colindex=\"2\"] .ag-header-cell-resize')", dx=90)  # room for run names
-    time.sleep(1)
+    """The runs table as the sweep's printed URL opens it: its jobs, best first, objective and knobs as columns."""
+    browser.set_size(1800, HEIGHT)
+    browser.open(url, until_text="dropout=0.3 ls=0.2")
+    browser.wait("document.querySelectorAll('.ag-row').length >= 4")
     bottom = browser.js("Math.max(...[...document.querySelectorAll('.ag-row')].map(r => r.getBoundingClientRect().bottom))")
     browser.screenshot(path, height=bottom + 50)
     browser.set_size(WIDTH, HEIGHT)
 
 
+def shoot_sweep_summary(browser: Browser, url: str, path: Path) -> None:
+    """The parent run's page as it opens: its description (best setting, the table of every job, best first)."""
+    browser.open(url, until_text="Best")
+    bottom = browser.js("[...document.querySelectorAll('*')].find(e => e.childElementCount === 0 && "
+                        "/^(Metrics|Parameters) \\(/.test(e.textContent.trim()))?.getBoundingClientRect().top")
+    browser.screenshot(path, height=(bottom or HEIGHT) - 10)
+
+
+def shoot_card(browser: Browser, url: str, path: Path, preview: bool = False) -> None:
+    """From a run's printed URL, its Model metrics tab (a click) with the `samples` card as it opens
+    (scrolled to), or, with `preview`, the picture at full size as a click on it opens it."""
+    browser.open(url, until_text="Model metrics")
+    browser.click("[...document.querySelectorAll('[role=tab]')].find(tab => tab.innerText.trim() === 'Model metrics')")
+    shown = browser.shown_image("samples")
+    print(f"  the samples card opened on {shown['src'].split('images/')[1][:32]}..., "
+          f"{shown['visible']:.0%} of the picture in the card", flush=True)
+    if preview:
+        browser.click(f"({SAMPLES_CARD}).querySelector('img')")
+        browser.wait("[...document.querySelectorAll('img')].some(i => !i.src.includes('compressed') && i.complete && "
+                     "i.naturalWidth > 0) && !document.querySelector('[class*=-appear-active], [class*=-enter-active]')")
+    browser.screenshot(path)
+    browser.key("Escape")
+
+
 def shoot_sample_grids(browser: Browser, url: str, path: Path) -> None:
-    """Chart view: the `samples` image grid at the last epoch, full screen, one column per run."""
-    browser.open(url, until_text="Add chart")
-    browser.expand_sweep()
+    """From the runs table, the chart view: the `samples` image grid (at its opening step, the latest),
+    run params hidden (Configure), full screen."""
+    browser.open(url, until_text="dropout=0.3 ls=0.2")
+    browser.click("document.querySelector('input[value=CHART]').closest('label')")  # the chart-view button
+    browser.wait("document.body.innerText.includes('Add chart')")
     browser.click("document.querySelector('input[placeholder=\"Search metric charts\"]')")
-    browser.call("Input.insertText", text="samples")
-    card = ("[...document.querySelectorAll('[data-testid=experiment-view-compare-runs-card]')].find(card => "
-            "[...card.querySelectorAll('*')].some(e => e.childElementCount === 0 && e.textContent.trim() === 'samples'))")
-    browser.wait(f"!!({card})")
-    browser.click(f"({card}).querySelector('[data-testid=experiment-view-compare-runs-card-menu]')")
+    browser.type_text("samples")
+    browser.wait(f"!!({SAMPLES_CARD})")
+    browser.click(f"({SAMPLES_CARD}).querySelector('[data-testid=experiment-view-compare-runs-card-menu]')")
     browser.click("[...document.querySelectorAll('[role=menuitem]')].find(item => item.innerText.trim() === 'Configure')")
-    browser.wait("!!document.querySelector('[role=dialog] input[type=number]')")
-    browser.type_into("document.querySelector('[role=dialog] input[type=number]')", "2")  # the step: epoch 2
-    browser.key("Tab")
+    browser.wait("!!document.querySelector('[role=dialog]')")
     browser.click("[...document.querySelectorAll('[role=dialog] label')].find(label => label.innerText.includes('Show run parameters'))")
     browser.click("[...document.querySelectorAll('[role=dialog] button')].find(b => b.innerText.trim() === 'Save changes')")
     browser.wait("!document.querySelector('[role=dialog]')")
     browser.set_size(WIDTH, 560)  # the full-screen chart fills the window: a low one leaves no empty space
-    browser.click(f"({card}).querySelector('button[data-component-id=fullscreen_button_chartcard]')")
+    browser.click(f"({SAMPLES_CARD}).querySelector('button[data-component-id=fullscreen_button_chartcard]')")
     browser.wait("[...document.querySelectorAll('[role=dialog] img')].length >= 4 && "
                  "[...document.querySelectorAll('[role=dialog] img')].every(img => img.complete && img.naturalWidth > 0)")
     browser.screenshot(path)
     browser.set_size(WIDTH, HEIGHT)
 
 
-def shoot_sweep_summary(browser: Browser, url: str, path: Path) -> None:
-    """The parent run's page: its description (best job, the sweep's table), unfolded."""
-    browser.open(url, until_text="Best job")
-    browser.until(lambda: browser.click(button_with_text("Show more")), "!document.body.innerText.includes('Show more')")
-    bottom = browser.js("[...document.querySelectorAll('*')].find(e => e.childElementCount === 0 && "
-                        "/^Metrics \\(/.test(e.textContent.trim()))?.getBoundingClientRect().top")
-    browser.screenshot(path, height=(bottom or HEIGHT) - 10)
+SAMPLES_CARD = ("[...document.querySelectorAll('[data-testid=experiment-view-compare-runs-card]')]"
+                ".find(card => card.innerText.split('\\n')[0].trim() === 'samples')")
 
 
 def button_with_text(text: str) -> str:
@@ -181,6 +198,11 @@ def button_with_text(text: str) -> str:
 
 
 # ---------------------------------------------------------------------------- a small DevTools client
+
+
+def find_chromium() -> str | None:
+    """The Chromium (or Chrome) program on PATH, or None."""
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
 class Browser:
@@ -194,11 +216,12 @@ class Browser:
 
     def __init__(self, profile: Path):
         self.profile = profile
+        self.clicks, self.typed = 0, []  # since the last `open`
 
     def __enter__(self) -> "Browser":
         import websocket  # the websocket-client package
 
-        chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+        chromium = find_chromium()
         if chromium is None:
             raise SystemExit("no Chromium found: apt-get install chromium")
         shutil.rmtree(self.profile, ignore_errors=True)
@@ -239,28 +262,62 @@ class Browser:
     def wait(self, condition: str, timeout: float = 90) -> None:
         wait_until(lambda: self.js(condition), condition, timeout)
 
-    def until(self, action, condition: str, tries: int = 5) -> None:
-        """Do `action` until `condition` holds (on a page still loading, the element may be
-        missing yet or a click lost)."""
-        for _ in range(tries):
-            if self.js(condition):
-                return
-            with contextlib.suppress(LookupError, TimeoutError):
-                action()
-                self.wait(condition, timeout=10)
-                return
-        raise TimeoutError(condition)
-
     def open(self, url: str, until_text: str) -> None:
+        """Go to `url` (the clicks and typing counted from here), wait for `until_text`, close the
+        assistant's panel that MLflow opens by itself on a browser's first visit."""
+        self.clicks, self.typed = 0, []
         self.call("Page.navigate", url=url)
         self.wait(f"document.body && document.body.innerText.includes({json.dumps(until_text)})")
         time.sleep(1)
         self.js("[...document.querySelectorAll('button')].find(b => b.getAttribute('aria-label') === 'Close')?.click()")  # the assistant's panel
 
-    def expand_sweep(self) -> None:
-        """Unfold the parent run's children in the run list."""
-        self.until(lambda: self.click("document.querySelector('button[data-component-id*=runnamecellrenderer]')"),
-                   "document.body.innerText.includes('dropout=0.3 ls=0.2')")
+    def shown_image(self, key: str, timeout: float = 60) -> dict:
+        """Wait (on the page's own DOM, scroll and load events) until the image card of `key` shows
+        a loaded picture; its `src` (the artifact path, decoded), `naturalWidth` and `visible`, the
+        fraction of its height inside the card (MLflow clips what the run's params push down). Scrolls the charts
+        down to the card as a reader does (MLflow draws a card only once it is in view), never clicks.
+        TimeoutError with what the card showed instead, e.g. MLflow's "No image logged at this step"."""
+        script = """new Promise(resolve => {
+          const find = () => [...document.querySelectorAll('[data-testid=experiment-view-compare-runs-card]')]
+            .find(card => card.innerText.split('\\n')[0].trim() === KEY);
+          const scroller = () => {
+            let e = document.querySelector('[data-testid=draggable-chart-cards-grid]');
+            while (e && !(e.scrollHeight > e.clientHeight && /auto|scroll/.test(getComputedStyle(e).overflowY))) e = e.parentElement;
+            return e;
+          };
+          const check = () => {
+            const card = find();
+            if (!card) { const s = scroller(); if (s) s.scrollBy(0, s.clientHeight / 2); return false; }
+            card.scrollIntoView({block: 'center'});
+            const image = [...card.querySelectorAll('img')].find(i => i.complete && i.naturalWidth > 0);
+            if (!image) return false;
+            const box = image.getBoundingClientRect(), frame = card.getBoundingClientRect();
+            const seen = Math.max(0, Math.min(box.bottom, frame.bottom) - Math.max(box.top, frame.top));
+            resolve({src: decodeURIComponent(image.src), naturalWidth: image.naturalWidth,
+                     visible: box.height ? seen / box.height : 0});
+            return true;
+          };
+          if (check()) return;
+          const observer = new MutationObserver(() => check() && stop());
+          const loaded = event => (event.type === 'scroll' || event.target.tagName === 'IMG') && check() && stop();
+          const stop = () => { observer.disconnect(); document.removeEventListener('load', loaded, true);
+            document.removeEventListener('scroll', loaded, true); clearTimeout(timer); };
+          observer.observe(document.body, {subtree: true, childList: true, attributes: true});
+          document.addEventListener('load', loaded, true);
+          document.addEventListener('scroll', loaded, true);
+          const timer = setTimeout(() => { stop(); const card = find();
+            const empty = card && card.innerText.match(/No image logged at this step/);
+            resolve({timeout: !card ? 'no card named ' + KEY : empty ? empty[0] : card.innerText.slice(0, 300)}); }, TIMEOUT);
+        })""".replace("KEY", json.dumps(key)).replace("TIMEOUT", str(int(timeout * 1000)))
+        self.wait("!!document.querySelector('[data-testid=draggable-chart-cards-grid]')", timeout)  # the charts' page
+        result = self.call("Runtime.evaluate", expression=script, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"looking for the `{key}` image card failed: {result['exceptionDetails']}")
+        found = result["result"]["value"]
+        if "timeout" in found:
+            shown = found["timeout"].replace("\n", " | ")
+            raise TimeoutError(f"the `{key}` image card showed no picture within {timeout:.0f} s; it showed: {shown}")
+        return found
 
     def centre(self, element: str) -> tuple[float, float]:
         found = self.js(f"(() => {{ const e = {element}; if (!e) return null; e.scrollIntoView({{block: 'nearest'}});"
@@ -271,17 +328,11 @@ class Browser:
 
     def click(self, element: str) -> None:
         x, y = self.centre(element)
+        self.clicks += 1
         self.call("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
         for kind in ("mousePressed", "mouseReleased"):
             self.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
         time.sleep(0.5)  # let React render what the click opened
-
-    def drag(self, element: str, dx: float) -> None:
-        x, y = self.centre(element)
-        self.call("Input.dispatchMouseEvent", type="mousePressed", x=x, y=y, button="left", clickCount=1)
-        for step in range(1, 11):
-            self.call("Input.dispatchMouseEvent", type="mouseMoved", x=x + dx * step / 10, y=y, button="left")
-        self.call("Input.dispatchMouseEvent", type="mouseReleased", x=x + dx, y=y, button="left", clickCount=1)
 
     def key(self, name: str, modifiers: int = 0) -> None:
         key, code = self.KEYS[name] if name in self.KEYS else (name, ord(name.upper()))
@@ -289,11 +340,10 @@ class Browser:
             self.call("Input.dispatchKeyEvent", type=kind, key=key, code=key if len(key) > 1 else f"Key{key.upper()}",
                       windowsVirtualKeyCode=code, modifiers=modifiers)
 
-    def type_into(self, element: str, text: str) -> None:
-        self.click(element)
-        self.key("a", modifiers=2)  # Ctrl+A, then type over it
-        self.key("Backspace")
+    def type_text(self, text: str) -> None:
+        """Type into the focused field (counted as one action beside the clicks)."""
         self.call("Input.insertText", text=text)
+        self.typed.append(text)
 
     def set_size(self, width: int, height: int) -> None:
         self.width, self.height = width, height
@@ -304,7 +354,8 @@ class Browser:
         clip = {"x": 0, "y": 0, "width": self.width, "height": min(height, self.height), "scale": 1} if height else None
         data = self.call("Page.captureScreenshot", format="png", **({"clip": clip} if clip else {}))["data"]
         Path(path).write_bytes(base64.b64decode(data))
-        print(f"  {path}", flush=True)
+        typed = f", typed {', '.join(map(repr, self.typed))}" if self.typed else ""
+        print(f"  {path}: {self.clicks} clicks after opening the URL{typed}", flush=True)
 
 
 if __name__ == "__main__":

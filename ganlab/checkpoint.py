@@ -19,10 +19,16 @@ included.
 Resume (`prepare_resume`, then `resume_into`) finds the checkpoint from a run id (through
 the run's `output_dir` tag in MLflow) or a folder, refuses a FINISHED run and any override
 that would change what is trained, and puts the state back into a freshly built trainer.
+
+A sweep's job continues its own earlier attempt (`earlier_attempt`): when the sweep's parent
+run already has a child of the same job number (a SLURM job requeued after a preemption or
+a time-out, or a sweep continued with `sweep.resume`), the job resumes that run instead of
+starting a second one, and a FINISHED one is skipped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -231,6 +237,44 @@ def prepare_resume(cfg: DictConfig, explicit_overrides: list[str]) -> Resume:
                             "differ from an uninterrupted run", OmegaConf.select(cfg, key), found.threads)
             OmegaConf.update(resumed, key, OmegaConf.select(cfg, key), force_add=True)
     return Resume(found, resumed, lock)
+
+
+def earlier_attempt(cfg: DictConfig, parent_run_id: str, job_num, overrides: list[str]) -> str | None:
+    """The run id of this sweep job's earlier attempt to continue, or None for a first attempt.
+
+    AlreadyFinished if that attempt FINISHED. An attempt that left no checkpoint (its folder
+    is gone) cannot be continued: it is deleted, and the job starts again in a new run.
+    """
+    client, experiment_id = tracking.open_store(OmegaConf.select(cfg, "tracking.uri"), cfg.tracking.experiment)
+    found = client.search_runs([experiment_id], order_by=["attributes.start_time DESC"], filter_string=(
+        f"tags.`{tracking.PARENT_RUN_TAG}` = '{parent_run_id}' and tags.`{tracking.JOB_NUM_TAG}` = '{job_num}'"))
+    if not found:
+        return None
+    earlier = found[0]
+    trained = earlier.data.tags.get(tracking.OVERRIDES_TAG, "")
+    if trained != " ".join(overrides):
+        raise InputError(f"sweep.resume: job {job_num} of this sweep has the overrides {' '.join(overrides)!r}, but "
+                         f"job {job_num} of the sweep it continues (run {earlier.info.run_id}) trained {trained!r}. A "
+                         "sweep is continued with the overrides it started with (its parent's sweep.overrides tag).")
+    if earlier.info.status == "FINISHED":
+        raise AlreadyFinished(f"sweep job {job_num} ({earlier.info.run_name}) finished in run {earlier.info.run_id}; "
+                              "skipped.")
+    folder = earlier.data.tags.get("output_dir")
+    if folder is None or not (Path(folder) / FOLDER / FILE).is_file():
+        log.warning("sweep job %s: its earlier run %s left no checkpoint (in %s); that run is deleted and the job "
+                    "starts again", job_num, earlier.info.run_id, folder)
+        client.delete_run(earlier.info.run_id)
+        return None
+    return earlier.info.run_id
+
+
+def job_lock(output_dir: Path, resume: Resume | None):
+    """The lock on this job's checkpoint folder while it trains, unless its resume already holds it
+    (a requeued SLURM job continues in its own folder)."""
+    folder = Path(output_dir) / FOLDER
+    if resume is not None and resume.checkpoint.folder.resolve() == folder.resolve():
+        return contextlib.nullcontext()
+    return FolderLock(folder)
 
 
 def _check_same_data(found: Checkpoint, path: str | None) -> None:

@@ -321,7 +321,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m ganlab.classifier",
         description="Train the classifier that ganlab's scores use (the MNIST one ships in the package).",
     )
-    parser.add_argument("--data", default=None, help="MNIST .npz (Keras layout) or IDX folder; default: keras.datasets")
+    parser.add_argument("--data", default=None, help="MNIST .npz (Keras layout) or IDX folder; default: keras.datasets, else the shipped MNIST copy")
     parser.add_argument("--dataset", default="mnist", choices=DATASETS, help="what the data is (recorded in the JSON)")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)

@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from ganlab.plots import _save, numeric_first  # noqa: E402
+from ganlab.plots import _save, epoch_ticks, numeric_first  # noqa: E402
 from ganlab.record import Observation  # noqa: E402
 from ganlab.seed_stats import VarianceSplit, seeds_needed, summarize, welch  # noqa: E402
 
@@ -187,7 +187,7 @@ def write_markdown(
         lines += ["| group | epoch | n | mean ± 95% CI | diff [95% CI] | p | q | seeds needed | difference at 95% |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for row, q_value in zip(metric_rows, false_discovery_q(metric_rows)):
-            spread = "" if math.isnan(row.ci_high) else f" ± {_number((row.ci_high - row.ci_low) / 2)}"
+            spread = " ± n/a" if math.isnan(row.ci_high) else f" ± {_number((row.ci_high - row.ci_low) / 2)}"
             cells = [row.group, str(row.epoch), str(row.n), f"{_number(row.mean)}{spread}"]
             if row.diff is None:
                 cells += ["reference" if row.group == reference else "–", "", "", "", ""]
@@ -220,8 +220,9 @@ def false_discovery_q(rows: Sequence[ComparisonRow]) -> list[float | None]:
 
 
 def plot_metric(rows: Sequence[ComparisonRow], metric: str, path: str | Path) -> Path:
-    """Mean of `metric` against epoch per group, the 95% CI of the mean as a shaded band;
-    the reference group is drawn first."""
+    """Mean of `metric` against epoch per group, the 95% CI of the mean as a shaded band where
+    there is one (a group of one seed has none, and the title then promises none); whole-epoch
+    ticks; the reference group is drawn first."""
     metric_rows = [row for row in rows if row.metric == metric]
     if not metric_rows:
         raise ValueError(f"no rows for metric {metric!r}; the rows have: {', '.join(_in_order(r.metric for r in rows))}")
@@ -237,10 +238,18 @@ def plot_metric(rows: Sequence[ComparisonRow], metric: str, path: str | Path) ->
         line, = ax.plot(epochs, [row.mean for row in group_rows], "o-", markersize=3,
                         label=label + (" (reference)" if label == reference else ""))
         ax.fill_between(epochs, [row.ci_low for row in group_rows], [row.ci_high for row in group_rows],
-                        color=line.get_color(), alpha=0.2, linewidth=0)
+                        color=line.get_color(), alpha=0.2, linewidth=0)  # NaN (one seed): no band drawn
+    banded = any(not math.isnan(row.ci_high) for row in metric_rows)
     ax.set_xlabel("epoch")
-    ax.set_ylabel(f"{metric} (mean over seeds)")
-    ax.set_title(f"{metric}: mean and 95% CI of the mean over seeds")
+    epoch_ticks(ax, [row.epoch for row in metric_rows])
+    ax.ticklabel_format(axis="y", useOffset=False)  # 323.74, not 0.04 + 3.237e2
+    if banded:
+        ax.set_ylabel(f"{metric} (mean over seeds)")
+        ax.set_title(f"{metric}: mean and 95% CI of the mean over seeds"
+                     + ("" if all(row.n > 1 for row in metric_rows) else " (none for a group of one seed)"))
+    else:
+        ax.set_ylabel(metric)
+        ax.set_title(f"{metric}: one seed per group, so no confidence interval")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)

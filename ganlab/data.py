@@ -2,9 +2,11 @@
 
 `load_dataset(name, path)` returns uint8 images (N, *IMAGE_SHAPE), i.e. (N, 28, 28), and
 labels (N,) for the training and test splits. `path=None` goes through `keras.datasets`
-(its cache, else a download); a path is either a `.npz` in the Keras layout (`x_train`,
-`y_train`, `x_test`, `y_test`) or a folder with the four IDX files of the original
-distribution, raw or gzipped. Whatever the source, the arrays are checked before anyone trains on them.
+(its cache, else a download); for MNIST, when neither works (no network), the copy shipped
+in `ganlab/datasets/` is read instead, its SHA-256 checked, and the log says so in one
+line. A path is either a `.npz` in the Keras layout (`x_train`, `y_train`, `x_test`,
+`y_test`) or a folder with the four IDX files of the original distribution, raw or
+gzipped. Whatever the source, the arrays are checked before anyone trains on them.
 
 `IMAGE_SHAPE` is the one home of the image size: the classifier, the evaluator, the
 pictures and the scoring CLI derive theirs from it (or from the arrays they are given),
@@ -15,7 +17,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import logging
 import os
+import socket
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -24,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from ganlab.errors import InputError
+
+log = logging.getLogger(__name__)
 
 DATASETS = ("mnist", "fashion_mnist")
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -39,6 +45,11 @@ IMAGE_PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
 IMAGE_LAYOUTS = ((IMAGE_PIXELS,), IMAGE_SHAPE, (*IMAGE_SHAPE, 1))
 IMAGE_LAYOUTS_TEXT = "{}, {} or {}".format(*(f"(N, {', '.join(map(str, layout))})" for layout in IMAGE_LAYOUTS))
 KERAS_CACHE = {"mnist": "mnist.npz", "fashion_mnist": "fashion-mnist"}  # under <Keras home>/datasets/
+# The copy shipped inside the package (see its README.md: layout, source, licence), for machines without internet.
+SHIPPED = {"mnist": Path(__file__).resolve().parent / "datasets" / "mnist.npz"}
+SHIPPED_MNIST_SHA256 = "06af5dfe73b70e3bc1c36439982b18a8d76803db9b544f6fdf838a37fbb01b64"
+SHIPPED_SHA256 = {"mnist": SHIPPED_MNIST_SHA256}
+DOWNLOAD_TIMEOUT_S = 30  # a stalled connection gives up after this long, so an offline machine falls back soon
 
 
 @dataclass(frozen=True)
@@ -91,7 +102,7 @@ def load_dataset(name: str = "mnist", path: str | None = None) -> Dataset:
     if name not in DATASETS:
         raise InputError(f"data.name: unknown dataset {name!r}; valid: {', '.join(DATASETS)}.")
     if path is None:
-        arrays, source = _load_from_keras(name), f"keras.datasets.{name}"
+        arrays, source = _load_default(name)
     else:
         file = Path(path).expanduser()
         if not file.exists():
@@ -137,10 +148,55 @@ def check_dataset(dataset: Dataset) -> None:
             )
 
 
+def _load_default(name: str) -> tuple[dict[str, np.ndarray], str]:
+    """data.path null: keras.datasets (its cache, else a download); else the shipped copy, where there is one."""
+    try:
+        return _load_from_keras(name), f"keras.datasets.{name}"
+    except InputError as error:
+        if name not in SHIPPED:
+            raise
+        file = SHIPPED[name]
+        log.info("%s is not in the Keras cache and the download failed (%s); using the copy shipped with ganlab: %s",
+                 name, error.__cause__, file)
+        return load_shipped(name), str(file)
+
+
+def load_shipped(name: str = "mnist") -> dict[str, np.ndarray]:
+    """The arrays of the copy shipped in ganlab/datasets/, after checking its SHA-256."""
+    file = SHIPPED[name]
+    if not file.is_file():
+        raise InputError(
+            f"data.path is null and {name} is neither in the Keras cache nor downloadable, and the copy that "
+            f"ships with ganlab is missing ({file}); reinstall ganlab, or pass a local copy: "
+            f"data.path=/path/to/{name}.npz (Keras layout) or a folder holding the four IDX files."
+        )
+    digest = file_sha256(file)
+    if digest != SHIPPED_SHA256[name]:
+        raise InputError(
+            f"The {name} copy that ships with ganlab ({file}) is damaged: its SHA-256 is {digest}, expected "
+            f"{SHIPPED_SHA256[name]}. Restore it (git checkout or reinstall ganlab), or pass another copy: "
+            f"data.path=/path/to/{name}.npz (Keras layout) or a folder holding the four IDX files."
+        )
+    return _load_npz(file)
+
+
+def file_sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _load_from_keras(name: str) -> dict[str, np.ndarray]:
-    import keras  # imported here: local files need no TensorFlow
+    from ganlab import runtime
+
+    runtime.import_tensorflow()  # here, not at the top: local files need no TensorFlow; and quietly
+    import keras
 
     loader = getattr(keras.datasets, name)
+    previous_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # Keras's urlretrieve has none of its own
     try:
         (x_train, y_train), (x_test, y_test) = loader.load_data()
     except Exception as error:  # Keras wraps URLError/HTTPError in a plain Exception
@@ -150,6 +206,8 @@ def _load_from_keras(name: str) -> dict[str, np.ndarray]:
             f"pass a local copy: data.path=/path/to/{name}.npz (Keras layout) or "
             "data.path=/path/to/folder holding the four IDX files."
         ) from error
+    finally:
+        socket.setdefaulttimeout(previous_timeout)
     return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
 
 

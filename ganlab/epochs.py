@@ -1,13 +1,16 @@
 """The steps at the end of an epoch, each a small function the job's loop calls in turn.
 
 - `train_epoch`: one epoch of the trainer, with the checkpoint's place in a divergence message;
-- `EpochScoring`: at an evaluated epoch (`is_evaluated`), the fixed-noise sample grid and
-  the classifier's scores of `eval.num_samples` images (and the EMA generator's, prefixed
-  `ema_`), each picture logged as an MLflow image (keys `samples`, `classes`,
-  `nearest_training`; step = epoch); with `eval.repeats` R > 1 each score is the mean over R
-  noise draws and `fid_sampling_std` their spread; the per-class FID table
-  (`fid_per_class/epoch_NNN.csv`); and D's mean output on training and held-out test
+- `EpochScoring.sample_grid`: at every epoch, the fixed-noise sample grid (cheap: one batch
+  through G), a PNG in `samples/` and the MLflow image `samples`;
+- `EpochScoring` (called): at an evaluated epoch (`is_evaluated`), the classifier's scores of
+  `eval.num_samples` images (and the EMA generator's, prefixed `ema_`), its pictures logged
+  as MLflow images (keys `classes`, `nearest_training`); with `eval.repeats` R > 1 each score
+  is the mean over R noise draws and `fid_sampling_std` their spread; the per-class FID
+  table (`fid_per_class/epoch_NNN.csv`); and D's mean output on training and held-out test
   images in inference mode (`d_real_train`, `d_real_test`, `d_gap`);
+- `log_image_and_latest`: every MLflow image at step = epoch and again at `LATEST_STEP`, the
+  step MLflow's image card opens on, so the card shows the newest picture without a click;
 - `BestEpoch`: the objective's best value so far (`<objective>_best`, `<objective>_best_epoch`)
   and the generator that reached it;
 - `log_epoch`: the epoch's metrics into the run and one console line.
@@ -49,11 +52,25 @@ def is_evaluated(epoch: int, every: int, last_epoch: int) -> bool:
 D_GAP_SAMPLES = 2000  # training and test images D is measured on, as many of each (capped at the test set)
 NEAREST_KEY = "nearest_training"  # the MLflow image key and folder of the memorization picture
 CLASS_FID_DIR = "fid_per_class"  # the per-class FID tables, one CSV per evaluated epoch
+SAMPLES_KEY = "samples"  # the MLflow image key (and folder) of the fixed-noise sample grid
+# MLflow's image card (3.x: the run page's Model metrics tab, the chart view, full screen) starts
+# at step 0 unless the key has a single step (a new card's config says step=0; the card snaps to
+# the only step there is, and a snapped step is kept in the page's saved state). So every image
+# is logged at its epoch and again here; the card shows the latest of the step's images, so step 0
+# is always the newest picture, and steps 1.. are the epochs. (Epoch 0, an untrained job, is both.)
+LATEST_STEP = 0
+
+
+def log_image_and_latest(run, image, key: str, epoch: int) -> None:
+    """`image` under `key` at step `epoch` and, as the newest picture, at `LATEST_STEP`."""
+    run.log_image(image, key=key, step=epoch)
+    if epoch != LATEST_STEP:
+        run.log_image(image, key=key, step=LATEST_STEP)
 
 
 class EpochScoring:
-    """The pictures and scores of the generator at an evaluated epoch (the evaluator is None
-    when evaluation is off: then only the sample grid).
+    """The generator's sample grid at every epoch (`sample_grid`) and its pictures and scores at
+    an evaluated epoch (calling it; the evaluator is None when evaluation is off: then only the grid).
 
     eval_noise: one noise array, or a list of `eval.repeats` of them (`evaluation.evaluation_noises`);
     each score is the mean over the draws, `fid_sampling_std` their spread (with two or more).
@@ -67,6 +84,7 @@ class EpochScoring:
         self.output_dir = Path(output_dir)
         self.sample_noise = outputs.fixed_noise(random_dim)
         self.d_images = None if dataset is None else d_gap_images(dataset.x_train, dataset.x_test, seed)
+        self.grid_epoch = None  # the epoch of the last sample grid, so an evaluated epoch makes it once
         if evaluator is not None:
             run.set_tags({**evaluator.scoring_tags(), "eval.repeats": str(len(self.eval_noises))})
 
@@ -81,11 +99,20 @@ class EpochScoring:
                 found[scores.sampling_std(name)] = spread
         return found, results[0]
 
-    def __call__(self, trainer, epoch: int) -> dict[str, float]:
+    def sample_grid(self, trainer, epoch: int) -> Path:
+        """The fixed-noise sample grid of `epoch`: `samples/epoch_NNN.png` in the output folder and
+        the run's artifacts, and the MLflow image `samples` (step = epoch, and the newest at `LATEST_STEP`)."""
         grid = trainer.generate(self.sample_noise)
-        picture = plots.save_sample_grid(grid, self.output_dir / "samples" / f"epoch_{epoch:03d}.png", title=f"epoch {epoch}")
-        self.run.log_artifact(picture, "samples")
-        self.run.log_image(plots.image_grid(grid), key="samples", step=epoch)
+        picture = plots.save_sample_grid(grid, self.output_dir / SAMPLES_KEY / f"epoch_{epoch:03d}.png", title=f"epoch {epoch}")
+        self.run.log_artifact(picture, SAMPLES_KEY)
+        log_image_and_latest(self.run, plots.image_grid(grid), SAMPLES_KEY, epoch)
+        self.grid_epoch = epoch
+        return picture
+
+    def __call__(self, trainer, epoch: int) -> dict[str, float]:
+        """The scores of an evaluated epoch (and its sample grid, unless `sample_grid` made it already)."""
+        if self.grid_epoch != epoch:
+            self.sample_grid(trainer, epoch)
         if self.evaluator is None:
             return {}
         started = time.perf_counter()
@@ -93,7 +120,7 @@ class EpochScoring:
         histogram = plots.save_class_histogram(result.histogram, self.output_dir / "classes" / f"epoch_{epoch:03d}.png",
                                                title=f"epoch {epoch}")
         self.run.log_artifact(histogram, "classes")
-        self.run.log_image(histogram, key="classes", step=epoch)
+        log_image_and_latest(self.run, histogram, "classes", epoch)
         if result.class_fid is not None:
             table = save_class_fid(result.class_fid, result.class_counts, self.output_dir / CLASS_FID_DIR / f"epoch_{epoch:03d}.csv")
             self.run.log_artifact(table, CLASS_FID_DIR)
@@ -101,7 +128,7 @@ class EpochScoring:
             nearest = plots.save_nearest_pairs(*result.nearest_pairs, self.output_dir / NEAREST_KEY / f"epoch_{epoch:03d}.png",
                                                distances=result.nearest_distances, title=f"epoch {epoch}")
             self.run.log_artifact(nearest, NEAREST_KEY)
-            self.run.log_image(nearest, key=NEAREST_KEY, step=epoch)
+            log_image_and_latest(self.run, nearest, NEAREST_KEY, epoch)
         if self.d_images is not None:
             found.update(discriminator_gap(trainer, *self.d_images))
         if trainer.ema is not None:

@@ -36,7 +36,7 @@ class JobContext:
     overrides: list[str]  # this job's command-line overrides, as typed
     run_name: str
     threads: int | None = None  # resolved from the launcher when `threads` is null
-    parallel: bool = False  # other jobs run at the same time (one console line per epoch, no bars)
+    progress_bars: bool = True  # False: one console line per epoch only (parallel jobs, a log file, a SLURM job)
     in_sweep: bool = False
     parent_run_id: str | None = None
     tags: dict = field(default_factory=dict)
@@ -46,7 +46,14 @@ class JobContext:
 def run_job(cfg: DictConfig, context: JobContext) -> float | None:
     """Open the job's run and train; returns the objective for a sweeper."""
     config.validate_tracking(cfg)  # a store must be usable before a run can record anything
-    resume = checkpoint.prepare_resume(cfg, context.overrides) if cfg.get("resume") else None
+    explicit = context.overrides
+    if context.parent_run_id and not cfg.get("resume"):  # a requeued or resumed sweep job continues its own run
+        earlier = checkpoint.earlier_attempt(cfg, context.parent_run_id, context.tags.get(tracking.JOB_NUM_TAG),
+                                             context.overrides)
+        if earlier is not None:
+            cfg, explicit = cfg.copy(), []  # its checkpoint holds the config these overrides made
+            cfg.resume = earlier
+    resume = checkpoint.prepare_resume(cfg, explicit) if cfg.get("resume") else None
     if resume is not None:
         cfg = resume.config
     print(f"ganlab: job outputs in {context.output_dir}", flush=True)
@@ -61,8 +68,11 @@ def run_job(cfg: DictConfig, context: JobContext) -> float | None:
                  resume_run_id=resume.checkpoint.run_id if resume else None,
                  system_metrics=cfg.tracking.system_metrics)
     try:
-        with signals_as_interrupt(), run:
-            return train_job(cfg, context, run, threads, resume)
+        with signals_as_interrupt() as now_closing, run:
+            try:
+                return train_job(cfg, context, run, threads, resume)
+            finally:
+                now_closing()  # a signal from here on must not cut the run's closing short
     finally:
         if resume is not None:
             resume.lock.release()
@@ -74,7 +84,7 @@ def train_job(cfg, context: JobContext, run: JobRun, threads: int | None, resume
     config.validate(cfg)
     warn_about_slow_bf16(cfg.dtype)
     output_dir = context.output_dir
-    with checkpoint.FolderLock(output_dir / checkpoint.FOLDER):  # no resume of this job while it runs
+    with checkpoint.job_lock(output_dir, resume):  # no resume of this job while it runs
         config_file = outputs.save_config(config.resolved(cfg), output_dir)
         if resume is None:  # a resumed run keeps the params it was started with
             run.start(tracking.run_params({**config.resolved(cfg), "threads": threads}), config_file)
@@ -94,7 +104,8 @@ def train_job(cfg, context: JobContext, run: JobRun, threads: int | None, resume
             run.log_metrics(untrained, step=0)
 
         for epoch in range(trainer.epochs_done + 1, cfg.epochs + 1):
-            record = epochs.train_epoch(trainer, steps, not context.parallel, output_dir / checkpoint.FOLDER)
+            record = epochs.train_epoch(trainer, steps, context.progress_bars, output_dir / checkpoint.FOLDER)
+            score.sample_grid(trainer, epoch)  # every epoch; the scores only at evaluated ones
             if epochs.is_evaluated(epoch, cfg.eval.every, cfg.epochs):
                 record.metrics.update(score(trainer, epoch))
             record.metrics.update(best.update(record, trainer.generator))
@@ -183,17 +194,30 @@ def runtime_tags(threads: int | None) -> dict:
 @contextlib.contextmanager
 def signals_as_interrupt():
     """While a job runs, SIGTERM (a scheduler's or `kill`'s stop) ends it like Ctrl-C, so its
-    run is marked KILLED instead of being left RUNNING; the old handler returns afterwards."""
+    run is marked KILLED instead of being left RUNNING. Only the first signal interrupts: one
+    that arrives while the run is being closed (SLURM follows a requeue with SIGTERM, an
+    impatient user presses Ctrl-C twice) is noted and ignored, so the closing always ends.
+    It yields the function that says the closing has begun. The old handlers return afterwards."""
+    stopping = []
 
     def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+        name = signal.Signals(signum).name
+        if stopping:
+            log.warning("%s while the run is being closed: ignored until it is closed", name)
+            return
+        stopping.append(name)
+        raise KeyboardInterrupt(f"signal {name}")
+
+    def now_closing():
+        stopping.append("closing")
 
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield now_closing
         return
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {number: signal.signal(number, interrupt) for number in (signal.SIGTERM, signal.SIGINT)}
     try:
-        yield
+        yield now_closing
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 

@@ -153,7 +153,15 @@ class JobRun:
         start of its content hash (the whole one goes into a tag) and the file it was read from."""
         dataset = Dataset(name=name, digest=digest[:DIGEST_LENGTH], source_type="local",
                           source=json.dumps({"uri": source}), profile=json.dumps(profile) if profile else None)
-        self._store(lambda: self.client.log_inputs(self.run_id, [DatasetInput(dataset, [InputTag(DATASET_CONTEXT_TAG, "training")])]))
+        log_input = lambda: self.client.log_inputs(self.run_id, [DatasetInput(dataset, [InputTag(DATASET_CONTEXT_TAG, "training")])])  # noqa: E731
+        try:
+            self._store(log_input)
+        except Exception as error:  # noqa: BLE001 - the store's own error, or a StoreError wrapping it
+            # Jobs that start together may both insert the experiment's new dataset row: one of them loses
+            # on the store's unique key; the row is there now, and a second try only links the run to it.
+            if "UNIQUE constraint" not in str(error) and "duplicate key" not in str(error):
+                raise
+            self._store(log_input)
 
     def log_model(self, model, name: str, input_example, step: int, register_as: str | None = None) -> str:
         """A Keras model as an MLflow Model of this run (the UI's Models column), with its
@@ -203,9 +211,11 @@ class JobRun:
         if error is None:
             status = RunStatus.FINISHED
         else:
-            interrupted = isinstance(error, KeyboardInterrupt)
+            # SystemExit: a scheduler's preemption handler (submitit's, on SIGUSR2) requeued the job and exits.
+            interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
             status = RunStatus.KILLED if interrupted else RunStatus.FAILED
-            reason = "interrupted (Ctrl-C or SIGTERM)" if interrupted else f"{type(error).__name__}: {error}"
+            reason = ("preempted: requeued by the scheduler" if isinstance(error, SystemExit) else
+                      "interrupted (Ctrl-C or SIGTERM)" if interrupted else f"{type(error).__name__}: {error}")
             log.info("run %s ends %s", self.run_id, RunStatus.to_string(status))
             error_file = self.output_dir / "error.txt"
             self._safely(lambda: error_file.write_text("".join(traceback.format_exception(error_type, error, trace))))

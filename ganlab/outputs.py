@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from ganlab import plots, scores, tracking
+from ganlab import plots, runtime, scores, tracking
 
 SAMPLE_NOISE_SEED = 1234  # one fixed noise batch for every epoch and every job, so grids compare
 SAMPLE_GRID_SIZE = 100  # a 10x10 grid
@@ -50,13 +50,15 @@ def save_outputs(trainer, records: list, steps: int, output_dir: Path, run, regi
     for path in saved:
         run.log_artifact(path, "models")
     log_generators(trainer, output_dir, run, register_as, best_epoch)
-    # No title: the sweep montage puts these side by side and says the epoch once.
-    final_grid = plots.save_sample_grid(trainer.generate(fixed_noise(trainer.random_dim)), Path(output_dir) / "samples.png")
+    # Titled with the run and its epoch: the file is also read on its own, outside MLflow.
+    final_grid = plots.save_sample_grid(trainer.generate(fixed_noise(trainer.random_dim)), Path(output_dir) / "samples.png",
+                                        title=f"{run.run_name}: epoch {trainer.epochs_done}")
     run.log_artifact(final_grid)
     if records:
         d_losses = np.concatenate([record.d_losses for record in records])
         g_losses = np.concatenate([record.g_losses for record in records])
-        run.log_artifact(plots.save_loss_curve(d_losses, g_losses, steps, Path(output_dir) / "loss_curve.png"))
+        run.log_artifact(plots.save_loss_curve(d_losses, g_losses, steps, Path(output_dir) / "loss_curve.png",
+                                               title=f"{run.run_name}: losses"))
         epochs = np.concatenate([np.full(len(record.d_losses), record.epoch) for record in records])
         per_step = np.column_stack([epochs, np.arange(1, len(d_losses) + 1), d_losses, g_losses])
         np.savetxt(Path(output_dir) / "losses.csv", per_step, fmt=["%d", "%d", "%.9g", "%.9g"], delimiter=",",
@@ -65,14 +67,17 @@ def save_outputs(trainer, records: list, steps: int, output_dir: Path, run, regi
 
 
 def log_generators(trainer, output_dir: Path, run, register_as: str | None, best_epoch: int | None) -> None:
-    """G as MLflow Models: noise (N, random_dim) float32 in, images (N, *image_shape) float32 in [-1, 1] out."""
+    """G as MLflow Models: noise (N, random_dim) float32 in, images (N, *image_shape) float32 in [-1, 1] out.
+    Logging predicts on the input example (for the signature, and MLflow to check it), with op determinism
+    suspended: no number depends on it, and under it TensorFlow logs a spurious E0000 error line."""
     example = fixed_noise(trainer.random_dim, count=2)
-    run.log_model(trainer.generator, "generator", example, step=trainer.epochs_done, register_as=register_as)
-    if (Path(output_dir) / BEST_GENERATOR).is_file():
-        import keras
+    with runtime.op_determinism_suspended():
+        run.log_model(trainer.generator, "generator", example, step=trainer.epochs_done, register_as=register_as)
+        if (Path(output_dir) / BEST_GENERATOR).is_file():
+            import keras
 
-        best = keras.models.load_model(Path(output_dir) / BEST_GENERATOR)
-        run.log_model(best, "generator_best", example, step=best_epoch or trainer.epochs_done)
+            best = keras.models.load_model(Path(output_dir) / BEST_GENERATOR)
+            run.log_model(best, "generator_best", example, step=best_epoch or trainer.epochs_done)
 
 
 def print_summary(trained: list, final: dict[str, float], objective: float | None, objective_name: str | None,

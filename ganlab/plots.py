@@ -7,6 +7,8 @@ knows about TensorFlow or MLflow. Images come in any of `ganlab.data.IMAGE_LAYOU
 
 from __future__ import annotations
 
+import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -14,9 +16,21 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from ganlab import scores  # noqa: E402
 from ganlab.data import as_images  # noqa: E402
 from ganlab.scores import D_LOSS, G_LOSS  # noqa: E402
+
+
+def epoch_ticks(ax, epochs) -> None:
+    """Ticks of an epoch x axis at whole epochs only (never 4.8, 5.2): at each of a few epochs
+    (a single one included), else wherever matplotlib puts integer ticks."""
+    epochs = sorted({int(epoch) for epoch in epochs})
+    if len(epochs) <= 12:
+        ax.set_xticks(epochs)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def image_grid(images: np.ndarray, rows: int = 10) -> np.ndarray:
@@ -63,22 +77,29 @@ def save_nearest_pairs(generated: np.ndarray, nearest: np.ndarray, path: str | P
     return _save(fig, path)
 
 
-def save_loss_curve(d_losses: np.ndarray, g_losses: np.ndarray, steps_per_epoch: int, path: str | Path) -> Path:
-    """Per-step D and G losses (faint) with their per-epoch means, against epochs. G's per-step
-    losses may hold NaN where G did not step (n_critic > 1): only its steps are drawn."""
+def save_loss_curve(d_losses: np.ndarray, g_losses: np.ndarray, steps_per_epoch: int, path: str | Path,
+                    title: str | None = None) -> Path:
+    """Per-step D and G losses (faint) with their per-epoch means, against epochs, each line named
+    in the legend. G's per-step losses may hold NaN where G did not step (n_critic > 1): only its
+    steps are drawn."""
     d_losses, g_losses = np.asarray(d_losses), np.asarray(g_losses)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     epochs_axis = np.arange(1, len(d_losses) + 1) / steps_per_epoch
-    for losses, name, color in ((d_losses, D_LOSS, "tab:blue"), (g_losses, G_LOSS, "tab:orange")):
+    for losses, name, color in ((d_losses, "D", "tab:blue"), (g_losses, "G", "tab:orange")):
         stepped = np.isfinite(losses)
-        ax.plot(epochs_axis[stepped], losses[stepped], color=color, alpha=0.25, linewidth=0.6, label=f"{name} (per step)")
+        ax.plot(epochs_axis[stepped], losses[stepped], color=color, alpha=0.3, linewidth=0.6, label=f"{name} per step")
         whole = losses[: len(losses) // steps_per_epoch * steps_per_epoch].reshape(-1, steps_per_epoch)
         epoch_means = np.nanmean(whole, axis=1) if whole.size else whole[:, 0]
-        ax.plot(np.arange(1, len(epoch_means) + 1), epoch_means, "o-", color=color, label=f"{name} (epoch mean)")
+        ax.plot(np.arange(1, len(epoch_means) + 1), epoch_means, "o-", color=color, label=f"{name} epoch mean")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("loss (the chosen loss's D and G objectives)")
+    epoch_ticks(ax, range(0, max(1, len(d_losses) // steps_per_epoch) + 1))  # 0: where training starts
+    ax.set_ylabel(f"loss ({D_LOSS}, {G_LOSS}: the chosen loss's objectives)")
+    ax.set_title(title or "losses")
     ax.grid(alpha=0.3)
-    ax.legend()
+    legend = ax.legend()
+    for handle in legend.legend_handles:  # the faint per-step lines, legible in the legend
+        handle.set_alpha(1.0)
+        handle.set_linewidth(max(handle.get_linewidth(), 1.5))
     return _save(fig, path)
 
 
@@ -110,7 +131,8 @@ def save_class_histogram(histogram: np.ndarray, path: str | Path, title: str | N
 def save_sweep_heatmap(rows: list[dict], row_key: str, column_key: str, metric: str, path: str | Path) -> Path:
     """Final `metric` on a grid of two swept keys (empty cells: no value). A row may also hold
     `n` (runs averaged into the cell) and `half_width` (of the 95% CI of that mean): the cell
-    then reads `mean ± half_width` and the title says how many runs each mean is over."""
+    then reads `mean ± half_width` and the title says how many runs each mean is over. Numbers
+    in the metric's own format (`fid` 323.2, not 323); title and colour bar say which way is better."""
     row_values = sorted({row[row_key] for row in rows}, key=numeric_first)
     column_values = sorted({row[column_key] for row in rows}, key=numeric_first)
     table = np.full((len(row_values), len(column_values)), np.nan)
@@ -120,10 +142,13 @@ def save_sweep_heatmap(rows: list[dict], row_key: str, column_key: str, metric: 
         table[cell], half_widths[cell] = row[metric], row.get("half_width", np.nan)
     fig, ax = plt.subplots(figsize=(1.4 * len(column_values) + 2.5, 1.0 * len(row_values) + 1.8))
     image = ax.imshow(table, cmap="viridis_r")
+    # one number of decimals for the whole grid, as the metric's digits give its largest value
+    cell_texts = np.array(scores.format_column(metric, [None if np.isnan(v) else float(v) for v in table.flat]),
+                          dtype=object).reshape(table.shape)
     for (i, j), value in np.ndenumerate(table):
-        text = "-" if np.isnan(value) else f"{value:.3g}"
+        text = cell_texts[i, j]
         if not np.isnan(half_widths[i, j]):
-            text += f"\n± {half_widths[i, j]:.3g}"
+            text += f"\n± {scores.format_value(metric, float(half_widths[i, j]))}"
         red, green, blue, _ = image.cmap(image.norm(value)) if not np.isnan(value) else (0, 0, 0, 1)
         light = 0.299 * red + 0.587 * green + 0.114 * blue > 0.5  # dark text on the light cells
         ax.text(j, i, text, ha="center", va="center", color="black" if light else "white")
@@ -133,8 +158,10 @@ def save_sweep_heatmap(rows: list[dict], row_key: str, column_key: str, metric: 
     ax.set_ylabel(row_key)
     counts = sorted({row["n"] for row in rows if row.get("n", 1) > 1})
     runs = "" if not counts else f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
-    ax.set_title(f"final {metric}: mean ± 95% CI over {runs} runs" if runs else f"final {metric}")
-    fig.colorbar(image, ax=ax)
+    better = scores.direction(metric) if scores.is_known(metric) else None
+    suffix = f", {better} is better" if better else ""
+    ax.set_title((f"final {metric}: mean ± 95% CI over {runs} runs" if runs else f"final {metric}") + suffix)
+    fig.colorbar(image, ax=ax, label=f"{metric} ({better} is better)" if better else metric)
     return _save(fig, path)
 
 
@@ -164,3 +191,27 @@ def numeric_first(value):
         return (0, float(value), "")
     except (TypeError, ValueError):
         return (1, 0.0, str(value))
+
+
+def save_labelled_montage(image_files: list[Path], labels: list[str], path: str | Path, title: str | None = None) -> Path:
+    """Pictures side by side in a near-square grid (at most 6 a row), each under its label (a line or two)
+    in a font that reads at the picture's size."""
+    count = len(image_files)
+    columns = min(count, 6, max(1, math.ceil(math.sqrt(count))))
+    rows = math.ceil(count / columns)
+    # a tile about a grid's own size (280 px at 100 dpi: no resampling), two label lines above it
+    fig, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 3.7 * rows + (0.5 if title else 0)),
+                             squeeze=False, layout="constrained")  # constrained: labels never leave the canvas
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, file, label in zip(axes.flat, image_files, labels):
+        picture = plt.imread(file)
+        ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, interpolation="nearest")
+        ax.set_title(label, fontsize=15)
+    if title:
+        fig.suptitle("\n".join(textwrap.wrap(title, 26 * columns)), fontsize=15)  # a narrow montage: two lines
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

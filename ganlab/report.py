@@ -4,9 +4,10 @@
     python -m ganlab.report --by dropout --reference dropout=0.3 --metrics fid,recall
     python -m ganlab.report --record docs/study/runs.csv --out report   # again from a record, no MLflow
 
-Reads the child runs of a sweep's parent run (the newest sweep of the experiment unless
-`--parent` names one), groups them by the params named in `--by` (the seeds are the
-replicates; swept params left out of `--by` are pooled) and writes into `--out`:
+Reads the child runs of a sweep's parent run (unless `--parent` names one, the newest sweep
+of the experiment that has finished runs, named on the output's first line), groups them by
+the params named in `--by` (the seeds are the replicates; swept params left out of `--by`
+are pooled) and writes into `--out`:
 - `comparison.csv` / `comparison.md`: per group, metric and epoch the mean, std and 95%
   confidence interval over seeds, and each group's difference from the reference group
   (`--reference`, default the group at the config's defaults, the tutorial's setting, when
@@ -16,11 +17,13 @@ replicates; swept params left out of `--by` are pooled) and writes into `--out`:
 - `runs.csv`: every value those are computed from (group keys, seed, epoch, metric, value).
   `--record runs.csv` computes the comparison and the fid heatmap again from it alone, to
   the last bit, so a published comparison can be regenerated without the MLflow store;
-- `scores.md` / `scores.csv`: mean ± std per group at the chosen epochs;
+- `scores.md` / `scores.csv`: mean ± std per group at the chosen epochs (std n/a, empty in
+  the CSV, where a group has one run);
 - the sweep's own summary, as its parent run holds it: `sweep_summary.csv`/`.md`, the fid
   heatmap over two keys and the montage of final samples (`ganlab.sweep_report`);
-- `samples_<group>.png`: the first run's sample grids at those epochs side by side (an
-  artifact that cannot be downloaded is named in a warning and left out).
+- `samples_<group>.png`: the first run's sample grids at those epochs side by side, titled
+  with the group, each grid with its epoch (an artifact that cannot be downloaded is named
+  in a warning and left out).
 Only reads: it never creates a store or an experiment.
 """
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import shutil
 import statistics
 import sys
@@ -42,7 +46,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m ganlab.report", description=__doc__.splitlines()[0])
     parser.add_argument("--experiment", default="ganlab")
     parser.add_argument("--tracking-uri", default=None, help="default: sqlite:///<cwd>/mlruns/mlflow.db")
-    parser.add_argument("--parent", default=None, help="the sweep's parent run id (default: the newest sweep)")
+    parser.add_argument("--parent", default=None, help="the sweep's parent run id (default: the newest sweep with finished runs)")
     parser.add_argument("--by", default="", help="comma-separated params that make the groups, e.g. dropout,label_smoothing")
     parser.add_argument("--reference", default=None,
                         help="the group others are compared with, KEY=VALUE[,KEY=VALUE] (default: the config's defaults)")
@@ -75,7 +79,7 @@ def grouped_runs(children, keys) -> dict[str, list]:
 
 
 def score_tables(groups, logged, metrics, epochs) -> dict[str, list[dict]]:
-    """mean ± std per group, epoch and metric (epochs a run lacks are skipped)."""
+    """mean ± std per group, epoch and metric (epochs a run lacks are skipped); std is NaN for a single value."""
     tables = {}
     for label, runs in groups.items():
         rows = []
@@ -83,7 +87,7 @@ def score_tables(groups, logged, metrics, epochs) -> dict[str, list[dict]]:
             for metric in metrics:
                 values = [logged[run.info.run_id][metric][epoch] for run in runs if epoch in logged[run.info.run_id][metric]]
                 if values:
-                    std = statistics.stdev(values) if len(values) > 1 else 0.0
+                    std = statistics.stdev(values) if len(values) > 1 else math.nan  # no spread from one value
                     rows.append({"epoch": epoch, "metric": metric, "mean": statistics.fmean(values), "std": std, "runs": len(values)})
         tables[label] = rows
     return tables
@@ -97,11 +101,20 @@ def markdown(groups: dict[str, list[dict]], metrics, epochs) -> str:
             cells = []
             for metric in metrics:
                 row = next((r for r in rows if r["epoch"] == epoch and r["metric"] == metric), None)
-                cells.append(f"{row['mean']:.3g} ± {row['std']:.2g}" if row else "-")
+                cells.append("-" if row is None else f"{row['mean']:.3g} ± {spread(row['std'])}")
             if any(cell != "-" for cell in cells):
                 lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def spread(std: float) -> str:
+    return "n/a" if math.isnan(std) else f"{std:.2g}"
+
+
+def runs_count(count: int, what: str = "run") -> str:
+    """`1 run`, `3 runs`."""
+    return f"{count} {what}{'' if count == 1 else 's'}"
 
 
 SAMPLES_DIR = "samples"  # a run's sample grid of each evaluated epoch, as epochs.py logs it: samples/epoch_001.png, ...
@@ -114,7 +127,7 @@ def write_sample_montages(client, groups, keys, epochs, out: Path) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for runs in groups.values():
             run_id = runs[0].info.run_id
-            grids, titles = [], []
+            grids = []
             try:
                 logged = {item.path for item in client.list_artifacts(run_id, SAMPLES_DIR)}
             except Exception as error:  # noqa: BLE001 - whatever the store raises
@@ -130,10 +143,13 @@ def write_sample_montages(client, groups, keys, epochs, out: Path) -> None:
                     _warn_artifact(name, run_id, error)
                     continue
                 grids.append(Path(local).rename(Path(scratch) / f"{len(grids)}.png"))
-                titles.append(f"epoch {epoch}")
             if grids:
-                name = "samples" + ("_" + "_".join(str(runs[0].data.params.get(key)) for key in keys) if keys else "")
-                plots.save_montage(grids, titles, out / f"{name}.png")
+                values = {key: runs[0].data.params.get(key) for key in keys}
+                name = "samples" + ("_" + "_".join(str(value) for value in values.values()) if keys else "")
+                group, run_name = tracking.setting(values, keys) or "all runs", runs[0].info.run_name
+                title = f"{group}: samples" + ("" if run_name == group else f" of run {run_name}")
+                # each grid is titled with its epoch already (ganlab.epochs), so the tiles need no label of their own
+                plots.save_montage(grids, [""] * len(grids), out / f"{name}.png", title=title)
 
 
 def _warn_artifact(name: str, run_id: str, error: Exception) -> None:
@@ -157,13 +173,16 @@ def run(args) -> str:
     if args.record:
         return run_from_record(Path(args.record), keys, args.reference, metrics, Path(args.out))
     client, experiment_id = tracking.open_reader(args.tracking_uri, args.experiment)
+    chosen = ""
+    if args.parent is None:
+        args.parent, chosen = newest_finished_sweep(client, experiment_id, args.experiment)
     parent, children = tracking.sweep_children(client, experiment_id, args.parent)
     if not children:
-        raise InputError(f"--parent: run {parent} has no child runs.")
+        raise InputError(f"--parent: run {parent} has no child runs; give the run id of a sweep's parent run.")
     check_by(keys, children)
     groups = grouped_runs(children, keys)
     if not groups:
-        raise InputError(f"sweep {parent} has no finished runs to compare.")
+        raise InputError(f"--parent: sweep {parent} has no finished runs to compare; name another with --parent <run id>.")
     reference = parse_reference(args.reference, keys)
     finished = [run for runs in groups.values() for run in runs]
     sweep_report.check_alike_scoring(finished, keys)  # one line naming how runs of a group were scored differently
@@ -180,17 +199,40 @@ def run(args) -> str:
     record.write_observations(values, record_keys, out / sweep_report.RECORD)
     sweep_report.summarize(client, children, keys, None, out)  # the sweep's table, heatmap and montage
     tables = score_tables(groups, logged, metrics, epochs)
-    text = f"Sweep {parent}: {len(finished)} finished runs; mean ± std over the runs of each group.\n\n"
-    text += markdown({f"{label} ({len(groups[label])} runs)": rows for label, rows in tables.items()}, metrics, epochs)
+    text = (f"Sweep {parent}: {runs_count(len(finished), 'finished run')}; mean ± std over the runs of each group "
+            "(n/a for a group of one run).\n\n")
+    text += markdown({f"{label} ({runs_count(len(groups[label]))})": rows for label, rows in tables.items()}, metrics, epochs)
     (out / "scores.md").write_text(text)
     with open(out / "scores.csv", "w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=["group", "epoch", "metric", "mean", "std", "runs"])
         writer.writeheader()
         for label, table in tables.items():
-            writer.writerows({"group": label, **row} for row in table)
+            writer.writerows({"group": label, **row, "std": "" if math.isnan(row["std"]) else row["std"]} for row in table)
     write_sample_montages(client, groups, keys, epochs, out)
-    return text + (f"\nwritten to {out}/ (comparison.csv/.md, comparison_<metric>.png, {sweep_report.RECORD}, "
+    return chosen + text + (f"\nwritten to {out}/ (comparison.csv/.md, comparison_<metric>.png, {sweep_report.RECORD}, "
                    "scores.md/.csv, sweep_summary.csv/.md, samples_*.png)")
+
+
+def newest_finished_sweep(client, experiment_id: str, experiment: str) -> tuple[str, str]:
+    """The newest sweep parent run with at least one FINISHED child, and the line that names it:
+    a stopped or still running newer sweep is passed over, and said so."""
+    parents = client.search_runs([experiment_id], filter_string=f"tags.`{tracking.SWEEP_PARENT_TAG}` = 'true'",
+                                 order_by=["attributes.start_time DESC"], max_results=1000)
+    for newer, parent in enumerate(parents):
+        finished = client.search_runs(
+            [experiment_id], max_results=1,
+            filter_string=f"tags.`{tracking.PARENT_RUN_TAG}` = '{parent.info.run_id}' and attributes.status = 'FINISHED'")
+        if finished:
+            skipped = f"; {newer} newer sweep{'s' if newer > 1 else ''} without finished runs passed over" if newer else ""
+            return parent.info.run_id, (f"report on sweep {parent.info.run_id} (\"{parent.info.run_name}\"), the "
+                                        f"newest with finished runs{skipped}; --parent <run id> picks another.\n\n")
+    if not parents:
+        raise InputError(f"--parent: experiment {experiment!r} has no sweep; run one with -m, or name a sweep's "
+                         "parent run with --parent <run id> (and its experiment with --experiment).")
+    which = (f"the one sweep of experiment {experiment!r} has no finished runs" if len(parents) == 1 else
+             f"none of the {len(parents)} sweeps of experiment {experiment!r} has finished runs")
+    raise InputError(f"--parent: {which} (the newest is "
+                     f"{parents[0].info.run_id}); let one finish, or name a sweep's parent run with --parent <run id>.")
 
 
 def run_from_record(path: Path, keys: list[str], reference_text: str | None, metrics, out: Path) -> str:

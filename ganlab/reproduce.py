@@ -174,7 +174,7 @@ def parse_args(argv):
     parser.add_argument("--epochs", type=int, default=1, help="epochs to train and compare (default 1)")
     parser.add_argument("--precision", dest="dtype", default=DTYPES[0],
                         help=f"{' or '.join(DTYPES)}: the dtype to reproduce (default {DTYPES[0]})")
-    parser.add_argument("--data", default=None, help="MNIST .npz or IDX folder (default: keras.datasets)")
+    parser.add_argument("--data", default=None, help="MNIST .npz or IDX folder (default: keras.datasets, else the shipped MNIST copy)")
     parser.add_argument("--record", default=str(RECORD_DIR), help="the record folder (default: this repo's docs/baseline)")
     parser.add_argument("--tracking-uri", default=None, help="default: sqlite:///<cwd>/mlruns/mlflow.db")
     parser.add_argument("--experiment", default=None,

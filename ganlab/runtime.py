@@ -1,18 +1,25 @@
 """The process around a job: a quiet console, TensorFlow's seeds, threads and determinism.
 
-`quiet_console()` runs in every entry point before TensorFlow is imported: on a machine
-without an NVIDIA GPU it silences TensorFlow's and absl's start-up chatter (the CUDA
-probe lines, which read like errors on a CPU). `configure_tensorflow` seeds Python,
+`quiet_console()` runs in every entry point before TensorFlow is imported: it sets
+TensorFlow's C++ log level (errors only with an NVIDIA GPU; on a CPU-only machine none,
+since the CUDA probe's and the tf.data/grappler "E0000" lines read like errors there) and
+drops TensorFlow's retracing warning, which a sweep's later jobs trigger by building new
+models in one process. `import_tensorflow()` imports TensorFlow with standard error held
+back: the lines logged before absl is initialised ignore the log level, so they are
+filtered by it here and only what it lets through is shown. `configure_tensorflow` seeds Python,
 NumPy, TensorFlow and Keras and sets the thread count and op determinism, both ways, so
 a later job of the same process gets exactly what its config says.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
+import re
 import sys
+import tempfile
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -22,39 +29,98 @@ def has_nvidia_gpu() -> bool:
     return Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia/gpus").is_dir()
 
 
+# TensorFlow's C++ log lines (absl's format): severity letter, date, time, thread, file:line]
+CPP_LOG_LINE = re.compile(r"^([IWEF])\d{4} [\d:.]+ +\d+ [^ \]]+:\d+\] ")
+CPP_SEVERITY = {"I": 0, "W": 1, "E": 2, "F": 3}  # as TF_CPP_MIN_LOG_LEVEL counts them
+ABSL_PREAMBLE = "All log messages before absl::InitializeLog() is called are written to STDERR"
+# Lines of Python's own (a warning, a traceback): never the continuation of a C++ record.
+PYTHON_LINE = re.compile(r"^(\S+:\d+: \w+(Warning|Error): |Traceback |\w+(Error|Exception): )")
+# The CUDA probe's records, from the stub and the platform: on a machine without an NVIDIA GPU, noise at any level.
+CUDA_PROBE = re.compile(r"\] (Could not find cuda drivers|failed call to cuInit)")
+RETRACING = "triggered tf.function retracing"  # TensorFlow's warning when many tf.functions are traced
+
+
+class _NoRetracingWarning(logging.Filter):
+    """Drops TensorFlow's "N out of the last N calls ... triggered tf.function retracing": every job
+    (and MLflow's model logging) builds new models whose predict functions are traced once each, as
+    they must be; the warning's advice does not apply."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return RETRACING not in record.getMessage()
+
+
 def quiet_console() -> None:
-    """Before TensorFlow loads: keep its C++ and absl logging to real errors, or none on CPU-only machines."""
-    if has_nvidia_gpu():
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # warnings and info off, GPU errors still shown
-    else:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # the CUDA probe's "errors" are noise here
+    """Before TensorFlow loads: keep its C++ and absl logging to real errors, or none on CPU-only
+    machines (a level the user set is kept), and drop its retracing warning."""
+    if not os.environ.get("TF_CPP_MIN_LOG_LEVEL"):  # unset or empty
+        # 2: warnings and info off, GPU errors still shown; 3: the CUDA probe's "errors" are noise on a CPU
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2" if has_nvidia_gpu() else "3"
+    if not has_nvidia_gpu():
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # nothing to probe for
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "Creating initial MLflow database tables" chatter
+    tf_logger = logging.getLogger("tensorflow")  # the logger TensorFlow's Python side writes to
+    if not any(isinstance(existing, _NoRetracingWarning) for existing in tf_logger.filters):
+        tf_logger.addFilter(_NoRetracingWarning())
+
+
+def min_cpp_log_level() -> int:
+    try:
+        return int(os.environ.get("TF_CPP_MIN_LOG_LEVEL") or 0)
+    except ValueError:
+        return 0
+
+
+def shown_at_start(text: str, min_level: int, gpu: bool) -> str:
+    """Of what TensorFlow wrote to standard error while loading, what its log level lets through:
+    C++ log records below `min_level` (with their continuation lines), absl's preamble and, without
+    a `gpu`, the CUDA probe's records go; anything else (a Python warning, a fatal record) stays."""
+    kept, keeping = [], True
+    for line in text.splitlines(keepends=True):
+        record = CPP_LOG_LINE.match(line)
+        if record:
+            keeping = CPP_SEVERITY[record.group(1)] >= min_level and (gpu or not CUDA_PROBE.search(line))
+        elif ABSL_PREAMBLE in line:
+            keeping = False
+            continue
+        elif PYTHON_LINE.match(line):
+            keeping = True
+        if keeping:
+            kept.append(line)
+    return "".join(kept)
 
 
 def import_tensorflow():
-    """`import tensorflow`, with its CUDA probe silenced on machines without an NVIDIA GPU.
+    """`import tensorflow`, its start-up lines held to its own log level.
 
-    TensorFlow's CUDA stub logs through absl before its own log level applies, so on a
-    CPU-only machine the import (and the first device listing) runs with standard error
-    pointed at /dev/null; an error still raises as a Python exception.
+    TensorFlow's CUDA stub and oneDNN notice log through absl before absl is initialised, when
+    TF_CPP_MIN_LOG_LEVEL does not apply yet (`Could not find cuda drivers`, `All log messages
+    before absl::InitializeLog()`). So the import and the first device listing run with
+    standard error going to a file, and what the level lets through (`shown_at_start`) is
+    written back; an import error still raises as a Python exception.
     """
     quiet_console()
-    if "tensorflow" in sys.modules or has_nvidia_gpu():
+    if "tensorflow" in sys.modules:
         import tensorflow as tf
 
         return tf
+    sys.stderr.flush()
     saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
+    with tempfile.TemporaryFile(mode="w+b") as held:
+        try:
+            os.dup2(held.fileno(), 2)
             import tensorflow as tf
 
             tf.config.list_physical_devices("GPU")  # the second probe, at device set-up
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            shown = shown_at_start(held.read().decode(errors="replace"), min_cpp_log_level(), has_nvidia_gpu())
+            if shown:
+                sys.stderr.write(shown)
+                sys.stderr.flush()
     return tf
 
 
@@ -82,6 +148,24 @@ def configure_tensorflow(seed: int, threads: int | None, deterministic: bool) ->
         from tensorflow.python.framework import config as framework_config
 
         framework_config.disable_op_determinism()
+
+
+@contextlib.contextmanager
+def op_determinism_suspended():
+    """Op determinism off for the block, as it was afterwards. For Keras's `predict` on an input
+    example (where no number depends on it): under op determinism TensorFlow 2.21 rewrites
+    predict's parallel tf.data map into a sequential one and logs the attribute it drops as an
+    `E0000 ... NodeDef mentions attribute use_unbounded_threadpool` error."""
+    from tensorflow.python.framework import config as framework_config
+
+    enabled = framework_config.is_op_determinism_enabled()
+    if enabled:
+        framework_config.disable_op_determinism()
+    try:
+        yield
+    finally:
+        if enabled:
+            framework_config.enable_op_determinism()
 
 
 def op_determinism_enabled() -> bool:

@@ -222,3 +222,18 @@ def markdown_table() -> str:
         meaning = metric.meaning.replace("|", "\\|")  # a bare | would end the table cell
         lines.append(f"| `{metric.name}` | {meaning} | {metric.direction_text} |")
     return "\n".join(lines)
+
+
+def format_column(name: str, values) -> list[str]:
+    """A table column of metric `name`: one number of decimals for all its values, as many as the
+    registry's significant digits give its largest (`.4g`: 323.2 and 12.5; 1.001 and 1.000); a fixed
+    format (`.3f`) as it is; "-" where a job has no value."""
+    metric = lookup(name)
+    spec = metric.fmt if metric else ".4g"
+    finite = [abs(value) for value in values if value is not None and math.isfinite(value)]
+    if not spec.endswith("g") or not finite:
+        return [format_value(name, value) for value in values]
+    digits = int(spec[1:-1] or 6)
+    largest = max(finite)
+    decimals = max(0, digits - 1 - math.floor(math.log10(largest))) if largest > 0 else digits - 1
+    return ["-" if value is None or math.isnan(value) else f"{value:.{decimals}f}" for value in values]

@@ -6,8 +6,15 @@ e.g. `sweep dropout x label_smoothing`), and leaves the parent's id and the swep
 in the sweep folder, where every job (in this process or another) finds them. When the
 multirun ends it hands the children to `ganlab.sweep_report`, logs the summary on the
 parent (files, the best job's scores and swept values, a Markdown description) and
-closes it. A sweep with a failed job ends FAILED and exits non-zero; one stopped by
-Ctrl-C or SIGTERM ends KILLED, and one that dies of an error FAILED: never RUNNING.
+closes it; the summary's files are also left in the sweep folder's summary/. A sweep with a
+failed job ends FAILED and exits non-zero; one stopped by Ctrl-C or SIGTERM ends KILLED
+(its jobs on this machine are stopped and their runs KILLED too), and one that dies of an
+error FAILED: never RUNNING.
+
+`sweep.resume=<parent run id or sweep folder>`, given with the sweep's own overrides,
+continues a sweep instead of starting one: the parent is RUNNING again, and every job
+finds its earlier run by job number (`ganlab.checkpoint.earlier_attempt`): FINISHED ones
+are skipped, the others continue from their checkpoints, and jobs never started start.
 
 Importing this module also registers the OmegaConf resolver `ganlab.direction`:
 `${ganlab.direction:${objective}}` is `minimize` or `maximize` as the score registry says
@@ -18,11 +25,11 @@ The entry point `ganlab.train` imports this module before Hydra composes the con
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import signal
 import sys
-import tempfile
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -31,10 +38,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from ganlab import config as ganlab_config
 from ganlab import scores, sweep_report, tracking
+from ganlab.errors import InputError
 
 log = logging.getLogger(__name__)
 
 SWEEP_FILE = "ganlab_sweep.json"
+LOST_JOBS_FILE = "ganlab_lost_jobs.json"  # {job number: why the launcher lost it}, written by a cluster launcher
+SUMMARY = "summary"  # the sweep summary's folder: in the sweep folder and among the parent run's artifacts
+RESUME_KEY = "sweep.resume"  # a sweep's parent run id (or folder) to continue
+OVERRIDES_TAG = "sweep.overrides"  # a parent's command-line overrides (without sweep.resume)
 DIRECTION_RESOLVER = "ganlab.direction"  # ${ganlab.direction:${objective}} -> minimize / maximize
 
 if not OmegaConf.has_resolver(DIRECTION_RESOLVER):
@@ -64,6 +76,7 @@ class SweepTracking(Callback):
         self.client = None
         self.run_id = None
         self.interrupted = False
+        self.jobs_run_here = True  # the jobs are processes of this machine (every launcher but SLURM)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         from ganlab import config as config_checks
@@ -73,14 +86,22 @@ class SweepTracking(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         keys = swept_keys(config)
-        run = self.client.create_run(
-            experiment_id,
-            run_name=f"sweep {' x '.join(keys) or 'jobs'}",
-            tags={**tracking.environment_tags(), "sweep.overrides": " ".join(config.hydra.overrides.task),
-                  "sweep.dir": str(sweep_dir.resolve()), tracking.SWEEP_PARENT_TAG: "true",
-                  "mlflow.source.name": "ganlab.train -m", "mlflow.source.type": "LOCAL"},
-        )
-        self.run_id = run.info.run_id
+        overrides = sweep_overrides(config)
+        if OmegaConf.select(config, RESUME_KEY):
+            self.run_id = reopen_parent(self.client, experiment_id, str(OmegaConf.select(config, RESUME_KEY)), overrides)
+            self.client.set_tag(self.run_id, "sweep.dir", str(sweep_dir.resolve()))
+            print(f"ganlab: continuing sweep run {self.run_id}: finished jobs are skipped, the others resume "
+                  "from their checkpoints", flush=True)
+        else:
+            run = self.client.create_run(
+                experiment_id,
+                run_name=f"sweep {' x '.join(keys) or 'jobs'}",
+                tags={**tracking.environment_tags(), OVERRIDES_TAG: overrides,
+                      "sweep.dir": str(sweep_dir.resolve()), tracking.SWEEP_PARENT_TAG: "true",
+                      "mlflow.source.name": "ganlab.train -m", "mlflow.source.type": "LOCAL"},
+            )
+            self.run_id = run.info.run_id
+        self.jobs_run_here = "slurm" not in str(OmegaConf.select(config, "hydra.launcher._target_") or "").lower()
         self._close_on_exit()
         (sweep_dir / SWEEP_FILE).write_text(json.dumps({"parent_run_id": self.run_id, "swept_keys": keys}))
         log.info("MLflow sweep run %s; jobs appear as its children", self.run_id)
@@ -97,6 +118,8 @@ class SweepTracking(Callback):
                 return
             status = "KILLED" if self.interrupted or _interrupted_by_exception() else "FAILED"
             try:
+                if self.jobs_run_here:
+                    close_orphaned_jobs(self.client, self.run_id)
                 self.client.set_terminated(self.run_id, status)
             except Exception as error:  # noqa: BLE001
                 log.warning("could not close sweep run %s: %s", self.run_id, error)
@@ -113,24 +136,25 @@ class SweepTracking(Callback):
         failed = [child for child in children if child.info.status != "FINISHED"]
         runless = jobs_without_a_run(Path(config.hydra.sweep.dir), children)
         swept = [ganlab_config.param_key(key) for key in read_sweep_file(Path(config.hydra.sweep.dir)).get("swept_keys", [])]
-        with tempfile.TemporaryDirectory() as scratch:
-            summary = sweep_report.summarize(client, children, swept, config.get("objective"), Path(scratch),
-                                             objective_at=config.get("objective_at"), runless_jobs=runless)
-            for file in summary.files:
-                client.log_artifact(run_id, str(file), "summary")
+        folder = Path(config.hydra.sweep.dir) / SUMMARY  # a copy beside the jobs' folders
+        folder.mkdir(parents=True, exist_ok=True)
+        summary = sweep_report.summarize(client, children, swept, config.get("objective"), folder,
+                                         objective_at=config.get("objective_at"), runless_jobs=runless)
+        for file in summary.files:
+            client.log_artifact(run_id, str(file), SUMMARY)
         optimizer_report = Path(config.hydra.sweep.dir) / "optimization_results.yaml"  # written by the Optuna sweeper
         if optimizer_report.exists():
-            client.log_artifact(run_id, str(optimizer_report), "summary")
-        sweep_report.log_on_parent(client, run_id, summary, config.get("objective"))
+            client.log_artifact(run_id, str(optimizer_report), SUMMARY)
+        view_key = sweep_report.log_on_parent(client, run_id, summary, config.get("objective"))
         jobs = len(children) + len(runless)
         lost = len(failed) + len(runless)
         status = "FAILED" if lost or not children else "FINISHED"
         client.set_tag(run_id, "sweep.jobs", f"{jobs - lost} of {jobs} finished")
         client.set_terminated(run_id, status)
         self.run_id = None  # closed: nothing left for the exit handler
-        print(f"ganlab: sweep of {jobs} jobs ({lost} failed); summary (table, heatmap, samples) "
-              f"under summary/ of MLflow run {run_id}", flush=True)
-        print(tracking.ui_hint(config.tracking.uri, experiment_id, run_id), flush=True)
+        print(f"ganlab: sweep of {jobs} jobs ({lost} failed); summary (table, heatmap, samples) in {folder} "
+              f"and under {SUMMARY}/ of MLflow run {run_id}", flush=True)
+        print(tracking.ui_hint(config.tracking.uri, experiment_id, run_id, view_key=view_key), flush=True)
         if lost:
             # Hydra turns a callback's exception into a warning; the exit status must say it.
             reasons = "; ".join(sweep_report.not_finished(children, runless))
@@ -138,15 +162,76 @@ class SweepTracking(Callback):
             raise SystemExit(1)
 
 
-def jobs_without_a_run(sweep_dir: Path, children) -> dict[str, str]:
-    """{job number: its overrides} of the sweep's jobs that have a folder but no MLflow run: they
-    failed before their run was created (their log holds the traceback)."""
-    with_run = {child.data.tags.get("sweep.job_num") for child in children}
+def sweep_overrides(config: DictConfig) -> str:
+    """The sweep's command-line overrides as typed, without `sweep.resume` (which sweep goes on is not what it trains)."""
+    return " ".join(item for item in config.hydra.overrides.task if item.split("=", 1)[0].lstrip("+~") != RESUME_KEY)
+
+
+def reopen_parent(client, experiment_id: str, target: str, overrides: str) -> str:
+    """The parent run of the sweep `target` names (its run id or its folder), RUNNING again.
+
+    The sweep must be continued with the overrides it started with: its jobs find their
+    earlier runs by job number (`ganlab.checkpoint.earlier_attempt`). Bad input ends the
+    command here, before any job starts: one paragraph on stderr, exit 1.
+    """
+    try:
+        parent_id = target
+        if Path(target).is_dir():
+            parent_id = read_sweep_file(Path(target)).get("parent_run_id")
+            if parent_id is None:
+                raise InputError(f"{RESUME_KEY}: {target!r} is not a sweep folder (it has no {SWEEP_FILE}); give "
+                                 "the sweep's parent run id (printed when the sweep started) or its folder under "
+                                 "outputs/multirun/.")
+        parent = tracking.find_run(client, parent_id, option=RESUME_KEY)
+        if parent.data.tags.get(tracking.SWEEP_PARENT_TAG) != "true" or parent.info.experiment_id != experiment_id:
+            raise InputError(f"{RESUME_KEY}: run {parent_id} is not the parent run of a sweep in this experiment; give "
+                             "the id of a sweep's parent run (the `sweep ...` run whose children are the jobs).")
+        started_with = parent.data.tags.get(OVERRIDES_TAG, "")
+        if started_with != overrides:
+            raise InputError(f"{RESUME_KEY}: sweep {parent_id} started with the overrides {started_with!r}, not "
+                             f"{overrides!r}; continue it with the same ones: python -m ganlab.train -m "
+                             f"{started_with} {RESUME_KEY}={parent_id}")
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None  # not an Exception: Hydra would turn that into a warning and run the jobs
+    client.update_run(parent_id, status="RUNNING")
+    return parent_id
+
+
+def close_orphaned_jobs(client, parent_id: str) -> None:
+    """A sweep that stops early: its job processes on this machine are stopped (SIGTERM, so each
+    closes its run; SIGKILL after a minute), then any child run still RUNNING, whose process is gone
+    (joblib kills its workers outright), is marked KILLED. Their checkpoints stay: `sweep.resume` continues them."""
+    import psutil
+
+    jobs = psutil.Process().children(recursive=True)
+    for job in jobs:
+        with contextlib.suppress(psutil.Error):
+            job.terminate()
+    _, alive = psutil.wait_procs(jobs, timeout=60)
+    for job in alive:
+        with contextlib.suppress(psutil.Error):
+            job.kill()
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    _, children = tracking.sweep_children(client, experiment_id, parent_id)
+    for child in children:
+        if child.info.status == "RUNNING":
+            client.set_terminated(child.info.run_id, "KILLED")
+
+
+def jobs_without_a_run(sweep_dir: Path, children) -> dict[str, tuple[str, str]]:
+    """{job number: (its overrides, why)} of the sweep's jobs that have a folder but no MLflow run:
+    lost by the launcher before they ran (the reason it gave, in LOST_JOBS_FILE), or failed
+    before their run was created (their log holds the traceback)."""
+    with_run = {child.data.tags.get(tracking.JOB_NUM_TAG) for child in children}
+    lost_file = Path(sweep_dir) / LOST_JOBS_FILE
+    lost = json.loads(lost_file.read_text()) if lost_file.is_file() else {}
     found = {}
     for overrides in sorted(Path(sweep_dir).glob("*/.hydra/overrides.yaml")):
         job_num = overrides.parent.parent.name
         if job_num not in with_run:
-            found[job_num] = " ".join(OmegaConf.load(overrides))
+            why = lost.get(job_num, "failed before its MLflow run existed (its traceback is in the job's log)")
+            found[job_num] = (" ".join(OmegaConf.load(overrides)), why)
     return found
 
 

@@ -41,6 +41,8 @@ logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)  # logs ea
 PARENT_RUN_TAG = "mlflow.parentRunId"
 NOTE_TAG = "mlflow.note.content"  # a run's description, rendered as Markdown by the UI
 SWEEP_PARENT_TAG = "sweep.parent"
+JOB_NUM_TAG = "sweep.job_num"  # a sweep child's job number in its sweep
+OVERRIDES_TAG = "hydra.overrides"  # a run's command-line overrides, as typed
 DATASET_CONTEXT_TAG = "mlflow.data.context"  # the UI's badge beside a run's dataset
 DIGEST_LENGTH = 12  # a dataset digest as the UI shows it, like a short git hash (MLflow stores at most 36)
 PACKAGES = ("tensorflow", "keras", "mlflow", "hydra-core", "numpy", "scipy")
@@ -91,8 +93,29 @@ def resolve_uri(uri: str | None) -> str:
     return uri or default_tracking_uri()
 
 
-def ui_hint(uri: str | None, experiment_id: str | None = None, run_id: str | None = None) -> str:
-    """Two lines: the `mlflow ui` command for this store and the URL of the run (or experiment)."""
+ML_VIEW = "workflowType=machine_learning"  # MLflow 3's UI opens an experiment on its GenAI views without it
+# An experiment tag holding a runs-table view (filter, sort, columns) as JSON: the UI applies it
+# when the URL names it with ?viewStateShareKey=<key> (the state MLflow's own "Share" button saves).
+SHARED_VIEW_TAG = "mlflow.sharedViewState."
+UI_PORT = 5000
+
+
+def run_link(experiment_id: str, run_id: str | None = None) -> str:
+    """The UI's address of a run (or of an experiment's runs) relative to the UI's root, in model-training mode:
+    a Markdown link in a run's description opens it in the UI as it is."""
+    path = f"#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{path}?{ML_VIEW}"
+
+
+def view_link(experiment_id: str, view_key: str) -> str:
+    """The experiment's runs table as the shared view `view_key` (an experiment tag) sets it, in model-training mode."""
+    return f"#/experiments/{experiment_id}/runs?viewStateShareKey={view_key}&{ML_VIEW}"
+
+
+def ui_hint(uri: str | None, experiment_id: str | None = None, run_id: str | None = None,
+            view_key: str | None = None) -> str:
+    """The `mlflow ui` command for this store (runnable as pasted) and the URL of the run (or experiment);
+    with `view_key`, a line with the URL of the runs table as that shared view sets it."""
     uri = resolve_uri(uri)
     if uri.startswith(("http://", "https://")):
         base, command = uri.rstrip("/"), None
@@ -101,15 +124,16 @@ def ui_hint(uri: str | None, experiment_id: str | None = None, run_id: str | Non
         # interpreter's own mlflow, which may not be the one on PATH.
         mlflow_cli = Path(sys.executable).parent / "mlflow"
         program = shlex.quote(str(mlflow_cli)) if mlflow_cli.is_file() else "mlflow"
-        base, command = "http://127.0.0.1:5000", f"{program} ui --backend-store-uri {shlex.quote(uri)} --port 5000"
-    url = f"{base}/#/experiments/{experiment_id}" if experiment_id else base
-    if experiment_id and run_id:
-        url += f"/runs/{run_id}"
-    if experiment_id:
-        # MLflow 3's UI shows an experiment as GenAI (traces) unless the URL or the browser's
-        # last choice in the sidebar says machine learning; an experiment tag does not decide it.
-        url += "?workflowType=machine_learning"
+        base = f"http://127.0.0.1:{UI_PORT}"
+        # The port hint is a shell comment, so the line still runs as pasted.
+        command = (f"{program} ui --backend-store-uri {shlex.quote(uri)} --port {UI_PORT}"
+                   f"  # {UI_PORT} taken? --port N, and :N in the URLs")
+    # MLflow 3's UI shows an experiment as GenAI (traces) unless the URL or the browser's
+    # last choice in the sidebar says machine learning; an experiment tag does not decide it.
+    url = f"{base}/{run_link(experiment_id, run_id)}" if experiment_id else base
     lines = ([f"look at it: {command}"] if command else []) + [f"then open {url}"]
+    if experiment_id and view_key:
+        lines.append(f"runs table, best first: {base}/{view_link(experiment_id, view_key)}")
     return "\n".join(lines)
 
 
@@ -257,20 +281,46 @@ def metric_histories(client: MlflowClient, run_id: str, names) -> dict[str, dict
 # Short names for run names, where a knob's full name would not fit the UI's column.
 SHORT_KEYS = {"label_smoothing": "ls", "optimizer.lr": "lr", "optimizer.beta_1": "beta_1", "eval.num_samples": "n_eval"}
 RUN_NAME_LENGTH = 40
+# Overrides that say how long a job trains or how it is scored rather than what it trains:
+# a single run's name gives them last, so what changes the model is what a short name keeps.
+NAMED_LAST = ("epochs", "steps_per_epoch", "eval.", "objective", "deterministic")
+
+
+def setting(values: dict[str, str], keys=None) -> str:
+    """`dropout=0.1 ls=0`: the `key=value` pairs of `values` (in the order of `keys` if given), short key names
+    and numbers as `g` writes them. A sweep's child is named by it; the sweep's tables and montages label with it."""
+    keys = list(values) if keys is None else [key for key in keys if key in values]
+    return " ".join(f"{SHORT_KEYS.get(key, key)}={_short_value(str(values[key]))}" for key in keys)
 
 
 def run_name(overrides, keys=None) -> str:
     """A short run name from `key=value` overrides: only `keys` (a sweep's swept keys) if given,
-    never paths or tracking keys; e.g. `dropout=0.1 ls=0`. At most RUN_NAME_LENGTH characters."""
-    parts = []
+    never paths or tracking keys; e.g. `dropout=0.1 ls=0`. At most RUN_NAME_LENGTH characters:
+    a single run names what changes the model first (`NAMED_LAST` last), and what does not fit
+    is left out whole and counted (`dropout=0.5 lr=0.001 +2`; all overrides are in the run's
+    `hydra.overrides` tag), never cut mid-word."""
+    values = {}
     for item in overrides:
         key, _, value = item.partition("=")
         key = key.lstrip("+~")
         if (keys is not None and key not in keys) or key.startswith((*WHERE_KEYS, *NOT_PARAMS, "hydra")):
             continue
-        parts.append(f"{SHORT_KEYS.get(key, key)}={_short_value(value)}")
-    name = " ".join(parts) or "default"
-    return name if len(name) <= RUN_NAME_LENGTH else name[: RUN_NAME_LENGTH - 1] + "~"
+        values[key] = value
+    order = list(values) if keys is not None else sorted(values, key=lambda key: key.startswith(NAMED_LAST))
+    parts = [setting(values, [key]) for key in order]
+    if not parts:
+        return "default"
+    kept = []
+    for count, part in enumerate(parts):
+        left = len(parts) - count - 1
+        candidate = " ".join([*kept, part])
+        if len(candidate) + (len(f" +{left}") if left else 0) > RUN_NAME_LENGTH:
+            break
+        kept.append(part)
+    dropped = len(parts) - len(kept)
+    if not kept:  # a first value too long for a name: its key and an ellipsis
+        kept, dropped = [parts[0].split("=", 1)[0][: RUN_NAME_LENGTH - 6] + "=…"], dropped - 1
+    return " ".join(kept) + (f" +{dropped}" if dropped else "")
 
 
 def _short_value(value: str) -> str:
@@ -293,7 +343,7 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
 
 
 # Config keys that say where and how a job runs, not what it trains: kept in config.yaml, not params.
-NOT_PARAMS = ("tracking.", "resume", "checkpoint.")
+NOT_PARAMS = ("tracking.", "resume", "checkpoint.", "sweep.")
 
 
 def run_params(config: dict) -> dict[str, Any]:

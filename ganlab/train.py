@@ -115,6 +115,12 @@ def discard_unused_folder(output_dir: Path, in_sweep: bool) -> None:
 
 def job_context(cfg: DictConfig, overrides: list[str]) -> JobContext:
     hydra_cfg = HydraConfig.get()
+    # `sweep.resume` says which sweep goes on, not what a job trains: a continued job's overrides are its first ones.
+    overrides = [item for item in overrides if item.split("=", 1)[0].lstrip("+~") != sweep.RESUME_KEY]
+    if hydra_cfg.mode != RunMode.MULTIRUN and OmegaConf.select(cfg, sweep.RESUME_KEY):
+        raise InputError(f"{sweep.RESUME_KEY}: continues a sweep, so it goes with -m and the sweep's overrides "
+                         f"(python -m ganlab.train -m <its overrides> {sweep.RESUME_KEY}=<parent run id>); a single "
+                         "job is continued with resume=<its run id or output folder>.")
     output_dir = Path(hydra_cfg.runtime.output_dir)
     launcher = hydra_cfg.launcher
     parallel_jobs = launcher.get("n_jobs")
@@ -123,8 +129,10 @@ def job_context(cfg: DictConfig, overrides: list[str]) -> JobContext:
         overrides=overrides,
         run_name=tracking.run_name(overrides),
         threads=runtime.threads_for_job(cfg.get("threads"), launcher.get("cpus_per_task"), parallel_jobs),
-        parallel=bool(parallel_jobs) and parallel_jobs != 1,
-        tags={"hydra.overrides": " ".join(overrides), "mlflow.source.name": "ganlab.train", "mlflow.source.type": "LOCAL"},
+        # Bars only where one job draws on a terminal: parallel jobs would interleave them, and in a
+        # log file (a SLURM job's, a redirected console) they are noise.
+        progress_bars=not (parallel_jobs and parallel_jobs != 1) and sys.stderr.isatty(),
+        tags={tracking.OVERRIDES_TAG: " ".join(overrides), "mlflow.source.name": "ganlab.train", "mlflow.source.type": "LOCAL"},
         log_file=output_dir / f"{hydra_cfg.job.name}.log",
     )
     if hydra_cfg.mode == RunMode.MULTIRUN:
@@ -132,7 +140,7 @@ def job_context(cfg: DictConfig, overrides: list[str]) -> JobContext:
         found = sweep.read_sweep_file(Path(hydra_cfg.sweep.dir))
         context.parent_run_id = found.get("parent_run_id")
         context.run_name = tracking.run_name(overrides, keys=found.get("swept_keys"))
-        context.tags.update({"sweep.id": context.parent_run_id or hydra_cfg.sweep.dir, "sweep.job_num": hydra_cfg.job.num})
+        context.tags.update({"sweep.id": context.parent_run_id or hydra_cfg.sweep.dir, tracking.JOB_NUM_TAG: hydra_cfg.job.num})
     return context
 
 

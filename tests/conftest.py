@@ -15,8 +15,9 @@ from mlflow.tracking import MlflowClient
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE_MNIST = REPO / "tests" / "fixtures" / "mnist_small.npz"  # 2,000 + 2,000 real MNIST images
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist.npz"
-# The full set where it is beside the repo (as in CI); the shipped real subset elsewhere.
-MNIST_FILE = SHARED_MNIST if SHARED_MNIST.exists() else FIXTURE_MNIST
+SHIPPED_MNIST = REPO / "ganlab" / "datasets" / "mnist.npz"  # the same arrays, shipped with the package
+# The full set where it is beside the repo (as in CI), else the copy shipped with ganlab.
+MNIST_FILE = SHARED_MNIST if SHARED_MNIST.exists() else SHIPPED_MNIST
 
 # The real test-set statistics are computed once for the whole test session.
 EVAL_CACHE = Path(tempfile.mkdtemp(prefix="ganlab-test-cache-"))

@@ -7,7 +7,7 @@ import gzip
 import numpy as np
 import pytest
 
-from conftest import FIXTURE_MNIST, run_cli
+from conftest import FIXTURE_MNIST, all_runs, run_cli
 from ganlab import data
 from ganlab.data import load_dataset, to_unit_range
 from ganlab.errors import InputError
@@ -133,13 +133,52 @@ def test_unknown_dataset_name():
 
 
 
-def test_keras_download_failure_says_how_to_pass_a_local_file(tmp_path):
-    """data.path=null with an empty Keras cache and no network (a proxy that refuses)."""
-    env = {"KERAS_HOME": str(tmp_path / "keras"), "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
-           "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9", "NO_PROXY": "", "no_proxy": ""}
-    result = run_cli(["epochs=1", "steps_per_epoch=1", "eval.enabled=false", "objective=null"], cwd=tmp_path, env=env, timeout=300)
+# No network: an empty Keras cache and a proxy that refuses every connection.
+OFFLINE = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
+           "http_proxy": "http://127.0.0.1:9", "NO_PROXY": "", "no_proxy": ""}
+
+
+def test_without_network_mnist_comes_from_the_shipped_copy(tmp_path):
+    """data.path=null, an empty Keras cache, no network: the job trains on ganlab/datasets/mnist.npz and says so."""
+    env = {"KERAS_HOME": str(tmp_path / "keras"), **OFFLINE}
+    result = run_cli(["epochs=1", "steps_per_epoch=1", "eval.enabled=false", "objective=null"], cwd=tmp_path, env=env,
+                     timeout=300)
+    assert result.returncode == 0, result.stderr
+    console = result.stdout + result.stderr
+    notes = [line for line in console.splitlines() if "using the copy shipped with ganlab" in line]
+    assert len(notes) == 1 and str(data.SHIPPED["mnist"]) in notes[0] and "download failed" in notes[0]
+    (run,) = all_runs(tmp_path)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["data.source"] == str(data.SHIPPED["mnist"])
+    assert run.data.tags["data.sha256"] == load_dataset("mnist", str(data.SHIPPED["mnist"])).sha256()
+
+
+def test_shipped_copy_is_the_full_mnist_with_its_recorded_hash():
+    assert data.file_sha256(data.SHIPPED["mnist"]) == data.SHIPPED_MNIST_SHA256
+    arrays = data.load_shipped("mnist")
+    assert arrays["x_train"].shape == (60000, 28, 28) and arrays["x_test"].shape == (10000, 28, 28)
+    assert np.bincount(arrays["y_train"]).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    readme = (data.SHIPPED["mnist"].parent / "README.md").read_text()
+    assert data.SHIPPED_MNIST_SHA256 in readme and "CC BY-SA 3.0" in readme and "Yann LeCun" in readme
+
+
+def test_a_damaged_shipped_copy_is_refused_by_name(tmp_path, monkeypatch):
+    damaged = tmp_path / "mnist.npz"
+    whole = bytearray(data.SHIPPED["mnist"].read_bytes())
+    whole[len(whole) // 2] ^= 0xFF  # one flipped byte inside the training images
+    damaged.write_bytes(bytes(whole))
+    monkeypatch.setitem(data.SHIPPED, "mnist", damaged)
+    with pytest.raises(InputError, match=r"copy that ships with ganlab \(.*mnist.npz\) is damaged: its SHA-256 is "
+                                         r"[0-9a-f]{64}, expected 06af5dfe.*data.path="):
+        data.load_shipped("mnist")
+
+
+def test_without_network_a_dataset_with_no_shipped_copy_says_how_to_pass_a_local_file(tmp_path):
+    env = {"KERAS_HOME": str(tmp_path / "keras"), **OFFLINE}
+    result = run_cli(["data=fashion_mnist", "epochs=1", "steps_per_epoch=1", "eval.enabled=false", "objective=null"],
+                     cwd=tmp_path, env=env, timeout=300)
     assert result.returncode != 0
-    assert "download failed" in result.stderr and "data.path=/path/to/mnist.npz" in result.stderr
+    assert "download failed" in result.stderr and "data.path=/path/to/fashion_mnist.npz" in result.stderr
 
 
 def test_the_image_shape_has_one_home_and_three_layouts():

@@ -11,16 +11,17 @@ import pytest
 from PIL import Image
 
 from conftest import MNIST_FILE, QUICK, artifact_paths, run_cli, store_client
-from ganlab import scores
+from ganlab import epochs, scores
 
 REGISTERED = "ganlab-test-generator"
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """Two jobs of two epochs, both evaluated; system metrics sampled every second."""
+    """Two jobs of two epochs, both evaluated; system metrics switched on, sampled every second."""
     cwd = tmp_path_factory.mktemp("ui_sweep")
-    args = ["-m", "dropout=0.1,0.3", *QUICK, "epochs=2", "eval.every=1", f"tracking.register_model={REGISTERED}"]
+    args = ["-m", "dropout=0.1,0.3", *QUICK, "epochs=2", "eval.every=1", f"tracking.register_model={REGISTERED}",
+            "tracking.system_metrics=true"]
     result = run_cli(args, cwd, env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     return cwd, result
@@ -36,17 +37,38 @@ def parent_and_children(cwd):
     return client, parents[0], children
 
 
+def logged_images(client, run_id: str) -> list[tuple[str, int, str]]:
+    """(key, step, path) of a run's MLflow images, in the order the UI lists them (by path: by
+    timestamp within a key and step). log_image(key=..., step=...) stores
+    images/<key>+step+<step>+timestamp+<t>+<uuid>.png (and a .webp preview)."""
+    pngs = sorted(path for path in artifact_paths(client, run_id, "images") if path.endswith(".png"))
+    return [(path.removeprefix("images/").split("+")[0], int(path.split("+")[2]), path) for path in pngs]
+
+
 def test_every_child_logs_its_samples_classes_and_nearest_training_images_at_each_epoch(sweep):
     client, _, children = parent_and_children(sweep[0])
+    keys = ("samples", "classes", "nearest_training")
     for child in children:
-        # log_image(key=..., step=...) stores images/<key>+step+<step>+timestamp+<t>+<uuid>.png (and a .webp)
-        pngs = sorted(path for path in artifact_paths(client, child.info.run_id, "images") if path.endswith(".png"))
-        logged = {(path.removeprefix("images/").split("+")[0], int(path.split("+")[2])) for path in pngs}
-        assert logged == {(key, epoch) for key in ("samples", "classes", "nearest_training") for epoch in (1, 2)}
+        logged = logged_images(client, child.info.run_id)
+        assert {(key, step) for key, step, _ in logged} == {(key, step) for key in keys
+                                                             for step in (epochs.LATEST_STEP, 1, 2)}
         assert child.data.tags["mlflow.loggedImages"] == "True"  # what makes the UI offer image charts
-        grid = next(path for path in pngs if path.startswith("images/samples+step+2+"))
+        for key in keys:  # the step the UI's card opens on holds every epoch's picture, the newest last
+            at_latest = [path for name, step, path in logged if name == key and step == epochs.LATEST_STEP]
+            by_epoch = [next(path for name, step, path in logged if name == key and step == epoch) for epoch in (1, 2)]
+            assert len(at_latest) == 2
+            assert all(same_image(client, child.info.run_id, *pair, sweep[0]) for pair in zip(at_latest, by_epoch))
+        grid = next(path for key, step, path in logged if key == "samples" and step == 2)
         with Image.open(client.download_artifacts(child.info.run_id, grid, str(sweep[0]))) as picture:
             assert picture.size == (280, 280)  # the 10x10 grid of 28x28 digits
+
+
+def same_image(client, run_id: str, first: str, second: str, folder) -> bool:
+    pictures = []
+    for path in (first, second):
+        with Image.open(client.download_artifacts(run_id, path, str(folder))) as picture:
+            pictures.append(np.asarray(picture))
+    return pictures[0].shape == pictures[1].shape and bool(np.array_equal(*pictures))
 
 
 def test_every_knob_is_one_param_with_a_value(sweep):
@@ -67,14 +89,21 @@ def test_children_are_named_by_their_swept_value(sweep):
     assert all(len(name) <= 40 for name in names)
 
 
-def test_parent_shows_the_best_job_and_a_description(sweep):
+def test_parent_names_the_best_job_without_posing_as_one(sweep):
     _, parent, children = parent_and_children(sweep[0])
     best = min(children, key=lambda child: child.data.metrics[scores.FID])
-    assert parent.data.metrics[scores.FID] == best.data.metrics[scores.FID]
-    assert all(scores.is_known(name) for name in parent.data.metrics)
-    assert parent.data.params["dropout"] == best.data.params["dropout"]
+    assert parent.data.tags["best.run_id"] == best.info.run_id
+    assert float(parent.data.tags[f"best.{scores.FID}"]) == best.data.metrics[scores.FID]
+    assert parent.data.metrics == {} and parent.data.params == {}  # it never sorts among its children as a run
     description = parent.data.tags["mlflow.note.content"]
-    assert f"/runs/{best.info.run_id}" in description and "| dropout |" in description
+    assert f"/runs/{best.info.run_id}?workflowType=machine_learning" in description
+    assert "dropout" in description
+
+
+def test_parent_logs_the_montage_of_every_epoch_and_the_last_where_the_ui_opens(sweep):
+    client, parent, _ = parent_and_children(sweep[0])
+    steps = [step for key, step, _ in logged_images(client, parent.info.run_id) if key == "samples"]
+    assert sorted(steps) == [epochs.LATEST_STEP, 1, 2]  # step 0: the final montage, where the image card opens
 
 
 def test_every_child_records_its_training_data_and_source(sweep):

@@ -7,7 +7,8 @@ import pytest
 
 from scipy import stats
 
-from ganlab import plots, sweep_report
+from ganlab import comparison, plots, sweep_report
+from ganlab.record import Observation
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -59,3 +60,84 @@ def test_heatmap_cells_are_means_over_seeds_with_their_interval(tmp_path):
     assert one["n"] == 1 and one["fid"] == 40.0 and np.isnan(one["half_width"])
     path = plots.save_sweep_heatmap(list(cells.values()), "dropout", "label_smoothing", "fid", tmp_path / "heat.png")
     assert path.read_bytes()[:8] == PNG
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures the plotting functions save, drawn, in the order they were saved."""
+    figures = []
+    save = plots._save
+
+    def keep(fig, path):
+        fig.canvas.draw()
+        figures.append({"title": [ax.get_title() for ax in fig.axes], "axes": fig.axes,
+                        "legend": [[text.get_text() for text in ax.get_legend().get_texts()] if ax.get_legend() else []
+                                   for ax in fig.axes],
+                        "legend_alpha": [[handle.get_alpha() for handle in ax.get_legend().legend_handles]
+                                         if ax.get_legend() else [] for ax in fig.axes],
+                        "xticks": [list(ax.get_xticks()) for ax in fig.axes],
+                        "texts": [[text.get_text() for text in ax.texts] for ax in fig.axes],
+                        "ylabel": [ax.get_ylabel() for ax in fig.axes],
+                        "collections": [[len(path.vertices) for c in ax.collections for path in c.get_paths()]
+                                        for ax in fig.axes]})
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    monkeypatch.setattr(comparison, "_save", keep)
+    return figures
+
+
+def whole(ticks) -> bool:
+    return all(float(tick).is_integer() for tick in ticks)
+
+
+@pytest.mark.parametrize("steps_per_epoch", [20, 40])  # two epochs, one
+def test_loss_curve_names_every_line_and_ticks_whole_epochs(tmp_path, drawn, steps_per_epoch):
+    plots.save_loss_curve(np.linspace(1, 0.5, 40), np.linspace(0.7, 1.2, 40), steps_per_epoch, tmp_path / "loss.png",
+                          title="dropout=0.1: losses")
+    (figure,) = drawn
+    assert figure["legend"] == [["D per step", "D epoch mean", "G per step", "G epoch mean"]]
+    assert figure["legend_alpha"] == [[1.0] * 4]  # the faint per-step lines are legible in the legend
+    assert figure["title"] == ["dropout=0.1: losses"]
+    assert whole(figure["xticks"][0])
+
+
+def test_sample_grid_carries_its_title(tmp_path, drawn):
+    plots.save_sample_grid(np.zeros((100, 784)), tmp_path / "samples.png", title="dropout=0.1: epoch 5")
+    assert drawn[0]["title"] == ["dropout=0.1: epoch 5"]
+
+
+def one_value_per_group(epochs):
+    return [Observation({"dropout": dropout}, "0", "fid", epoch, 100.0 - epoch + float(dropout))
+            for dropout in ("0.1", "0.3") for epoch in epochs]
+
+
+@pytest.mark.parametrize("epochs", [(5,), (1, 2, 3, 4, 5)])
+def test_a_one_seed_comparison_plot_promises_no_band_and_ticks_whole_epochs(tmp_path, drawn, epochs):
+    rows = comparison.compare(one_value_per_group(epochs), by=["dropout"], reference={"dropout": "0.3"})
+    comparison.plot_metric(rows, "fid", tmp_path / "fid.png")
+    (figure,) = drawn
+    assert figure["title"] == ["fid: one seed per group, so no confidence interval"]
+    assert all(vertices == 0 for vertices in figure["collections"][0])  # no band drawn
+    assert whole(figure["xticks"][0]), figure["xticks"]
+
+
+def test_a_comparison_plot_with_seeds_draws_the_band(tmp_path, drawn):
+    values = [Observation({"dropout": dropout}, str(seed), "fid", epoch, 100.0 - epoch + seed + float(dropout))
+              for dropout in ("0.1", "0.3") for seed in (0, 1, 2) for epoch in (1, 2)]
+    comparison.plot_metric(comparison.compare(values, by=["dropout"], reference={"dropout": "0.3"}), "fid",
+                           tmp_path / "fid.png")
+    (figure,) = drawn
+    assert figure["title"] == ["fid: mean and 95% CI of the mean over seeds"]
+    assert any(vertices > 0 for vertices in figure["collections"][0])
+
+
+def test_heatmap_keeps_the_metrics_digits_and_says_which_way_is_better(tmp_path, drawn):
+    rows = [{"dropout": "0.1", "ls": "0", "fid": 323.17, "n": 3, "half_width": 12.345},
+            {"dropout": "0.3", "ls": "0", "fid": 57.06, "n": 3, "half_width": 4.4}]
+    plots.save_sweep_heatmap(rows, "dropout", "ls", "fid", tmp_path / "heat.png")
+    (figure,) = drawn
+    heatmap, colorbar = figure["axes"]
+    assert figure["texts"][0] == ["323.2\n± 12.35", "57.1\n± 4.4"]  # the grid's decimals: those of its largest
+    assert figure["title"][0] == "final fid: mean ± 95% CI over 3 runs, lower is better"
+    assert figure["ylabel"][1] == "fid (lower is better)"

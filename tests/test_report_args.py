@@ -75,3 +75,64 @@ def test_a_valid_report_still_works(sweep_store, tmp_path, capsys):
     assert report.main(["--tracking-uri", sweep_store, "--by", "dropout", "--metrics", "d_loss", "--epochs", "1,2",
                         "--out", str(out)]) == 0, capsys.readouterr().err
     assert (out / "comparison.csv").is_file()
+
+
+def write_sweep(client, experiment: str, start_time: int, child_status: str, name: str) -> str:
+    """A sweep parent with two children ending `child_status`, each with d_loss at epochs 1 and 2."""
+    parent = client.create_run(experiment, start_time=start_time, run_name=name, tags={"sweep.parent": "true"})
+    for number, dropout in enumerate(("0.1", "0.3")):
+        child = client.create_run(experiment, start_time=start_time + 1 + number,
+                                  tags={"mlflow.parentRunId": parent.info.run_id, "sweep.job_num": str(number)})
+        client.log_param(child.info.run_id, "dropout", dropout)
+        for epoch in (1, 2):
+            client.log_metric(child.info.run_id, "d_loss", 0.5 + 0.1 * epoch + float(dropout), step=epoch)
+        if child_status != "RUNNING":
+            client.set_terminated(child.info.run_id, child_status)
+    client.set_terminated(parent.info.run_id, "KILLED" if child_status != "FINISHED" else "FINISHED")
+    return parent.info.run_id
+
+
+def test_without_parent_the_newest_sweep_with_finished_runs_is_taken_and_named(tmp_path, capsys):
+    """A newer sweep that was stopped (its jobs KILLED) and a still running one are passed over, and the output says which
+    sweep the report is on and how to pick another."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("ganlab")
+    finished = write_sweep(client, experiment, 1_000_000, "FINISHED", "finished-sweep")
+    write_sweep(client, experiment, 2_000_000, "KILLED", "stopped-sweep")
+    write_sweep(client, experiment, 3_000_000, "RUNNING", "running-sweep")
+    out = tmp_path / "report"
+    assert report.main(["--tracking-uri", uri, "--by", "dropout", "--metrics", "d_loss", "--epochs", "1,2",
+                        "--out", str(out)]) == 0, capsys.readouterr().err
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == (f'report on sweep {finished} ("finished-sweep"), the newest with finished runs; 2 newer sweeps '
+                     "without finished runs passed over; --parent <run id> picks another.")
+    assert finished in (out / "scores.md").read_text()
+
+
+def test_without_parent_and_no_sweep_with_finished_runs_the_error_names_parent(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("ganlab")
+    stopped = write_sweep(client, experiment, 1_000_000, "KILLED", "stopped-sweep")
+    out = tmp_path / "report"
+    line = refuse(["--tracking-uri", uri, "--by", "dropout", "--metrics", "d_loss", "--out", str(out)], capsys)
+    assert line == (f"error: --parent: the one sweep of experiment 'ganlab' has no finished runs (the newest is "
+                    f"{stopped}); let one finish, or name a sweep's parent run with --parent <run id>.")
+    assert not out.exists()
+
+
+def test_scores_table_says_one_run_and_no_spread_for_a_group_of_one(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("ganlab")
+    write_sweep(client, experiment, 1_000_000, "FINISHED", "one-seed")
+    out = tmp_path / "report"
+    assert report.main(["--tracking-uri", uri, "--by", "dropout", "--metrics", "d_loss", "--epochs", "1,2",
+                        "--out", str(out)]) == 0, capsys.readouterr().err
+    table = (out / "scores.md").read_text()
+    assert "**dropout=0.1 (1 run)**" in table and "(1 runs)" not in table
+    assert "| 1 | 0.7 ± n/a |" in table and "± 0 " not in table and "± 0\n" not in table
+    assert "2 finished runs;" in table
+    rows = (out / "scores.csv").read_text().splitlines()
+    assert rows[1].split(",")[4] == ""  # no std from one value

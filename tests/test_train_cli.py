@@ -135,7 +135,7 @@ def test_the_console_is_quiet_and_ends_with_how_to_look(workdir):
     last = result.stdout.strip().splitlines()[-2:]
     import shlex
 
-    command = shlex.split(last[0].strip().removeprefix("look at it: "))  # quoted, so it can be pasted
+    command = shlex.split(last[0].strip().removeprefix("look at it: "), comments=True)  # quoted, so it can be pasted
     assert command[0] in (str(Path(sys.executable).parent / "mlflow"), "mlflow")  # this interpreter's own mlflow
     assert command[1:3] == ["ui", "--backend-store-uri"] and command[3].startswith("sqlite:///")
     assert last[1].strip().startswith("then open http://127.0.0.1:5000/#/experiments/")

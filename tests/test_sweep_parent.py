@@ -1,0 +1,154 @@
+"""What a sweep's parent run shows in the MLflow UI, read back after one real 2-job sweep through the
+CLI (two epochs, both evaluated): a montage image per epoch, no scores of its own, a readable
+description, a runs-table view of its children best first; and the names and links ganlab writes."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import QUICK, all_runs, artifact_paths, run_cli, store_client
+from ganlab import scores, sweep_report, tracking
+from ganlab.sweep import SUMMARY
+
+EPOCHS = 2
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("parent_sweep")
+    result = run_cli(["-m", "dropout=0.1,0.3", *QUICK, f"epochs={EPOCHS}", "eval.every=1"], cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = all_runs(cwd)
+    (parent,) = [run for run in runs if run.data.tags.get(tracking.SWEEP_PARENT_TAG) == "true"]
+    children = [run for run in runs if run.data.tags.get(tracking.PARENT_RUN_TAG) == parent.info.run_id]
+    assert len(children) == 2 and all(child.info.status == "FINISHED" for child in children)
+    # lowest fid first; a tie in job order, as the sweep ranks them
+    best_first = sorted(children, key=lambda run: (run.data.metrics[scores.FID], int(run.data.tags[tracking.JOB_NUM_TAG])))
+    return cwd, result, parent, best_first
+
+
+def step_images(client, run_id: str, key: str) -> dict[int, str]:
+    found = {}
+    for path in artifact_paths(client, run_id, sweep_report.IMAGES_DIR):
+        match = sweep_report.STEP_IMAGE.match(path)
+        if match and match["key"] == key:
+            found[int(match["step"])] = path
+    return found
+
+
+def test_the_parent_logs_a_montage_of_the_jobs_grids_at_every_epoch(sweep):
+    cwd, _, parent, children = sweep
+    client = store_client(cwd)
+    montages = step_images(client, parent.info.run_id, sweep_report.SAMPLES_KEY)
+    # every epoch, and the final montage again at the step the UI's image card opens on
+    assert sorted(montages) == sorted({sweep_report.LATEST_STEP, *range(1, EPOCHS + 1)})
+    assert parent.data.tags.get("mlflow.loggedImages") == "True"  # what makes the UI offer the image card
+    grid = step_images(client, children[0].info.run_id, sweep_report.SAMPLES_KEY)[EPOCHS]
+    with Image.open(client.download_artifacts(children[0].info.run_id, grid, str(cwd))) as child_grid:
+        grid_width = child_grid.size[0]
+    with Image.open(client.download_artifacts(parent.info.run_id, montages[EPOCHS], str(cwd))) as montage:
+        assert montage.size[0] > 2 * grid_width  # two tiles side by side, not one job's grid
+    final = client.download_artifacts(parent.info.run_id, f"summary/{sweep_report.MONTAGE}", str(cwd))
+    latest = client.download_artifacts(parent.info.run_id, montages[sweep_report.LATEST_STEP], str(cwd))
+    with Image.open(latest) as latest, Image.open(final) as kept:
+        assert np.array_equal(np.asarray(latest.convert("RGB")), np.asarray(kept.convert("RGB")))
+
+
+def test_the_parent_does_not_pose_as_a_run(sweep):
+    _, _, parent, children = sweep
+    best = children[0]
+    assert scores.FID not in parent.data.metrics and parent.data.metrics == {}  # sorts nowhere among its children
+    assert "dropout" not in parent.data.params
+    assert parent.data.tags["best.run_id"] == best.info.run_id
+    assert float(parent.data.tags[f"best.{scores.FID}"]) == best.data.metrics[scores.FID]
+    assert "dropout=" in parent.data.tags["best.overrides"]
+
+
+def test_the_description_is_a_linked_table_best_first(sweep):
+    _, _, parent, children = sweep
+    description = parent.data.tags[tracking.NOTE_TAG]
+    assert f"`{scores.FID}` (lower is better)" in description
+    table = [line for line in description.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + len(children)
+    assert re.fullmatch(r"\|[-:|]+\|", table[1])  # the alignment row
+    assert len({len(line) for line in table}) == 1  # padded: the source reads as a table too
+    rows = table[2:]
+    for row, child in zip(rows, children):  # best (lowest fid) first, each linked to its run
+        assert f"({tracking.run_link(child.info.experiment_id, child.info.run_id)})" in row
+        assert f"dropout={child.data.params['dropout']}" in row
+    assert sweep_report.BEST_MARK in rows[0] and not any(sweep_report.BEST_MARK in row for row in rows[1:])
+    links = re.findall(r"\]\(([^)]*)\)", description)
+    assert links and all(link.endswith(f"?{tracking.ML_VIEW}") or f"&{tracking.ML_VIEW}" in link for link in links)
+    fids = [cell.strip() for cell in (row.split("|")[2].replace(sweep_report.UI_GAP, "") for row in rows)]
+    assert len({len(value.split(".")[-1]) for value in fids}) == 1  # one number of decimals in a column
+
+
+def test_the_runs_view_shows_the_children_best_first(sweep):
+    cwd, result, parent, children = sweep
+    client = store_client(cwd)
+    experiment = client.get_experiment(parent.info.experiment_id)
+    key = sweep_report.view_key(parent.info.run_id)
+    state = json.loads(experiment.tags[tracking.SHARED_VIEW_TAG + key])
+    assert state["orderByKey"] == f"metrics.`{scores.FID}`" and state["orderByAsc"] is True
+    assert state["selectedColumns"] == [f"metrics.`{scores.FID}`", "params.`dropout`"]
+    # the UI sends the view's filter and order to the store as they are: the store's answer is the table
+    shown = client.search_runs([parent.info.experiment_id], filter_string=state["searchFilter"],
+                               order_by=[state["orderByKey"] + (" ASC" if state["orderByAsc"] else " DESC")])
+    assert [run.info.run_id for run in shown] == [child.info.run_id for child in children]
+    assert tracking.view_link(parent.info.experiment_id, key) in parent.data.tags[tracking.NOTE_TAG]
+    url = f"http://127.0.0.1:{tracking.UI_PORT}/{tracking.view_link(parent.info.experiment_id, key)}"
+    assert f"runs table, best first: {url}" in result.stdout.splitlines()  # the sweep's last lines print it
+
+
+def test_the_summary_is_kept_in_the_sweep_folder_too(sweep):
+    _, _, parent, _ = sweep
+    folder = Path(parent.data.tags["sweep.dir"]) / SUMMARY
+    assert {"sweep_summary.csv", "sweep_summary.md", sweep_report.MONTAGE} <= {path.name for path in folder.iterdir()}
+    table = (folder / "sweep_summary.md").read_text().splitlines()
+    assert len({len(line) for line in table}) == 1 and table[0].startswith("| dropout")
+
+
+def test_run_names_are_short_and_say_what_differs():
+    name = tracking.run_name(["epochs=2", "steps_per_epoch=60", "eval.every=1", "dropout=0.5", "label_smoothing=0.2",
+                              "optimizer.lr=0.0001", "model=dcgan", "loss=hinge", "data.path=/some/where.npz"])
+    assert len(name) <= tracking.RUN_NAME_LENGTH and "~" not in name
+    assert name.startswith("dropout=0.5 ls=0.2 lr=0.0001")  # what changes the model first
+    assert re.fullmatch(r"[^ ]+=[^ ]+( [^ ]+=[^ ]+)* \+\d+", name)  # whole parts, then how many were left out
+    only_length = ["epochs=2", "steps_per_epoch=60", "eval.every=1"]
+    assert tracking.run_name(only_length) == "epochs=2 steps_per_epoch=60 eval.every=1"  # 40: all of it
+    assert tracking.run_name(["dropout=0.10", "label_smoothing=0", "seed=1"], keys=["dropout", "label_smoothing"]) == \
+        "dropout=0.1 ls=0"
+
+
+def test_the_children_are_named_within_the_limit(sweep):
+    _, _, _, children = sweep
+    assert sorted(child.info.run_name for child in children) == ["dropout=0.1", "dropout=0.3"]
+
+
+def test_the_ui_hint_runs_as_pasted_and_says_how_to_pick_another_port(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'a folder' / 'mlflow.db'}"
+    lines = tracking.ui_hint(uri, "7", "abc", view_key="sweep-abc").splitlines()
+    command = lines[0].removeprefix("look at it: ")
+    words = shlex.split(command, comments=True)  # what a shell runs: the port hint is a comment
+    assert words[1:] == ["ui", "--backend-store-uri", uri, "--port", str(tracking.UI_PORT)]
+    assert words[0] in (str(Path(sys.executable).parent / "mlflow"), "mlflow")
+    assert "--port N" in command.split("#", 1)[1]
+    assert lines[1] == f"then open http://127.0.0.1:{tracking.UI_PORT}/#/experiments/7/runs/abc?{tracking.ML_VIEW}"
+    assert lines[2].endswith(f"/#/experiments/7/runs?viewStateShareKey=sweep-abc&{tracking.ML_VIEW}")
+
+
+def test_table_columns_keep_one_number_of_decimals():
+    assert scores.format_column(scores.FID, [323.18, 12.5, None]) == ["323.2", "12.5", "-"]
+    assert scores.format_column(scores.CLASSIFIER_SCORE, [1.0, 1.0009]) == ["1.000", "1.001"]
+    assert scores.format_column(scores.PRECISION, [1, 0.25]) == ["1.000", "0.250"]  # a fixed format as it is
+    table = sweep_report.markdown_table(["setting", "fid"], [["a", "1.0"], ["longer one", "12.5"]], right={1})
+    assert table.splitlines() == ["| setting    |  fid |", "|------------|-----:|", "| a          |  1.0 |",
+                                  "| longer one | 12.5 |"]

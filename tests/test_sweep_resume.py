@@ -1,0 +1,135 @@
+"""A sweep that dies half way goes on: `sweep.resume=<parent run id>` skips the finished jobs,
+continues the interrupted ones in their own runs and starts the rest; a stopped parallel
+sweep leaves no run RUNNING; a stop that arrives while a run is closing cannot cut it short."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import EVAL_CACHE, QUICK, all_runs, run_cli, store_client
+from ganlab import checkpoint, scores
+from ganlab.job import signals_as_interrupt
+from test_resume import wait_for
+
+EPOCHS = 3
+SWEEP = ["-m", "dropout=0.1,0.2,0.3", *QUICK, f"epochs={EPOCHS}", "steps_per_epoch=10", "eval.every=1"]
+
+
+def start_sweep(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "GANLAB_CACHE_DIR": str(EVAL_CACHE)}
+    return subprocess.Popen([sys.executable, "-m", "ganlab.train", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def checkpointed_epoch(cwd: Path, job: int) -> int:
+    """The epoch of job `job`'s checkpoint in the sweep under `cwd` (0 if none yet)."""
+    files = list(cwd.glob(f"outputs/multirun/*/{job}/checkpoint/checkpoint.npz"))
+    return checkpoint.find(files[0].parent).epoch if files else 0
+
+
+def parent_and_children(cwd: Path):
+    runs = all_runs(cwd)
+    parents = [run for run in runs if run.data.tags.get("sweep.parent") == "true"]
+    assert len(parents) == 1, [run.info.run_name for run in runs]
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    return parents[0], sorted(children, key=lambda run: int(run.data.tags["sweep.job_num"]))
+
+
+def test_a_sweep_killed_half_way_goes_on_with_sweep_resume(workdir):
+    sweep = start_sweep(SWEEP, workdir)
+    # Job 0 has finished and job 1 is half way (job 2 has not started): kill -9 the whole sweep.
+    wait_for(lambda: checkpointed_epoch(workdir, 1) >= 2, sweep)
+    os.killpg(sweep.pid, signal.SIGKILL)
+    sweep.wait()
+    parent, children = parent_and_children(workdir)
+    assert parent.info.status == "RUNNING"  # nothing could close it
+    assert [child.info.status for child in children] == ["FINISHED", "RUNNING"]
+    first_runs = {child.data.tags["sweep.job_num"]: child.info.run_id for child in children}
+
+    again = run_cli([*SWEEP, f"sweep.resume={parent.info.run_id}"], workdir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"continuing sweep run {parent.info.run_id}" in again.stdout
+    assert "sweep job 0 (dropout=0.1) finished in run" in again.stdout  # skipped, not trained again
+
+    parent_after, children = parent_and_children(workdir)
+    assert parent_after.info.run_id == parent.info.run_id and parent_after.info.status == "FINISHED"
+    assert [child.data.params["dropout"] for child in children] == ["0.1", "0.2", "0.3"]
+    assert all(child.info.status == "FINISHED" for child in children)
+    # Jobs 0 and 1 kept their runs; job 1 went on from its checkpoint, job 2 started now.
+    assert {num: first_runs[num] for num in first_runs} == {
+        child.data.tags["sweep.job_num"]: child.info.run_id for child in children if child.data.tags["sweep.job_num"] in first_runs}
+    assert int(children[1].data.tags["resumed_from_epoch"]) >= 2
+    assert "resumed_from_epoch" not in children[2].data.tags
+    client = store_client(workdir)
+    for child in children:
+        steps = [point.step for point in client.get_metric_history(child.info.run_id, scores.D_LOSS)]
+        assert sorted(steps) == list(range(1, EPOCHS + 1)), (child.info.run_name, steps)  # every epoch once
+    assert parent_after.data.tags["sweep.jobs"] == "3 of 3 finished"
+    assert "sweep.resume" not in children[1].data.params and "sweep.resume" not in children[1].data.tags["hydra.overrides"]
+
+
+def test_sweep_resume_refuses_what_it_cannot_continue_and_skips_a_finished_sweep(workdir):
+    first = run_cli(["-m", "dropout=0.1,0.3", *QUICK], workdir)
+    assert first.returncode == 0, first.stderr[-3000:]
+    parent, children = parent_and_children(workdir)
+
+    other = run_cli(["-m", "dropout=0.1,0.5", *QUICK, f"sweep.resume={parent.info.run_id}"], workdir)
+    assert other.returncode == 1
+    assert "sweep.resume: sweep" in other.stderr and "continue it with the same ones" in other.stderr
+    assert "Traceback" not in other.stderr
+    child = run_cli(["-m", "dropout=0.1,0.3", *QUICK, f"sweep.resume={children[0].info.run_id}"], workdir)
+    assert child.returncode == 1 and "is not the parent run of a sweep" in child.stderr
+    single = run_cli([*QUICK, f"sweep.resume={parent.info.run_id}"], workdir)
+    assert single.returncode == 1 and "goes with -m" in single.stderr
+    assert len(all_runs(workdir)) == 3  # nothing new was started
+
+    sweep_dir = next(workdir.glob("outputs/multirun/*"))  # a sweep may be named by its folder too
+    again = run_cli(["-m", "dropout=0.1,0.3", *QUICK, f"sweep.resume={sweep_dir}"], workdir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("finished in run") == 2 and "epoch 1/1" not in again.stdout
+    parent, children = parent_and_children(workdir)
+    assert parent.info.status == "FINISHED" and len(children) == 2
+    assert parent.data.tags["sweep.jobs"] == "2 of 2 finished"
+
+
+def test_a_stopped_parallel_sweep_leaves_no_run_running_and_goes_on_with_sweep_resume(workdir):
+    args = ["-m", "hydra/launcher=parallel", "dropout=0.1,0.3", *QUICK, "epochs=20", "eval.every=20"]
+    sweep = start_sweep(args, workdir)
+    wait_for(lambda: checkpointed_epoch(workdir, 0) >= 1 and checkpointed_epoch(workdir, 1) >= 1, sweep)
+    sweep.send_signal(signal.SIGTERM)
+    _, stderr = sweep.communicate(timeout=600)
+    assert sweep.returncode == 143, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert [line for line in stderr.splitlines() if "interrupted by SIGTERM" in line] == [
+        "ganlab: interrupted by SIGTERM: its runs are marked KILLED."]
+    parent, children = parent_and_children(workdir)
+    assert len(children) == 2
+    assert parent.info.status == "KILLED"
+    assert {child.info.status for child in children} == {"KILLED"}
+
+    again = run_cli([*args, f"sweep.resume={parent.info.run_id}"], workdir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    parent, children = parent_and_children(workdir)
+    assert parent.info.status == "FINISHED" and [child.info.status for child in children] == ["FINISHED"] * 2
+    client = store_client(workdir)
+    for child in children:
+        steps = [point.step for point in client.get_metric_history(child.info.run_id, scores.D_LOSS)]
+        assert sorted(steps) == list(range(1, 21))
+
+
+def test_only_the_first_stop_interrupts_a_job_a_later_one_cannot_cut_its_closing_short():
+    with pytest.raises(KeyboardInterrupt):
+        with signals_as_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
+            signal.sigtimedwait([], 0)  # never reached: the handler raises as the signal arrives
+    with signals_as_interrupt() as now_closing:
+        now_closing()
+        os.kill(os.getpid(), signal.SIGTERM)  # noted and ignored
+        os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the old handlers are back
