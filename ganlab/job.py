@@ -214,7 +214,9 @@ def signals_as_interrupt():
     if threading.current_thread() is not threading.main_thread():
         yield now_closing
         return
-    previous = {number: signal.signal(number, interrupt) for number in (signal.SIGTERM, signal.SIGINT)}
+    # A signal the process was told to ignore (SIGINT under nohup or `&`) stays ignored.
+    stops = [number for number in (signal.SIGTERM, signal.SIGINT) if signal.getsignal(number) is not signal.SIG_IGN]
+    previous = {number: signal.signal(number, interrupt) for number in stops}
     try:
         yield now_closing
     finally:

@@ -84,11 +84,13 @@ class SweepTracking(Callback):
         config_checks.validate_tracking(config)
         self.client, experiment_id = tracking.open_store(config.tracking.uri, config.tracking.experiment)
         sweep_dir = Path(config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
         keys = swept_keys(config)
         overrides = sweep_overrides(config)
-        if OmegaConf.select(config, RESUME_KEY):
-            self.run_id = reopen_parent(self.client, experiment_id, str(OmegaConf.select(config, RESUME_KEY)), overrides)
+        resumed = OmegaConf.select(config, RESUME_KEY)
+        if resumed:  # checked before the sweep's folder exists: a refused resume leaves nothing behind
+            self.run_id = reopen_parent(self.client, experiment_id, str(resumed), overrides)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        if resumed:
             self.client.set_tag(self.run_id, "sweep.dir", str(sweep_dir.resolve()))
             print(f"ganlab: continuing sweep run {self.run_id}: finished jobs are skipped, the others resume "
                   "from their checkpoints", flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -59,6 +60,12 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -
     for item in client.list_artifacts(run_id, path):
         found |= artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
     return found
+
+
+def ctrl_c_as_in_a_terminal() -> None:
+    """`preexec_fn` of a CLI a test stops with SIGINT: one started from a background shell inherits
+    SIGINT ignored, and then Python never turns Ctrl-C into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture

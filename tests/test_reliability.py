@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import EVAL_CACHE, MNIST_FILE, QUICK, REPO, all_runs, run_cli, small_disk, store_client, store_is_ready
+from conftest import (EVAL_CACHE, MNIST_FILE, QUICK, REPO, all_runs, ctrl_c_as_in_a_terminal, run_cli, small_disk,
+                      store_client, store_is_ready)
 
 # Long enough epochs that a SIGTERM lands mid-epoch; evaluation off to keep it short.
 KILLABLE = ["epochs=3", "steps_per_epoch=60", "eval.enabled=false", "objective=g_loss", f"data.path={MNIST_FILE}"]
@@ -388,7 +389,8 @@ def test_sigint_during_the_imports_is_one_line(workdir):
     """The event: -X importtime says omegaconf is imported, so ganlab.train's imports are under way."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "GANLAB_CACHE_DIR": str(EVAL_CACHE)}
     process = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "ganlab.train", *QUICK], cwd=workdir, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=ctrl_c_as_in_a_terminal)
     for line in process.stderr:
         if line.startswith("import time:") and line.split("|")[-1].strip() == "omegaconf":
             process.send_signal(signal.SIGINT)

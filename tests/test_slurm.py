@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from mlflow.exceptions import MlflowException
 
-from conftest import EVAL_CACHE, QUICK, all_runs, artifact_paths, run_cli, store_client
+from conftest import EVAL_CACHE, QUICK, all_runs, artifact_paths, ctrl_c_as_in_a_terminal, run_cli, store_client
 from ganlab.slurm import ACTIVE_STATES
 
 
@@ -48,7 +48,7 @@ def start_sweep(args: list[str], cwd: Path) -> subprocess.Popen:
     """`python -m ganlab.train args` in the background, as conftest.run_cli runs it."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "GANLAB_CACHE_DIR": str(EVAL_CACHE)}
     return subprocess.Popen([sys.executable, "-m", "ganlab.train", *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=ctrl_c_as_in_a_terminal)
 
 
 def wait_for(condition, what: str, process: subprocess.Popen | None = None, limit_s: float = 300):
@@ -191,8 +191,10 @@ def test_a_preempted_and_a_requeued_job_continue_their_own_runs(workdir):
     assert f"Requeued job {preempted}" in log  # submitit handled USR2 as a preemption
 
 
-def test_ctrl_c_of_the_sweep_cancels_its_jobs(workdir):
-    sweep = start_sweep([*SLURM, "dropout=0.1,0.3", *TINY, "epochs=500"], workdir)
+def test_ctrl_c_of_the_sweep_cancels_its_jobs_and_sweep_resume_finishes_them(workdir):
+    # 60 epochs take far longer than the Ctrl-C below needs to arrive; eval once, at the end.
+    args = [*SLURM, "dropout=0.1,0.3", *TINY, "epochs=60", "eval.every=60"]
+    sweep = start_sweep(args, workdir)
     for job_num in (0, 1):
         wait_for(lambda: checkpointed(workdir, job_num), f"checkpoint of job {job_num}", sweep)
     jobs = [slurm_job_id(workdir, 0), slurm_job_id(workdir, 1)]
@@ -205,3 +207,12 @@ def test_ctrl_c_of_the_sweep_cancels_its_jobs(workdir):
     parent, children = parent_and_children(workdir)
     assert parent.info.status == "KILLED"
     assert [child.info.status for child in children] == ["KILLED", "KILLED"]
+
+    again = run_cli([*args, f"sweep.resume={parent.info.run_id}"], workdir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    parent, children = parent_and_children(workdir)
+    assert parent.info.status == "FINISHED"
+    assert [child.info.status for child in children] == ["FINISHED", "FINISHED"]  # the same two runs, continued
+    assert all("resumed_from_epoch" in child.data.tags for child in children)  # from the checkpoint each had
+    for job_num in (0, 1):
+        assert logged_epochs(workdir, job_num) == list(range(1, 61))

@@ -89,7 +89,7 @@ def test_sweep_resume_refuses_what_it_cannot_continue_and_skips_a_finished_sweep
     assert single.returncode == 1 and "goes with -m" in single.stderr
     assert len(all_runs(workdir)) == 3  # nothing new was started
 
-    sweep_dir = next(workdir.glob("outputs/multirun/*"))  # a sweep may be named by its folder too
+    sweep_dir = parent.data.tags["sweep.dir"]  # a sweep may be named by its folder too
     again = run_cli(["-m", "dropout=0.1,0.3", *QUICK, f"sweep.resume={sweep_dir}"], workdir)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("finished in run") == 2 and "epoch 1/1" not in again.stdout
@@ -128,8 +128,9 @@ def test_only_the_first_stop_interrupts_a_job_a_later_one_cannot_cut_its_closing
         with signals_as_interrupt():
             os.kill(os.getpid(), signal.SIGTERM)
             signal.sigtimedwait([], 0)  # never reached: the handler raises as the signal arrives
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     with signals_as_interrupt() as now_closing:
         now_closing()
         os.kill(os.getpid(), signal.SIGTERM)  # noted and ignored
         os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the old handlers are back
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before  # the old handlers are back
