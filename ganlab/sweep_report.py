@@ -66,6 +66,7 @@ class SweepSummary:
     rank_metric: str | None = None  # the objective they are ranked on (fid when the sweep had none)
     objective_at: str | None = None
     grids: dict[str, dict[int, str]] = field(default_factory=dict)  # run id -> {epoch: its samples image artifact}
+    montage: Path | None = None  # the final montage written by summarize (sweep_samples.png)
     parent_id: str | None = None  # the parent run of the children (their mlflow.parentRunId tag)
     experiment_id: str | None = None
 
@@ -123,9 +124,9 @@ def summarize(client, children, keys: list[str], objective: str | None, folder: 
     if len(grid_keys) == 2 and heat_metric:
         summary.files.append(heatmap(rows, grid_keys, heat_metric, folder))
     summary.grids = {child.info.run_id: sample_grids(client, child.info.run_id) for child in children}
-    montage = latest_montage(client, summary, folder / MONTAGE)
-    if montage is not None:
-        summary.files.append(montage)
+    summary.montage = latest_montage(client, summary, folder / MONTAGE)
+    if summary.montage is not None:
+        summary.files.append(summary.montage)
 
     comparison_lines = []
     unlike = scoring_difference(finished, grid_keys)
@@ -357,9 +358,8 @@ def log_epoch_montages(client, run_id: str, summary: SweepSummary) -> None:
             _log_picture(client, run_id, picture, epoch)
             for file in files:
                 file.unlink()
-        latest = latest_montage(client, summary, Path(scratch) / "latest.png")
-        if latest is not None:
-            _log_picture(client, run_id, latest, LATEST_STEP)
+    if summary.montage is not None:  # the final montage summarize drew, not drawn again
+        _log_picture(client, run_id, summary.montage, LATEST_STEP)
 
 
 def _log_picture(client, run_id: str, picture: Path, step: int) -> None:
