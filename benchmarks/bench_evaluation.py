@@ -11,7 +11,7 @@ Old against new in one run: "old-equivalent" is each timed evaluation less the s
 added (per-class FID, the nearest-training-image search of memorization), i.e. the checks, the
 classifier, FID/score/modes, KID, precision/recall and density/coverage; "new" is the whole
 evaluation plus, as a training evaluation does, D's output on
-2,000 training and 2,000 test images (the tutorial's discriminator, `ganlab.epochs.discriminator_gap`).
+2,000 training and 2,000 test images (the tutorial's discriminator, `ganlab.training.epochs.discriminator_gap`).
 The CPU is printed first.
 """
 
@@ -26,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ganlab import classifier, machine
-from ganlab.data import load_dataset, to_unit_range
-from ganlab.evaluation import Evaluator
+from ganlab.evaluation import classifier
+from ganlab.core import machine
+from ganlab.core.data import load_dataset, to_unit_range
+from ganlab.evaluation.evaluator import Evaluator
 
 
 def timed(function, *args, **kwargs):
@@ -88,9 +89,9 @@ def seconds_d_gap(dataset, repeats: int) -> float:
 
     from omegaconf import OmegaConf
 
-    from ganlab import epochs
-    from ganlab.losses import build_loss
-    from ganlab.models import build_nets
+    from ganlab.training import epochs
+    from ganlab.gan.losses import build_loss
+    from ganlab.gan.models import build_nets
 
     conf = Path(__file__).resolve().parent.parent / "conf"
     cfg = OmegaConf.create({"model": OmegaConf.load(conf / "model" / "mlp.yaml"), "random_dim": 100, "dropout": 0.3,

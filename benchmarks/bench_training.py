@@ -30,12 +30,12 @@ import tensorflow as tf  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 import tutorial_loop  # noqa: E402
-from ganlab.config import steps_per_epoch  # noqa: E402
-from ganlab.data import load_dataset, to_unit_range  # noqa: E402
-from ganlab.job import build_trainer  # noqa: E402
-from ganlab.losses import LOSSES  # noqa: E402
-from ganlab.machine import cpu_model  # noqa: E402
-from ganlab.models import MODELS  # noqa: E402
+from ganlab.core.config import steps_per_epoch  # noqa: E402
+from ganlab.core.data import load_dataset, to_unit_range  # noqa: E402
+from ganlab.training.job import build_trainer  # noqa: E402
+from ganlab.gan.losses import LOSSES  # noqa: E402
+from ganlab.core.machine import cpu_model  # noqa: E402
+from ganlab.gan.models import MODELS  # noqa: E402
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 

@@ -44,7 +44,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ganlab import sweep_report, tracking  # noqa: E402
+from ganlab.sweeps import summary as sweep_report
+from ganlab.tracking import store as tracking  # noqa: E402
 
 SWEEP = ["-m", "dropout=0.1,0.3", "label_smoothing=0,0.2", "epochs=2", "eval.every=1", "steps_per_epoch=50",
          "eval.num_samples=1000"]

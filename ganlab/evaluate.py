@@ -6,7 +6,7 @@
     python -m ganlab.evaluate --real train        # the floor: real training images vs test
 
 A generator is a Keras model from (N, random_dim) N(0, 1) noise to tanh images in [-1, 1],
-shaped (N, 784), (N, 28, 28) or (N, 28, 28, 1) (`ganlab.data.IMAGE_LAYOUTS`). `--dataset`
+shaped (N, 784), (N, 28, 28) or (N, 28, 28, 1) (`ganlab.core.data.IMAGE_LAYOUTS`). `--dataset`
 (default mnist) names what the generator imitates; as in training, the classifier must
 have been trained on it, else the command refuses before loading any data.
 `--run-id` re-scores a run exactly as training scored it: the run's own
@@ -14,7 +14,7 @@ have been trained on it, else the command refuses before loading any data.
 run that did not finish, the generator of its last checkpoint, and it says which epoch).
 It logs the scores into the run under `rescore_<score>` at that epoch, so a re-score can
 never replace a number the run was trained to; it refuses to log twice at one epoch.
-The scores and which way is better come from the registry `ganlab.scores`.
+The scores and which way is better come from the registry `ganlab.core.scores`.
 """
 
 from __future__ import annotations
@@ -25,17 +25,18 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ganlab import runtime
+from ganlab.core import runtime
 
 runtime.quiet_console()  # before anything imports TensorFlow
 
 import numpy as np  # noqa: E402
 
-from ganlab import classifier as classifier_module  # noqa: E402
-from ganlab import scores, tracking  # noqa: E402
-from ganlab.data import DATASETS, IMAGE_LAYOUTS_TEXT, as_images, is_image_batch, load_dataset, to_unit_range  # noqa: E402
-from ganlab.errors import InputError, report_or_refuse  # noqa: E402
-from ganlab.evaluation import Evaluator, evaluation_noise  # noqa: E402
+from ganlab.evaluation import classifier as classifier_module  # noqa: E402
+from ganlab.core import scores
+from ganlab.tracking import store as tracking  # noqa: E402
+from ganlab.core.data import DATASETS, IMAGE_LAYOUTS_TEXT, as_images, is_image_batch, load_dataset, to_unit_range  # noqa: E402
+from ganlab.core.errors import InputError, report_or_refuse  # noqa: E402
+from ganlab.evaluation.evaluator import Evaluator, evaluation_noise  # noqa: E402
 
 GENERATOR_ARTIFACT = "models/generator.keras"
 MAX_SAMPLES = 200_000  # the scores need memory for the samples' pairwise distances in blocks; more says nothing new
@@ -138,10 +139,10 @@ def run_generator(client, run, folder: str):
         return load_generator(client.download_artifacts(run.info.run_id, GENERATOR_ARTIFACT, folder)), epochs
     except (MlflowException, OSError):
         pass
-    from ganlab import checkpoint
-    from ganlab.data import IMAGE_SHAPE
-    from ganlab.gan import restore_generator
-    from ganlab.models import build_nets
+    from ganlab.training import checkpoint
+    from ganlab.core.data import IMAGE_SHAPE
+    from ganlab.gan.trainer import restore_generator
+    from ganlab.gan.models import build_nets
 
     output_dir = run.data.tags.get("output_dir")
     if not output_dir:

@@ -20,7 +20,7 @@ are pooled) and writes into `--out`:
 - `scores.md` / `scores.csv`: mean ± std per group at the chosen epochs (std n/a, empty in
   the CSV, where a group has one run);
 - the sweep's own summary, as its parent run holds it: `sweep_summary.csv`/`.md`, the fid
-  heatmap over two keys and the montage of final samples (`ganlab.sweep_report`);
+  heatmap over two keys and the montage of final samples (`ganlab.sweeps.summary`);
 - `samples_<group>.png`: the first run's sample grids at those epochs side by side, titled
   with the group, each grid with its epoch (an artifact that cannot be downloaded is named
   in a warning and left out).
@@ -38,8 +38,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ganlab import comparison, config, plots, record, scores, sweep_report, tracking
-from ganlab.errors import InputError, report_or_refuse
+from ganlab.sweeps import comparison
+from ganlab.core import config
+from ganlab.core import plots
+from ganlab.core import record
+from ganlab.core import scores
+from ganlab.sweeps import summary as sweep_report
+from ganlab.tracking import store as tracking
+from ganlab.core.errors import InputError, report_or_refuse
 
 
 def parse_args(argv):
@@ -148,7 +154,7 @@ def write_sample_montages(client, groups, keys, epochs, out: Path) -> None:
                 name = "samples" + ("_" + "_".join(str(value) for value in values.values()) if keys else "")
                 group, run_name = tracking.setting(values, keys) or "all runs", runs[0].info.run_name
                 title = f"{group}: samples" + ("" if run_name == group else f" of run {run_name}")
-                # each grid is titled with its epoch already (ganlab.epochs), so the tiles need no label of their own
+                # each grid is titled with its epoch already (ganlab.training.epochs), so the tiles need no label of their own
                 plots.save_montage(grids, [""] * len(grids), out / f"{name}.png", title=title)
 
 

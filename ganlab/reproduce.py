@@ -7,11 +7,11 @@
 
 Why: a GAN's numbers repeat bit for bit only on the same kind of CPU (its ISA flags pick
 oneDNN's kernels), with the same versions of the packages that compute them and the same
-thread count. The record in docs/baseline/ (`ganlab.baseline`) says what the baseline gave
+thread count. The record in docs/baseline/ (`ganlab.baseline.record`) says what the baseline gave
 and where it ran; this command trains the baseline again for `--seeds` and `--epochs` (with
 the record's threads per job) as one Hydra sweep through the real CLI, so the sweep's
 parent is an MLflow run of its own (experiment `reproduce`), reads the jobs back
-(`ganlab.readback`) and prints one verdict per seed (`ganlab.verdict`): exact, consistent
+(`ganlab.baseline.readback`) and prints one verdict per seed (`ganlab.baseline.verdict`): exact, consistent
 or differs. Exit status 0 when every seed is exact or consistent, 1 when one differs, 2 for
 bad input.
 
@@ -33,13 +33,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ganlab import tracking
-from ganlab.baseline import RECORD_DIR, Record, read_baseline, write_table
-from ganlab.config import DTYPES
-from ganlab.errors import InputError
-from ganlab.readback import read_job, record_sweep
-from ganlab.record import DTYPE
-from ganlab.verdict import CHECKS_CSV, CHECKS_MD, DIFFERS, JobResult, SeedVerdict, judge, overall, write_checks
+from ganlab.tracking import store as tracking
+from ganlab.baseline.record import RECORD_DIR, Record, read_baseline, write_table
+from ganlab.core.config import DTYPES
+from ganlab.core.errors import InputError
+from ganlab.baseline.readback import read_job, record_sweep
+from ganlab.core.record import DTYPE
+from ganlab.baseline.verdict import CHECKS_CSV, CHECKS_MD, DIFFERS, JobResult, SeedVerdict, judge, overall, write_checks
 
 EXPERIMENT = "reproduce"
 ARTIFACT_DIR = "reproduce"  # the checks' folder on the sweep's parent run
@@ -97,7 +97,7 @@ class ReproductionFailed(RuntimeError):
 
 def run_reproduction(planned: Plan, record: Record, uri: str | None, experiment: str) -> str:
     """Train the jobs (output streams to the console); return the sweep's parent run id."""
-    from ganlab import sweep
+    from ganlab.sweeps import sweep
 
     stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
     sweep_dir = (Path.cwd() / "outputs" / "reproduce" / stamp).resolve()

@@ -1,4 +1,4 @@
-"""Hydra entry point: compose the config, then run one training job (`ganlab.job`).
+"""Hydra entry point: compose the config, then run one training job (`ganlab.training.job`).
 
     python -m ganlab.train epochs=1 data.path=../shared/data/mnist.npz
     python -m ganlab.train -m dropout=0.1,0.3          # a sweep: one MLflow run per job
@@ -6,7 +6,7 @@
 
 `main` works out the facts only Hydra knows (the output folder, the overrides, the
 sweep's parent run and swept keys, the launcher's share of the cores) and hands them to
-`ganlab.job.run_job`, which returns the objective for a sweeper. Bad input is printed
+`ganlab.training.job.run_job`, which returns the objective for a sweeper. Bad input is printed
 once, as one paragraph, with a non-zero exit; in a sweep the failed job returns NaN and
 the sweep goes on (its summary names the failure). An unexpected error is never silent:
 its traceback goes to the job's log and to stderr (and its run, if it exists, ends FAILED).
@@ -43,7 +43,7 @@ try:
     import shutil
     from pathlib import Path
 
-    from ganlab import runtime
+    from ganlab.core import runtime
 
     runtime.quiet_console()  # before anything imports TensorFlow
 
@@ -52,10 +52,12 @@ try:
     from hydra.types import RunMode
     from omegaconf import DictConfig, OmegaConf
 
-    from ganlab import config, sweep, tracking
-    from ganlab.checkpoint import AlreadyFinished
-    from ganlab.errors import InputError, TrainingDiverged
-    from ganlab.job import JobContext, run_job
+    from ganlab.core import config
+    from ganlab.sweeps import sweep
+    from ganlab.tracking import store as tracking
+    from ganlab.training.checkpoint import AlreadyFinished
+    from ganlab.core.errors import InputError, TrainingDiverged
+    from ganlab.training.job import JobContext, run_job
 except KeyboardInterrupt as stopped:
     if __name__ != "__main__":
         raise

@@ -3,7 +3,7 @@
 #
 # Installs Debian's slurm-wlm and munge if they are missing, writes /etc/slurm/slurm.conf
 # for this one node from `slurmd -C` (its CPUs and memory), with no cgroups and no
-# accounting (fit for a container; ganlab.slurm reads job states from squeue), starts
+# accounting (fit for a container; ganlab.sweeps.slurm reads job states from squeue), starts
 # munged, slurmctld and slurmd, and waits until `sinfo` shows the node idle. Run as root.
 # Running it again while the cluster is up changes nothing. scripts/slurm-down.sh stops it.
 #

@@ -11,7 +11,9 @@ import sys
 import pytest
 
 from conftest import QUICK, REPO, run_cli, store_client
-from ganlab import epochs, scores, tracking
+from ganlab.training import epochs
+from ganlab.core import scores
+from ganlab.tracking import store as tracking
 from test_mlflow_ui import logged_images
 
 sys.path.insert(0, str(REPO / "docs"))

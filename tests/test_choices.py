@@ -12,12 +12,13 @@ import tensorflow as tf
 from hydra import compose, initialize_config_dir
 
 from conftest import FIXTURE_MNIST, REPO, QUICK, all_runs, run_cli
-from ganlab import checkpoint, config
-from ganlab.data import load_dataset
-from ganlab.errors import InputError
-from ganlab.losses import LOSSES, build_loss, gradient_penalty
-from ganlab.models import MODELS
-from ganlab.optimizers import OPTIMIZERS
+from ganlab.training import checkpoint
+from ganlab.core import config
+from ganlab.core.data import load_dataset
+from ganlab.core.errors import InputError
+from ganlab.gan.losses import LOSSES, build_loss, gradient_penalty
+from ganlab.gan.models import MODELS
+from ganlab.gan.optimizers import OPTIMIZERS
 
 REAL_LOGITS = np.array([[2.0], [-1.0], [0.5]], np.float32)
 FAKE_LOGITS = np.array([[-3.0], [1.5], [0.0]], np.float32)
@@ -34,8 +35,8 @@ def images() -> np.ndarray:
 
 
 def trainer_for(overrides, images):
-    from ganlab.job import build_trainer
-    from ganlab.runtime import configure_tensorflow
+    from ganlab.training.job import build_trainer
+    from ganlab.core.runtime import configure_tensorflow
 
     cfg = compose_train(overrides)
     config.validate(cfg)
@@ -235,6 +236,6 @@ def test_a_dcgan_wgan_gp_ttur_job_runs_end_to_end_and_logs_a_loadable_generator(
 
 
 def test_every_dtype_of_the_config_has_a_keras_policy():
-    from ganlab.models import HIDDEN_POLICY
+    from ganlab.gan.models import HIDDEN_POLICY
 
     assert tuple(HIDDEN_POLICY) == config.DTYPES

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ganlab import classifier as clf
-from ganlab.data import load_dataset, to_unit_range
-from ganlab.errors import InputError
+from ganlab.evaluation import classifier as clf
+from ganlab.core.data import load_dataset, to_unit_range
+from ganlab.core.errors import InputError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "mnist_small.npz"
 
@@ -63,7 +63,7 @@ def test_wrong_image_shape_is_refused(classifier):
 
 
 def test_the_input_shape_is_the_datas():
-    from ganlab.data import IMAGE_SHAPE
+    from ganlab.core.data import IMAGE_SHAPE
 
     assert clf.INPUT_SHAPE == (*IMAGE_SHAPE, 1)
     images = np.random.default_rng(0).uniform(-1, 1, (3, 784)).astype(np.float32)

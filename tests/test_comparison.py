@@ -19,8 +19,12 @@ from omegaconf import OmegaConf
 from scipy import stats
 
 from conftest import REPO
-from ganlab import comparison, defaults, record, report, seed_stats
-from ganlab.record import Observation
+from ganlab.sweeps import comparison
+from ganlab.core import defaults
+from ganlab.core import record
+from ganlab import report
+from ganlab.sweeps import seed_stats
+from ganlab.core.record import Observation
 
 PNG = b"\x89PNG\r\n\x1a\n"
 HEADER = "group,metric,epoch,n,mean,std,ci_low,ci_high,diff,diff_ci_low,diff_ci_high,p_value,seeds_needed"
@@ -359,7 +363,7 @@ def test_sentence_keeps_to_the_swept_key():
 
 
 def test_module_needs_no_tensorflow_mlflow_or_hydra():
-    code = ("import sys, ganlab.comparison, ganlab.record, ganlab.seed_stats; "
+    code = ("import sys, ganlab.sweeps.comparison, ganlab.core.record, ganlab.sweeps.seed_stats; "
             "print(sorted(m for m in ('tensorflow', 'keras', 'mlflow', 'hydra', 'omegaconf') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

@@ -10,8 +10,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import REPO
-from ganlab import config
-from ganlab.errors import InputError
+from ganlab.core import config
+from ganlab.core.errors import InputError
 
 
 def compose_train(overrides=()):
@@ -49,8 +49,8 @@ def test_a_second_name_for_a_knob_is_refused_by_hydra(override):
 
 
 def test_run_params_hold_one_name_per_knob_and_no_nulls():
-    from ganlab.scores import REGISTRY
-    from ganlab.tracking import run_params
+    from ganlab.core.scores import REGISTRY
+    from ganlab.tracking.store import run_params
 
     params = run_params(config.resolved(compose_train(["dropout=0.1"])))
     assert params["dropout"] == 0.1 and params["dtype"] == "fp32"
@@ -71,7 +71,7 @@ def test_configs_compose_into_a_tmp_dir(tmp_path):
 def test_dropout_knob_sets_all_three_dropout_layers():
     import keras
 
-    from ganlab.models import build_nets
+    from ganlab.gan.models import build_nets
 
     for model, layers in (("mlp", 3), ("dcgan", 2)):
         _, net = build_nets(compose_train(["dropout=0.1", f"model={model}"]), (28, 28))
@@ -82,7 +82,7 @@ def test_dropout_knob_sets_all_three_dropout_layers():
 def test_model_matches_the_tutorial_architecture():
     import keras
 
-    from ganlab.models import build_nets
+    from ganlab.gan.models import build_nets
 
     generator, discriminator = build_nets(compose_train(), (28, 28))
     dense = lambda net: [layer for layer in net.layers if isinstance(layer, keras.layers.Dense)]  # noqa: E731
@@ -97,7 +97,7 @@ def test_model_matches_the_tutorial_architecture():
 
 
 def _trainer(cfg, images):
-    from ganlab.job import build_trainer
+    from ganlab.training.job import build_trainer
 
     class Data:  # what build_trainer reads of a dataset
         x_train = images
@@ -143,7 +143,7 @@ def test_steps_per_epoch_is_derived_or_taken():
 
 
 def test_same_seed_gives_identical_per_step_losses_and_another_seed_does_not():
-    from ganlab.runtime import configure_tensorflow
+    from ganlab.core.runtime import configure_tensorflow
 
     images = np.random.default_rng(0).integers(0, 256, (512, 784), dtype=np.uint8)
 
@@ -233,7 +233,7 @@ def test_batch_size_above_training_set_is_rejected():
 
 
 def test_bf16_runs_hidden_layers_in_bfloat16_and_keeps_outputs_float32():
-    from ganlab.models import build_nets
+    from ganlab.gan.models import build_nets
 
     cfg = compose_train(["dtype=bf16"])
     for net in build_nets(cfg, (28, 28)):

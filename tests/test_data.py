@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURE_MNIST, all_runs, run_cli
-from ganlab import data
-from ganlab.data import load_dataset, to_unit_range
-from ganlab.errors import InputError
+from ganlab.core import data
+from ganlab.core.data import load_dataset, to_unit_range
+from ganlab.core.errors import InputError
 
 
 @pytest.fixture(scope="module")

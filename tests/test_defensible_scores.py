@@ -10,11 +10,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from ganlab import classifier as clf
-from ganlab import comparison, epochs, metrics, scores, seed_stats, sweep_report
-from ganlab.data import load_dataset, to_unit_range
-from ganlab.errors import InputError
-from ganlab.evaluation import MEMORIZATION_QUANTILE, Evaluator, evaluation_noise, evaluation_noises
+from ganlab.evaluation import classifier as clf
+from ganlab.sweeps import comparison
+from ganlab.training import epochs
+from ganlab.evaluation import metrics
+from ganlab.core import scores
+from ganlab.sweeps import seed_stats
+from ganlab.sweeps import summary as sweep_report
+from ganlab.core.data import load_dataset, to_unit_range
+from ganlab.core.errors import InputError
+from ganlab.evaluation.evaluator import MEMORIZATION_QUANTILE, Evaluator, evaluation_noise, evaluation_noises
 
 from conftest import FIXTURE_MNIST as FIXTURE
 from conftest import QUICK, all_runs, run_cli
@@ -200,7 +205,7 @@ class LookupD:
 
 
 def test_a_memorizing_discriminator_shows_the_gap(small_mnist):
-    from ganlab.losses import NonSaturating
+    from ganlab.gan.losses import NonSaturating
 
     train, test = epochs.d_gap_images(small_mnist.x_train, small_mnist.x_test, seed=0, size=500)
     assert len(train) == len(test) == 500
@@ -303,7 +308,7 @@ def test_sweep_summary_splits_the_variance_where_runs_repeated_their_draws(tmp_p
 def test_eval_repeats_is_checked():
     from test_config import compose_train
 
-    from ganlab import config
+    from ganlab.core import config
 
     assert compose_train().eval.repeats == 1
     config.validate(compose_train(["eval.repeats=3"]))

@@ -14,7 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from conftest import REPO
-from ganlab import config
+from ganlab.core import config
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 COMMAND = re.compile(r"python -m (ganlab\.\w+)((?:\\\n|[^\n`|#)])*)")

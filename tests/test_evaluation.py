@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ganlab import classifier as clf
-from ganlab import evaluate, scores
-from ganlab import evaluation as evaluation_module
-from ganlab.data import load_dataset, to_unit_range
-from ganlab.errors import InputError
-from ganlab.evaluation import Evaluator
-from ganlab.scores import SCORE_NAMES, rescore
+from ganlab.evaluation import classifier as clf
+from ganlab import evaluate
+from ganlab.core import scores
+from ganlab.evaluation import evaluator as evaluation_module
+from ganlab.core.data import load_dataset, to_unit_range
+from ganlab.core.errors import InputError
+from ganlab.evaluation.evaluator import Evaluator
+from ganlab.core.scores import SCORE_NAMES, rescore
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "mnist_small.npz"

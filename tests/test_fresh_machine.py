@@ -15,7 +15,8 @@ import zipfile
 import pytest
 
 from conftest import QUICK, REPO, run_cli
-from ganlab import data, runtime
+from ganlab.core import data
+from ganlab.core import runtime
 
 # An empty TF_CPP_MIN_LOG_LEVEL is an unset one to ganlab: the level a fresh shell gets.
 FRESH_SHELL = {"TF_CPP_MIN_LOG_LEVEL": ""}

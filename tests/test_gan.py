@@ -2,7 +2,7 @@
 swaps in and out cleanly, and survives a checkpoint round trip.
 
 The nets are tiny ones built here (same layer kinds as ganlab's, a few units), so the
-tests are fast and do not depend on how `ganlab.models` takes its arguments.
+tests are fast and do not depend on how `ganlab.gan.models` takes its arguments.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURE_MNIST
-from ganlab.data import load_dataset
-from ganlab.gan import GanTrainer
-from ganlab.losses import NonSaturating
+from ganlab.core.data import load_dataset
+from ganlab.gan.trainer import GanTrainer
+from ganlab.gan.losses import NonSaturating
 
 RANDOM_DIM = 8
 EMA = 0.9  # far from 1, so a few steps move the average visibly away from the live weights

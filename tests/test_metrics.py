@@ -1,11 +1,11 @@
-"""ganlab.metrics on synthetic features whose answers are known in closed form or by brute force."""
+"""ganlab.evaluation.metrics on synthetic features whose answers are known in closed form or by brute force."""
 
 import numpy as np
 import pytest
 import scipy.linalg
 from scipy.spatial.distance import cdist
 
-from ganlab import metrics
+from ganlab.evaluation import metrics
 
 
 def random_covariance(rng, d, scale=1.0):

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from conftest import MNIST_FILE, QUICK, artifact_paths, run_cli, store_client
-from ganlab import epochs, scores
+from ganlab.training import epochs
+from ganlab.core import scores
 
 REGISTERED = "ganlab-test-generator"
 

@@ -13,7 +13,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import QUICK, REPO, all_runs, run_cli
-from ganlab import plots, scores, sweep, sweep_report  # sweep registers the ${ganlab.direction:...} resolver
+from ganlab.core import plots
+from ganlab.core import scores
+from ganlab.sweeps import sweep
+from ganlab.sweeps import summary as sweep_report  # sweep registers the ${ganlab.direction:...} resolver
 
 FID, FID_BEST = scores.FID, scores.best(scores.FID)
 
@@ -93,7 +96,7 @@ def test_a_montage_that_leaves_a_job_out_names_the_artifact_and_the_error(tmp_pa
     children = [child("a", {FID: 1.0}, job=0), child("b", {FID: 2.0}, status="FAILED", job=1)]
     out = tmp_path / "summary"
     out.mkdir()
-    with caplog.at_level(logging.WARNING, logger="ganlab.sweep_report"):
+    with caplog.at_level(logging.WARNING, logger="ganlab.sweeps.summary"):
         summary = sweep_report.summarize(FakeClient({"a": grid}), children, ["dropout"], FID, out)
     assert out / "sweep_samples.png" in summary.files  # the other job's grid is still there
     (message,) = [record.getMessage() for record in caplog.records]

@@ -7,8 +7,10 @@ import pytest
 
 from scipy import stats
 
-from ganlab import comparison, plots, sweep_report
-from ganlab.record import Observation
+from ganlab.sweeps import comparison
+from ganlab.core import plots
+from ganlab.sweeps import summary as sweep_report
+from ganlab.core.record import Observation
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -14,9 +14,15 @@ import pytest
 import scipy.stats
 
 from conftest import QUICK, REPO, all_runs, artifact_paths, run_cli, store_client
-from ganlab import report, scores
+from ganlab import report
+from ganlab.core import scores
 
-MODULES = sorted((REPO / "ganlab").glob("*.py"))
+MODULES = sorted((REPO / "ganlab").rglob("*.py"))
+
+
+def wing_path(module: Path) -> str:
+    """A module's path inside the package, e.g. core/scores.py."""
+    return module.relative_to(REPO / "ganlab").as_posix()
 
 
 # ---------------------------------------------------------------------------- one home
@@ -28,13 +34,13 @@ def string_literals(path: Path) -> set[str]:
 
 # A string equal to a score's name that means something else: the record's dtype column
 # (its old name, which record.py renames on reading).
-NOT_A_SCORE = {("record.py", "precision")}  # the old name of the record's dtype column, still read
+NOT_A_SCORE = {("core/record.py", "precision")}  # the old name of the record's dtype column, still read
 
 
 def test_only_the_registry_spells_a_score_name():
-    spelled = {name: [m.name for m in MODULES if name in string_literals(m) and (m.name, name) not in NOT_A_SCORE]
+    spelled = {name: [wing_path(m) for m in MODULES if name in string_literals(m) and (wing_path(m), name) not in NOT_A_SCORE]
                for name in scores.SCORE_NAMES}
-    assert all(modules == ["scores.py"] for modules in spelled.values()), spelled
+    assert all(modules == ["core/scores.py"] for modules in spelled.values()), spelled
 
 
 def test_hydra_is_imported_only_at_the_entry_points():
@@ -44,9 +50,9 @@ def test_hydra_is_imported_only_at_the_entry_points():
         names = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
         names += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
         if any(name == "hydra" or name.startswith("hydra.") for name in names):
-            importing.append(module.name)
+            importing.append(wing_path(module))
     # The entry point, the sweep callback and the SLURM launcher: the three places Hydra calls ganlab.
-    assert set(importing) <= {"train.py", "sweep.py", "slurm.py"}, importing
+    assert set(importing) <= {"train.py", "sweeps/sweep.py", "sweeps/slurm.py"}, importing
 
 
 def test_readme_scores_table_is_the_registry():
@@ -103,7 +109,7 @@ def test_derived_names_inherit_their_direction():
 
 
 def test_determinism_can_be_turned_off_again_in_the_same_process():
-    from ganlab.runtime import configure_tensorflow, op_determinism_enabled
+    from ganlab.core.runtime import configure_tensorflow, op_determinism_enabled
 
     configure_tensorflow(0, None, deterministic=True)
     assert op_determinism_enabled()
@@ -266,7 +272,7 @@ def test_report_refuses_unknown_metrics_and_experiments_and_creates_nothing(tmp_
 
 
 def test_the_montage_names_each_tile_once_inside_the_picture(tmp_path):
-    from ganlab import plots
+    from ganlab.core import plots
 
     grids = [plots.save_sample_grid(np.zeros((100, 784)), tmp_path / f"{i}.png") for i in range(3)]
     path = plots.save_montage(grids, ["dropout=0.1 ls=0", "dropout=0.3 ls=0", "dropout=0.5 ls=0"], tmp_path / "m.png",

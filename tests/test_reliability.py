@@ -261,7 +261,7 @@ class MlflowStub(http.server.ThreadingHTTPServer):
 
 @pytest.mark.parametrize("mode", ["hang", "fail"])
 def test_a_server_that_hangs_or_fails_after_the_run_exists_ends_the_job_with_one_line(workdir, mode):
-    from ganlab.tracking import HANG_BOUND_S
+    from ganlab.tracking.store import HANG_BOUND_S
 
     server = MlflowStub(mode)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -304,8 +304,8 @@ def sqlite_error(text: str):
 def test_a_failing_sqlite_store_ends_in_one_line_and_the_run_failed_when_it_can_be_written(tmp_path, text, cause, markable):
     from mlflow.tracking import MlflowClient
 
-    from ganlab.job_run import JobRun
-    from ganlab.tracking import StoreError
+    from ganlab.tracking.job_run import JobRun
+    from ganlab.tracking.store import StoreError
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run = JobRun(uri, "e", tmp_path / "out", "name", {})
@@ -420,7 +420,7 @@ def test_sigterm_during_training_is_one_line_and_the_run_killed(workdir):
 def test_the_ui_hint_is_quoted_and_uses_this_interpreters_mlflow(tmp_path):
     import shlex
 
-    from ganlab.tracking import ui_hint
+    from ganlab.tracking.store import ui_hint
 
     uri = f"sqlite:///{tmp_path / 'a folder é' / 'mlflow.db'}"
     command = ui_hint(uri).splitlines()[0].removeprefix("look at it: ")
@@ -432,8 +432,8 @@ def test_the_ui_hint_is_quoted_and_uses_this_interpreters_mlflow(tmp_path):
 def test_replaced_shipped_classifier_weights_and_json_are_refused(tmp_path, monkeypatch):
     import json
 
-    from ganlab import classifier
-    from ganlab.errors import InputError
+    from ganlab.evaluation import classifier
+    from ganlab.core.errors import InputError
 
     assert classifier.file_sha256(classifier.DEFAULT_WEIGHTS) == classifier.SHIPPED_WEIGHTS_SHA256
     weights = tmp_path / classifier.DEFAULT_WEIGHTS.name
@@ -450,8 +450,8 @@ def test_replaced_shipped_classifier_weights_and_json_are_refused(tmp_path, monk
 def test_a_file_store_uri_is_refused_with_the_reason():
     from omegaconf import OmegaConf
 
-    from ganlab import config
-    from ganlab.errors import InputError
+    from ganlab.core import config
+    from ganlab.core.errors import InputError
 
     cfg = OmegaConf.create({"tracking": {"uri": "file:///tmp/mlruns", "experiment": "ganlab", "register_model": None,
                                          "system_metrics": True}})
@@ -473,8 +473,8 @@ def test_evaluate_names_its_own_option_for_an_unreachable_server():
 
 
 def test_a_store_that_fails_only_when_the_run_is_closed_is_one_line_not_a_silent_running_run(tmp_path):
-    from ganlab.job_run import JobRun
-    from ganlab.tracking import StoreError
+    from ganlab.tracking.job_run import JobRun
+    from ganlab.tracking.store import StoreError
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run = JobRun(uri, "e", tmp_path / "out", "name", {})

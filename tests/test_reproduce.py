@@ -13,9 +13,15 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import FIXTURE_MNIST, REPO, artifact_paths, run_cli, store_client
-from ganlab import baseline, config, readback, record, reproduce, scores, verdict
-from ganlab.baseline import Record
-from ganlab.verdict import CONSISTENT, DIFFERS, EXACT, JobResult
+from ganlab.baseline import record as baseline
+from ganlab.core import config
+from ganlab.baseline import readback
+from ganlab.core import record
+from ganlab import reproduce
+from ganlab.core import scores
+from ganlab.baseline import verdict
+from ganlab.baseline.record import Record
+from ganlab.baseline.verdict import CONSISTENT, DIFFERS, EXACT, JobResult
 
 # The smallest baseline that still scores: 1 seed, 1 epoch of the fixture (16 steps), 500 samples.
 RECORD_SWEEP = ["-m", "experiment=baseline", "seed=0", "epochs=1", "threads=1", "eval.num_samples=500",

@@ -20,8 +20,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import EVAL_CACHE, MNIST_FILE, QUICK, all_runs, run_cli, small_disk, store_client, store_is_ready
-from ganlab import checkpoint
-from ganlab.errors import InputError
+from ganlab.training import checkpoint
+from ganlab.core.errors import InputError
 
 TINY_EPOCHS = ["steps_per_epoch=1", "eval.enabled=false", "objective=g_loss", f"data.path={MNIST_FILE}"]
 
@@ -279,7 +279,7 @@ def test_a_full_disk_ends_the_run_failed_with_a_message_and_no_partial_file(tmp_
 
 def test_closing_a_run_survives_a_failing_error_file(tmp_path, monkeypatch):
     """ENOSPC while writing error.txt must not keep the run from being terminated."""
-    from ganlab.job_run import JobRun
+    from ganlab.tracking.job_run import JobRun
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run = JobRun(uri, "e", tmp_path / "out", "name", {})

@@ -21,7 +21,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from conftest import EVAL_CACHE, QUICK, all_runs, artifact_paths, ctrl_c_as_in_a_terminal, run_cli, store_client
-from ganlab.slurm import ACTIVE_STATES
+from ganlab.sweeps.slurm import ACTIVE_STATES
 
 
 def _cluster_problem() -> str | None:

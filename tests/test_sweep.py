@@ -141,10 +141,10 @@ FAULTS = '''
 import os
 
 if os.environ.get("GANLAB_TEST_FAULTS"):
-    import ganlab.config
-    import ganlab.job
+    import ganlab.core.config
+    import ganlab.training.job
 
-    checks, build = ganlab.config.validate_tracking, ganlab.job.build_trainer
+    checks, build = ganlab.core.config.validate_tracking, ganlab.training.job.build_trainer
 
     def validate_tracking(cfg):
         if cfg.dropout == 0.1:  # before the job's MLflow run exists
@@ -156,7 +156,7 @@ if os.environ.get("GANLAB_TEST_FAULTS"):
             raise RuntimeError("injected fault after the run")
         return build(cfg, dataset)
 
-    ganlab.config.validate_tracking, ganlab.job.build_trainer = validate_tracking, build_trainer
+    ganlab.core.config.validate_tracking, ganlab.training.job.build_trainer = validate_tracking, build_trainer
 '''
 
 

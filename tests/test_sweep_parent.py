@@ -15,8 +15,10 @@ import pytest
 from PIL import Image
 
 from conftest import QUICK, all_runs, artifact_paths, run_cli, store_client
-from ganlab import scores, sweep_report, tracking
-from ganlab.sweep import SUMMARY
+from ganlab.core import scores
+from ganlab.sweeps import summary as sweep_report
+from ganlab.tracking import store as tracking
+from ganlab.sweeps.sweep import SUMMARY
 
 EPOCHS = 2
 

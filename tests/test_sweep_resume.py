@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from conftest import EVAL_CACHE, QUICK, all_runs, run_cli, store_client
-from ganlab import checkpoint, scores
-from ganlab.job import signals_as_interrupt
+from ganlab.training import checkpoint
+from ganlab.core import scores
+from ganlab.training.job import signals_as_interrupt
 from test_resume import wait_for
 
 EPOCHS = 3

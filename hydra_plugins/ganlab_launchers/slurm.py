@@ -2,14 +2,14 @@
 
 Hydra instantiates launchers only from the `hydra_plugins` namespace, so this is where
 `conf/hydra/launcher/slurm.yaml` names it; what SLURM is asked and what becomes of a lost
-job is `ganlab.slurm`'s. `SlurmLauncher` submits a sweep's jobs as one SLURM job array
+job is `ganlab.sweeps.slurm`'s. `SlurmLauncher` submits a sweep's jobs as one SLURM job array
 exactly as hydra-submitit-launcher does, then waits for them itself, asking SLURM (squeue;
 sacct where accounting is on) rather than submitit, whose wait never ends for a job that
 died without a result on a cluster without accounting. While it waits:
 
 - a job that ends without a result (cancelled, failed, timed out for good, killed for memory,
   gone from SLURM) is lost, not fatal: one line names it and its SLURM state, its run is not
-  left RUNNING, and the sweep goes on; the sweep's callback (`ganlab.sweep`) then writes the
+  left RUNNING, and the sweep goes on; the sweep's callback (`ganlab.sweeps.sweep`) then writes the
   summary of the others and exits non-zero;
 - an array that can never start (pending for `PartitionConfig`, or asking more CPUs or memory
   than any usable node of the partition has) is cancelled with one paragraph saying what was
@@ -19,7 +19,7 @@ died without a result on a cluster without accounting. While it waits:
 
 A preempted or timed-out job (submitit's USR2, `signal_delay_s` before the end) is requeued by
 submitit with the same Hydra job (BaseSubmititLauncher.checkpoint); the requeued job continues
-its own MLflow run from its last checkpoint (`ganlab.job`). Without hydra-submitit-launcher
+its own MLflow run from its last checkpoint (`ganlab.training.job`). Without hydra-submitit-launcher
 (the `scale` extra) this module defines nothing.
 """
 
@@ -39,7 +39,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import OmegaConf
 
-from ganlab import slurm
+from ganlab.sweeps import slurm
 
 try:
     from hydra_plugins.hydra_submitit_launcher import submitit_launcher
@@ -162,7 +162,8 @@ if submitit_launcher is not None:
         def _lost(self, job, overrides: Sequence[str], job_num: int, why: str) -> JobReturn:
             """One line naming the lost job and why (its SLURM state or its error), its record for the
             sweep's summary, and NaN for the sweeper (as a sweep job that failed returns, ganlab.train)."""
-            from ganlab import sweep, tracking
+            from ganlab.sweeps import sweep
+            from ganlab.tracking import store as tracking
 
             assert self.config is not None
             sweep_dir = Path(str(self.config.hydra.sweep.dir))

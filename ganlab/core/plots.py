@@ -1,7 +1,7 @@
 """Pictures of a run: sample grids, loss curves, sweep heatmaps and montages.
 
 Everything here takes plain NumPy arrays or numbers and writes a PNG; nothing here
-knows about TensorFlow or MLflow. Images come in any of `ganlab.data.IMAGE_LAYOUTS`
+knows about TensorFlow or MLflow. Images come in any of `ganlab.core.data.IMAGE_LAYOUTS`
 ((N, 784), (N, 28, 28) or (N, 28, 28, 1)), in [-1, 1].
 """
 
@@ -18,9 +18,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from ganlab import scores  # noqa: E402
-from ganlab.data import as_images  # noqa: E402
-from ganlab.scores import D_LOSS, G_LOSS  # noqa: E402
+from ganlab.core import scores  # noqa: E402
+from ganlab.core.data import as_images  # noqa: E402
+from ganlab.core.scores import D_LOSS, G_LOSS  # noqa: E402
 
 
 def epoch_ticks(ax, epochs) -> None:

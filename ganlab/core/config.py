@@ -16,8 +16,8 @@ import re
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ganlab import scores
-from ganlab.errors import InputError
+from ganlab.core import scores
+from ganlab.core.errors import InputError
 
 DTYPES = ("fp32", "bf16")  # the `dtype` knob's choices; models.py maps each to a Keras policy
 CHOICE_GROUPS = ("model", "optimizer", "loss", "data")  # config groups whose option is named by `<group>.name`
@@ -52,7 +52,7 @@ def resolve_all(cfg: DictConfig, keys=None) -> None:
 def refuse_new_keys(overrides) -> None:
     """`+key=value` adds a key no ganlab config has (Hydra refuses `+` for a key that exists):
     refused, so a misspelt knob is never trained with silently. Config groups and Hydra's own keys pass."""
-    from ganlab.defaults import CONF_DIR
+    from ganlab.core.defaults import CONF_DIR
 
     groups = {path.name for path in CONF_DIR.iterdir() if path.is_dir()}
     for item in overrides:
@@ -112,7 +112,7 @@ def validate(cfg: DictConfig) -> None:
     _integer(cfg, "batch_size", minimum=1)
     _integer(cfg, "random_dim", minimum=1)
     _fraction(cfg, "dropout")
-    _fraction(cfg, "label_smoothing", nullable=True)  # null: the chosen loss does not use it (ganlab.losses)
+    _fraction(cfg, "label_smoothing", nullable=True)  # null: the chosen loss does not use it (ganlab.gan.losses)
     _choice(cfg, "dtype", DTYPES)
     ema = _get(cfg, "ema")
     if ema is not None and not (_is_number(ema) and 0.0 < ema < 1.0):
@@ -138,7 +138,7 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _validate_groups(cfg: DictConfig) -> None:
-    """Each group's `name` against its registry (ganlab.registry), then its settings by their kind."""
+    """Each group's `name` against its registry (ganlab.core.registry), then its settings by their kind."""
     for group, registry in choice_registries().items():
         node = _get(cfg, group)
         if not OmegaConf.is_dict(node):
@@ -163,13 +163,13 @@ def _validate_groups(cfg: DictConfig) -> None:
 
 def choice_registries() -> dict:
     """{group: its registry} of the groups chosen by name. Their builders need TensorFlow,
-    which is imported here the quiet way (ganlab.runtime)."""
-    from ganlab import runtime
+    which is imported here the quiet way (ganlab.core.runtime)."""
+    from ganlab.core import runtime
 
     runtime.import_tensorflow()
-    from ganlab.losses import LOSSES
-    from ganlab.models import MODELS
-    from ganlab.optimizers import OPTIMIZERS
+    from ganlab.gan.losses import LOSSES
+    from ganlab.gan.models import MODELS
+    from ganlab.gan.optimizers import OPTIMIZERS
 
     return {"model": MODELS, "optimizer": OPTIMIZERS, "loss": LOSSES}
 

@@ -3,7 +3,7 @@
 `JobRun` is the only writer of a training job's run. Beside params, tags and metrics it
 logs what the UI shows: images per step, the training data as the run's dataset input,
 the generator as an MLflow Model, and MLflow's system metrics. Stores, readers and run
-names are `ganlab.tracking`'s; nothing here imports TensorFlow until a model is logged.
+names are `ganlab.tracking.store`'s; nothing here imports TensorFlow until a model is logged.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ import mlflow
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
-from ganlab.tracking import (CLOSING_WAITS, DATASET_CONTEXT_TAG, DIGEST_LENGTH, PARENT_RUN_TAG, StoreError,
+from ganlab.tracking.store import (CLOSING_WAITS, DATASET_CONTEXT_TAG, DIGEST_LENGTH, PARENT_RUN_TAG, StoreError,
                              environment_tags, open_store, package_version, resolve_uri, store_call, store_failure)
 
 FAILURE_TAG = "failure_reason"
 
-log = logging.getLogger("ganlab.tracking")
+log = logging.getLogger("ganlab.tracking.store")
 
 
 class JobRun:

@@ -1,7 +1,7 @@
 """The baseline record (docs/baseline/): what it holds, reading and writing it, and the README's table made from it.
 
 The record is a folder:
-- runs.csv, a record (`ganlab.record`) grouped by `dtype` (fp32|bf16): one row per value
+- runs.csv, a record (`ganlab.core.record`) grouped by `dtype` (fp32|bf16): one row per value
   of every score and training metric (EPOCH_METRICS) of every seed at every evaluated
   epoch, and the first RECORDED_STEPS per-step losses of every seed as the metrics
   `step_d_loss` / `step_g_loss`, whose `epoch` column holds the global step (1-based).
@@ -24,13 +24,13 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from ganlab import scores
-from ganlab.config import DTYPES
-from ganlab.errors import InputError
-from ganlab.record import DTYPE, RECORD_COLUMNS, Observation, read_observations, write_observations
-from ganlab.seed_stats import welch
+from ganlab.core import scores
+from ganlab.core.config import DTYPES
+from ganlab.core.errors import InputError
+from ganlab.core.record import DTYPE, RECORD_COLUMNS, Observation, read_observations, write_observations
+from ganlab.sweeps.seed_stats import welch
 
-RECORD_DIR = Path(__file__).resolve().parent.parent / "docs" / "baseline"
+RECORD_DIR = Path(__file__).resolve().parents[2] / "docs" / "baseline"
 RUNS_CSV, MACHINE_JSON, TABLE_MD = "runs.csv", "machine.json", "table.md"
 EPOCH_METRICS = (*scores.SCORE_NAMES, *scores.TRAINING_NAMES)
 STEP_PREFIX = "step_"

@@ -3,7 +3,7 @@
 `read_job` turns a job's run into the verdict's `JobResult` (its evaluated epochs, its
 first per-step losses from the run's losses.csv, its machine from the run's tags);
 `record_sweep` writes a finished sweep of the baseline (seeds x dtypes) as the record in
-docs/baseline/ (`ganlab.baseline`).
+docs/baseline/ (`ganlab.baseline.record`).
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ganlab import scores, tracking
-from ganlab.baseline import (EPOCH_METRICS, MACHINE_JSON, RECORDED_STEPS, RUNS_CSV, TABLE_MD, step_metric,
+from ganlab.core import scores
+from ganlab.tracking import store as tracking
+from ganlab.baseline.record import (EPOCH_METRICS, MACHINE_JSON, RECORDED_STEPS, RUNS_CSV, TABLE_MD, step_metric,
                              write_baseline)
-from ganlab.config import WHERE_KEYS
-from ganlab.errors import InputError
-from ganlab.record import DTYPE_NAMES
-from ganlab.verdict import NUMERIC_PACKAGES, JobResult
+from ganlab.core.config import WHERE_KEYS
+from ganlab.core.errors import InputError
+from ganlab.core.record import DTYPE_NAMES
+from ganlab.baseline.verdict import NUMERIC_PACKAGES, JobResult
 
 LOSSES_FILE = "losses.csv"  # every job's per-step losses: epoch,step,d_loss,g_loss
 # The overrides a reproduction sets itself (where the job runs, the seed, epochs and dtype it
@@ -108,7 +109,7 @@ def this_machine() -> dict:
     """This machine's facts in run_environment's shape (for runs made before machine tags existed)."""
     from importlib import metadata
 
-    from ganlab import machine
+    from ganlab.core import machine
 
     facts = machine.describe()
     versions = {}

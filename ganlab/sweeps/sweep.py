@@ -4,7 +4,7 @@
 starts it creates the store, the experiment and the parent run (named by what is swept,
 e.g. `sweep dropout x label_smoothing`), and leaves the parent's id and the swept keys
 in the sweep folder, where every job (in this process or another) finds them. When the
-multirun ends it hands the children to `ganlab.sweep_report`, logs the summary on the
+multirun ends it hands the children to `ganlab.sweeps.summary`, logs the summary on the
 parent (files, the best job's scores and swept values, a Markdown description) and
 closes it; the summary's files are also left in the sweep folder's summary/. A sweep with a
 failed job ends FAILED and exits non-zero; one stopped by Ctrl-C or SIGTERM ends KILLED
@@ -13,7 +13,7 @@ error FAILED: never RUNNING.
 
 `sweep.resume=<parent run id or sweep folder>`, given with the sweep's own overrides,
 continues a sweep instead of starting one: the parent is RUNNING again, and every job
-finds its earlier run by job number (`ganlab.checkpoint.earlier_attempt`): FINISHED ones
+finds its earlier run by job number (`ganlab.training.checkpoint.earlier_attempt`): FINISHED ones
 are skipped, the others continue from their checkpoints, and jobs never started start.
 
 Importing this module also registers the OmegaConf resolver `ganlab.direction`:
@@ -36,9 +36,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from ganlab import config as ganlab_config
-from ganlab import scores, sweep_report, tracking
-from ganlab.errors import InputError
+from ganlab.core import config as ganlab_config
+from ganlab.core import scores
+from ganlab.sweeps import summary as sweep_report
+from ganlab.tracking import store as tracking
+from ganlab.core.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,7 @@ class SweepTracking(Callback):
         self.jobs_run_here = True  # the jobs are processes of this machine (every launcher but SLURM)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        from ganlab import config as config_checks
+        from ganlab.core import config as config_checks
 
         config_checks.validate_tracking(config)
         self.client, experiment_id = tracking.open_store(config.tracking.uri, config.tracking.experiment)
@@ -173,7 +175,7 @@ def reopen_parent(client, experiment_id: str, target: str, overrides: str) -> st
     """The parent run of the sweep `target` names (its run id or its folder), RUNNING again.
 
     The sweep must be continued with the overrides it started with: its jobs find their
-    earlier runs by job number (`ganlab.checkpoint.earlier_attempt`). Bad input ends the
+    earlier runs by job number (`ganlab.training.checkpoint.earlier_attempt`). Bad input ends the
     command here, before any job starts: one paragraph on stderr, exit 1.
     """
     try:

@@ -1,6 +1,6 @@
 """A sweep's summary: its table, heatmap, sample montages, best job, seed comparison and runs view.
 
-Both the sweep callback (`ganlab.sweep`, at the end of every multirun) and
+Both the sweep callback (`ganlab.sweeps.sweep`, at the end of every multirun) and
 `python -m ganlab.report` call this module. It reads the children's final metrics from
 the runs themselves and fetches each child's metric histories at most once.
 
@@ -24,16 +24,18 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ganlab import record, scores, tracking
-from ganlab.config import OBJECTIVE_AT_BEST
-from ganlab.epochs import LATEST_STEP, SAMPLES_KEY  # a job's sample grid: an image at each epoch, the latest at step 0
+from ganlab.core import record
+from ganlab.core import scores
+from ganlab.tracking import store as tracking
+from ganlab.core.config import OBJECTIVE_AT_BEST
+from ganlab.training.epochs import LATEST_STEP, SAMPLES_KEY  # a job's sample grid: an image at each epoch, the latest at step 0
 
 log = logging.getLogger(__name__)
 
 SEED_KEY = "seed"
 RECORD = "runs.csv"  # the values behind comparison.csv, enough to compute it again
 OBJECTIVE_AT_KEY = "objective_at"  # a job's param: which value of the objective it returned (final or best)
-SAMPLES_ARTIFACT = "samples.png"  # a job's final sample grid (ganlab.outputs)
+SAMPLES_ARTIFACT = "samples.png"  # a job's final sample grid (ganlab.training.outputs)
 VARIANCE = "variance_split.csv"  # per setting: the runs' variance split into training and sampling parts
 # How a run was scored: its scores compare with another run's only where all of these agree
 # (params or tags; a value a run lacks counts as its default, or as unknown where none is given).
@@ -165,7 +167,7 @@ def scoring_difference(runs, keys) -> str | None:
 
 def check_alike_scoring(runs, keys) -> None:
     """InputError (one line, naming the difference) unless every group's runs were scored alike."""
-    from ganlab.errors import InputError
+    from ganlab.core.errors import InputError
 
     unlike = scoring_difference(runs, keys)
     if unlike:
@@ -175,7 +177,8 @@ def check_alike_scoring(runs, keys) -> None:
 def variance_splits(runs, keys, metric: str = scores.FID) -> list:
     """Per group of `keys`, the split of its runs' final `metric` into training and sampling variance
     (`seed_stats.variance_split`); only groups whose runs logged `<metric>_sampling_std` (eval.repeats > 1)."""
-    from ganlab import comparison, seed_stats
+    from ganlab.sweeps import comparison
+    from ganlab.sweeps import seed_stats
 
     spread = scores.sampling_std(metric)
     groups: dict[tuple, list] = {}
@@ -196,7 +199,7 @@ def _variance_split(finished, keys, folder: Path, summary: SweepSummary) -> list
     and a description line per setting, where the runs logged repeated draws."""
     from dataclasses import astuple
 
-    from ganlab import comparison
+    from ganlab.sweeps import comparison
 
     splits = variance_splits(finished, keys)
     if not splits:
@@ -228,7 +231,7 @@ def not_finished(children, runless_jobs: dict[str, tuple[str, str]]) -> list[str
 
 
 def returned_metric(child, objective: str, objective_at: str | None = None) -> str:
-    """The metric whose value `child` returned to the sweeper for `objective`, as `ganlab.epochs` chose it:
+    """The metric whose value `child` returned to the sweeper for `objective`, as `ganlab.training.epochs` chose it:
     `<objective>_best` for a job run with objective_at=best (its own param; `objective_at` is the sweep's,
     for a job that lacks the param), unless the job logged none (epochs=0: it returned the final value)."""
     at = child.data.params.get(OBJECTIVE_AT_KEY, objective_at)
@@ -327,7 +330,7 @@ def log_epoch_montages(client, run_id: str, summary: SweepSummary) -> None:
     UI's image card opens, as on the jobs' own runs): the parent's image card, with its step slider, shows
     the settings side by side at any epoch. Best first (the final ranking, so a setting keeps its place
     from epoch to epoch), each labelled with its setting and its score at that epoch where it has one."""
-    from ganlab import plots  # matplotlib loads only when a picture is made
+    from ganlab.core import plots  # matplotlib loads only when a picture is made
 
     epochs = sorted({epoch for grids in summary.grids.values() for epoch in grids} - {LATEST_STEP})
     if not any(summary.grids.values()):
@@ -400,7 +403,7 @@ def varying_params(children) -> list[str]:
 
 def heatmap(rows, grid_keys, metric, folder: Path) -> Path:
     """sweep_heatmap_<metric>.png: each cell of the two keys' grid the mean over its jobs' final values."""
-    from ganlab import plots
+    from ganlab.core import plots
 
     return plots.save_sweep_heatmap(cell_means(rows, grid_keys, metric), grid_keys[0], grid_keys[1], metric,
                                     folder / f"sweep_heatmap_{metric}.png")
@@ -409,7 +412,7 @@ def heatmap(rows, grid_keys, metric, folder: Path) -> Path:
 def cell_means(rows, grid_keys, metric) -> list[dict]:
     """One cell per combination of the grid keys, over the jobs that differ only in other keys
     (the seeds): the mean, the half-width of its 95% interval (NaN for one job) and the count."""
-    from ganlab import comparison
+    from ganlab.sweeps import comparison
 
     cells: dict[tuple, list[float]] = {}
     for row in rows:
@@ -427,7 +430,7 @@ def cell_means(rows, grid_keys, metric) -> list[dict]:
 def latest_montage(client, summary: SweepSummary, path: Path) -> Path | None:
     """Every job's final grid side by side (sweep_samples.png in the summary), best first, labelled with its
     setting and the value it returned: its last epoch's `samples` image, or (a run that logged none) its samples.png."""
-    from ganlab import plots  # matplotlib loads only when a picture is made
+    from ganlab.core import plots  # matplotlib loads only when a picture is made
 
     metric = summary.best_metric or summary.rank_metric
     with tempfile.TemporaryDirectory() as scratch:  # the downloaded grids are not part of the summary
@@ -473,7 +476,7 @@ def run_observations(runs, logged, keys) -> list:
 def seed_comparison(observations, keys, metrics, reference, folder: Path) -> list:
     """Seeds are replicates: compare the groups of `keys` across them; writes comparison.csv/.md
     and comparison_<metric>.png into `folder` and returns the comparison rows."""
-    from ganlab import comparison
+    from ganlab.sweeps import comparison
 
     if reference is None:
         groups = [dict(group) for group in {tuple((key, o.group.get(key)) for key in keys) for o in observations}]
@@ -488,7 +491,7 @@ def seed_comparison(observations, keys, metrics, reference, folder: Path) -> lis
 
 def _seed_comparison(client, finished, grid_keys, metrics, folder: Path, summary: SweepSummary) -> list[str]:
     """The sweep's own seed comparison (its scores with a direction), and a sentence per swept key."""
-    from ganlab import comparison
+    from ganlab.sweeps import comparison
 
     compared = [name for name in metrics if name in scores.SCORE_NAMES and scores.direction(name)] or [scores.G_LOSS]
     logged = histories(client, finished, compared)

@@ -33,9 +33,9 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from ganlab import scores
-from ganlab.errors import TrainingDiverged
-from ganlab.losses import GanLoss, gradient_penalty
+from ganlab.core import scores
+from ganlab.core.errors import TrainingDiverged
+from ganlab.gan.losses import GanLoss, gradient_penalty
 
 
 @dataclass

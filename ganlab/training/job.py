@@ -2,11 +2,11 @@
 
 `run_job(cfg, context)` is what the Hydra entry point calls; `context` holds the facts
 only Hydra knows (output folder, overrides, sweep, launcher threads), so nothing here
-imports Hydra. A job is one MLflow run (`ganlab.job_run.JobRun`), resumable from its last
-checkpoint (`ganlab.checkpoint`). `train_job` holds the whole loop in one screen: train
+imports Hydra. A job is one MLflow run (`ganlab.tracking.job_run.JobRun`), resumable from its last
+checkpoint (`ganlab.training.checkpoint`). `train_job` holds the whole loop in one screen: train
 an epoch, score it, track the best, checkpoint, log; those steps are small functions in
-`ganlab.epochs`, the model, loss and optimizer come from their registries by name, and
-the files a finished job leaves are written by `ganlab.outputs`.
+`ganlab.training.epochs`, the model, loss and optimizer come from their registries by name, and
+the files a finished job leaves are written by `ganlab.training.outputs`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ganlab import checkpoint, config, epochs, outputs, runtime, tracking
-from ganlab.data import load_dataset
-from ganlab.job_run import JobRun
+from ganlab.training import checkpoint
+from ganlab.core import config
+from ganlab.training import epochs
+from ganlab.training import outputs
+from ganlab.core import runtime
+from ganlab.tracking import store as tracking
+from ganlab.core.data import load_dataset
+from ganlab.tracking.job_run import JobRun
 
 log = logging.getLogger("ganlab.train")
 
@@ -110,7 +115,7 @@ def train_job(cfg, context: JobContext, run: JobRun, threads: int | None, resume
                 record.metrics.update(score(trainer, epoch))
             record.metrics.update(best.update(record, trainer.generator))
             history.append(record)
-            checkpoint.write(output_dir, trainer, history, run, threads, cfg)  # before logging: see ganlab.epochs
+            checkpoint.write(output_dir, trainer, history, run, threads, cfg)  # before logging: see ganlab.training.epochs
             epochs.log_epoch(run, record, cfg.epochs)
 
         outputs.save_outputs(trainer, history, steps, output_dir, run, register_as=cfg.tracking.register_model,
@@ -136,7 +141,7 @@ def load_data(cfg, run: JobRun, new_run: bool):
         run.log_dataset(dataset.name, digest, dataset.location(),  # the UI's Dataset column
                         profile={"train images": len(dataset.x_train), "test images": len(dataset.x_test)})
     if cfg.eval.enabled:  # refuse altered weights or a classifier of another dataset before training
-        from ganlab import classifier
+        from ganlab.evaluation import classifier
 
         run.set_tags({"eval.classifier_sha256": classifier.check(cfg.eval.classifier, dataset.name)[1]})
     return dataset, steps
@@ -144,10 +149,10 @@ def load_data(cfg, run: JobRun, new_run: bool):
 
 def build_trainer(cfg, dataset):
     """G and D, their loss and optimizers, each chosen by name from its registry, and the trainer."""
-    from ganlab.gan import GanTrainer
-    from ganlab.losses import build_loss
-    from ganlab.models import build_nets
-    from ganlab.optimizers import build_optimizers
+    from ganlab.gan.trainer import GanTrainer
+    from ganlab.gan.losses import build_loss
+    from ganlab.gan.models import build_nets
+    from ganlab.gan.optimizers import build_optimizers
 
     loss = build_loss(cfg.loss, cfg.label_smoothing)
     d_optimizer, g_optimizer = build_optimizers(cfg.optimizer)
@@ -157,7 +162,7 @@ def build_trainer(cfg, dataset):
 
 
 def warn_about_slow_bf16(dtype: str) -> None:
-    from ganlab import machine
+    from ganlab.core import machine
 
     if dtype == "bf16" and not machine.has_native_bf16() and not runtime.has_nvidia_gpu():
         log.warning("dtype=bf16 on a CPU without native bfloat16 (%s; ISA flags: %s): TensorFlow emulates bfloat16 "
@@ -170,8 +175,8 @@ def build_evaluator(cfg, dataset):
     initial weights never depend on whether evaluation is on."""
     if not cfg.eval.enabled:
         return None
-    from ganlab import classifier
-    from ganlab.evaluation import Evaluator
+    from ganlab.evaluation import classifier
+    from ganlab.evaluation.evaluator import Evaluator
 
     return Evaluator.from_dataset(dataset, classifier=classifier.load(cfg.eval.classifier, dataset=dataset.name))
 
@@ -180,13 +185,13 @@ def evaluation_noises(cfg):
     """The noise draws (`eval.repeats` of them) every evaluation of this job scores G on (None when evaluation is off)."""
     if not cfg.eval.enabled:
         return None
-    from ganlab import evaluation
+    from ganlab.evaluation import evaluator as evaluation
 
     return evaluation.evaluation_noises(cfg.seed, cfg.eval.num_samples, cfg.random_dim, cfg.eval.get("repeats", 1))
 
 
 def runtime_tags(threads: int | None) -> dict:
-    from ganlab import machine
+    from ganlab.core import machine
 
     return {f"machine.{key}": value for key, value in machine.describe(threads).items()}
 

@@ -27,8 +27,8 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ganlab import scores
-from ganlab.baseline import EPOCH_METRICS, Record, is_step
+from ganlab.core import scores
+from ganlab.baseline.record import EPOCH_METRICS, Record, is_step
 
 NUMERIC_PACKAGES = ("tensorflow", "keras", "numpy", "scipy")  # their versions change the numbers
 NOT_EXACT = (scores.STEPS_PER_SEC,)  # a timing: never the same twice

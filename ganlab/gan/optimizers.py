@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import keras
 
-from ganlab.registry import Registry
+from ganlab.core.registry import Registry
 
 OPTIMIZERS = Registry("optimizer")
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from ganlab.errors import InputError
-from ganlab.registry import Registry
+from ganlab.core.errors import InputError
+from ganlab.core.registry import Registry
 
 LOSSES = Registry("loss")
 

@@ -1,9 +1,9 @@
 """Score generated MNIST digits against real ones, in the pretrained classifier's feature space.
 
-`Evaluator` holds the classifier (`ganlab.classifier`) and the statistics of a real
+`Evaluator` holds the classifier (`ganlab.evaluation.classifier`) and the statistics of a real
 reference set, by default the 10,000 MNIST test images. `Evaluator.score(images)` takes
-generated images in [-1, 1], shaped (N, 784), (N, 28, 28) or (N, 28, 28, 1) (`ganlab.data.IMAGE_LAYOUTS`),
-and returns {name: value} for every score of the registry `ganlab.scores.SCORE_NAMES`, in
+generated images in [-1, 1], shaped (N, 784), (N, 28, 28) or (N, 28, 28, 1) (`ganlab.core.data.IMAGE_LAYOUTS`),
+and returns {name: value} for every score of the registry `ganlab.core.scores.SCORE_NAMES`, in
 the registry's order; `Evaluator.evaluate(images)` also returns the predicted-class histogram.
 
 The real statistics (features, their mean and covariance, logit mean and covariance,
@@ -37,11 +37,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ganlab import metrics, scores
-from ganlab.classifier import Classifier, softmax
-from ganlab.classifier import load as load_classifier
-from ganlab.data import IMAGE_LAYOUTS_TEXT, IMAGE_SHAPE, Dataset, as_images, is_image_batch, to_unit_range
-from ganlab.errors import InputError
+from ganlab.evaluation import metrics
+from ganlab.core import scores
+from ganlab.evaluation.classifier import Classifier, softmax
+from ganlab.evaluation.classifier import load as load_classifier
+from ganlab.core.data import IMAGE_LAYOUTS_TEXT, IMAGE_SHAPE, Dataset, as_images, is_image_batch, to_unit_range
+from ganlab.core.errors import InputError
 
 CACHE_FORMAT = 2  # bump when the cached arrays change meaning
 NUM_CLASSES = 10

@@ -1,7 +1,7 @@
 """Sample-quality scores over feature arrays: plain NumPy/SciPy, no TensorFlow.
 
 The functions take features (N, d) of real and generated images (from the pretrained
-classifier, see `ganlab.classifier`) or its outputs, and return plain Python numbers
+classifier, see `ganlab.evaluation.classifier`) or its outputs, and return plain Python numbers
 (`mode_stats` also the class histogram):
 
 - `frechet_distance`: FID, the Frechet distance between Gaussians fitted to two sets.

@@ -12,7 +12,10 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from ganlab import plots, runtime, scores, tracking
+from ganlab.core import plots
+from ganlab.core import runtime
+from ganlab.core import scores
+from ganlab.tracking import store as tracking
 
 SAMPLE_NOISE_SEED = 1234  # one fixed noise batch for every epoch and every job, so grids compare
 SAMPLE_GRID_SIZE = 100  # a 10x10 grid

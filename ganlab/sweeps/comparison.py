@@ -2,15 +2,15 @@
 
 A GAN's scores move a lot from one seed to the next, so a sweep's table of means can show
 differences that are only noise. Given one value per (group, seed, metric, epoch) (a
-record's observations, `ganlab.record`), this module summarizes each group (mean, sample
+record's observations, `ganlab.core.record`), this module summarizes each group (mean, sample
 std, 95% Student-t interval of the mean), compares it with a reference group (Welch's
 difference of means with its 95% interval and p-value), and estimates how many seeds per
 group a two-sample t-test would need to detect the observed difference with 80% power (the
-statistics are `ganlab.seed_stats`). It writes the result as CSV, Markdown, a PNG per
+statistics are `ganlab.sweeps.seed_stats`). It writes the result as CSV, Markdown, a PNG per
 metric and one plain-English sentence per swept key (for a sweep's MLflow description).
 
 The default reference is the group at the config's defaults (conf/, the tutorial's
-setting; `ganlab.defaults`), never written here.
+setting; `ganlab.core.defaults`), never written here.
 
 NumPy/SciPy/matplotlib: importing it loads none of TensorFlow, MLflow, Hydra or OmegaConf.
 """
@@ -30,9 +30,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from ganlab.plots import _save, epoch_ticks, numeric_first  # noqa: E402
-from ganlab.record import Observation  # noqa: E402
-from ganlab.seed_stats import VarianceSplit, seeds_needed, summarize, welch  # noqa: E402
+from ganlab.core.plots import _save, epoch_ticks, numeric_first  # noqa: E402
+from ganlab.core.record import Observation  # noqa: E402
+from ganlab.sweeps.seed_stats import VarianceSplit, seeds_needed, summarize, welch  # noqa: E402
 
 
 
@@ -70,9 +70,9 @@ def default_reference(groups: Iterable[dict[str, str]], by: Sequence[str],
                       setting: Mapping[str, str] | None = None) -> dict[str, str] | None:
     """The group at `setting`'s values of the grouping keys, when every grouping key has a value
     there and that group exists (values match numerically). `setting` defaults to the config's
-    defaults (`ganlab.defaults`): the tutorial's dropout, label smoothing, optimizer, ..."""
+    defaults (`ganlab.core.defaults`): the tutorial's dropout, label smoothing, optimizer, ..."""
     if setting is None:
-        from ganlab.defaults import config_defaults  # reads conf/ with OmegaConf: only when asked
+        from ganlab.core.defaults import config_defaults  # reads conf/ with OmegaConf: only when asked
 
         setting = config_defaults()
     if not by or any(key not in setting for key in by):

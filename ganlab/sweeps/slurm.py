@@ -4,7 +4,7 @@ The launcher of `hydra/launcher=slurm` (hydra_plugins/ganlab_launchers/slurm.py;
 launchers only in that namespace) waits for its job array by asking SLURM through the
 functions here: `job_states` (squeue, which also lists finished jobs for `MinJobAge`),
 `accounting_state` (sacct, where accounting is on), `partition_nodes` (sinfo). A job that
-ends without a result is recorded by `record_lost` where the sweep's summary (`ganlab.sweep`)
+ends without a result is recorded by `record_lost` where the sweep's summary (`ganlab.sweeps.sweep`)
 counts it, and a run it could not close is closed. `cannot_start` and `asked_and_available`
 word the refusal of an array no node can run. Nothing here imports Hydra or TensorFlow.
 """
@@ -138,7 +138,7 @@ def record_lost(sweep_dir: Path, job_dir: Path, job_num: int, overrides: list[st
     """Leaves a lost job where the sweep's summary counts it: the reason in the sweep folder's
     LOST_JOBS_FILE, Hydra's overrides file in the job's folder (made if the job never started),
     and its run, if a job killed outright left it RUNNING, closed with `why` as its failure reason."""
-    from ganlab import sweep
+    from ganlab.sweeps import sweep
 
     try:
         if not (job_dir / ".hydra" / "overrides.yaml").exists():
@@ -155,8 +155,9 @@ def record_lost(sweep_dir: Path, job_dir: Path, job_num: int, overrides: list[st
 
 def close_left_run(sweep_dir: Path, job_num: int, why: str, tracking_uri: str | None, experiment: str) -> None:
     """A job killed outright (SIGKILL, out of memory) cannot close its run: close it here."""
-    from ganlab import sweep, tracking
-    from ganlab.job_run import FAILURE_TAG
+    from ganlab.sweeps import sweep
+    from ganlab.tracking import store as tracking
+    from ganlab.tracking.job_run import FAILURE_TAG
 
     parent_id = sweep.read_sweep_file(sweep_dir).get("parent_run_id")
     if parent_id is None:

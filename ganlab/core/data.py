@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ganlab.errors import InputError
+from ganlab.core.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ IMAGE_LAYOUTS = ((IMAGE_PIXELS,), IMAGE_SHAPE, (*IMAGE_SHAPE, 1))
 IMAGE_LAYOUTS_TEXT = "{}, {} or {}".format(*(f"(N, {', '.join(map(str, layout))})" for layout in IMAGE_LAYOUTS))
 KERAS_CACHE = {"mnist": "mnist.npz", "fashion_mnist": "fashion-mnist"}  # under <Keras home>/datasets/
 # The copy shipped inside the package (see its README.md: layout, source, licence), for machines without internet.
-SHIPPED = {"mnist": Path(__file__).resolve().parent / "datasets" / "mnist.npz"}
+SHIPPED = {"mnist": Path(__file__).resolve().parents[1] / "datasets" / "mnist.npz"}
 SHIPPED_MNIST_SHA256 = "06af5dfe73b70e3bc1c36439982b18a8d76803db9b544f6fdf838a37fbb01b64"
 SHIPPED_SHA256 = {"mnist": SHIPPED_MNIST_SHA256}
 DOWNLOAD_TIMEOUT_S = 30  # a stalled connection gives up after this long, so an offline machine falls back soon
@@ -189,7 +189,7 @@ def file_sha256(file: Path) -> str:
 
 
 def _load_from_keras(name: str) -> dict[str, np.ndarray]:
-    from ganlab import runtime
+    from ganlab.core import runtime
 
     runtime.import_tensorflow()  # here, not at the top: local files need no TensorFlow; and quietly
     import keras

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable, TypeVar
 
-from ganlab.errors import InputError
+from ganlab.core.errors import InputError
 
 Builder = TypeVar("Builder", bound=Callable)
 

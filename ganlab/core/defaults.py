@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the repository's Hydra config, as train.py finds it
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # the repository's Hydra config, as train.py finds it
 PRIMARY_CONFIG = "train.yaml"
 SELF = "_self_"
 PACKAGE = re.compile(r"#\s*@package\s+(\S+)")

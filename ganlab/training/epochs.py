@@ -14,7 +14,7 @@
 - `BestEpoch`: the objective's best value so far (`<objective>_best`, `<objective>_best_epoch`)
   and the generator that reached it;
 - `log_epoch`: the epoch's metrics into the run and one console line.
-The job (`ganlab.job.train_job`) writes the checkpoint between the last two, so a kill
+The job (`ganlab.training.job.train_job`) writes the checkpoint between the last two, so a kill
 in between is mended on resume (which logs the checkpoint's epochs that the run lacks).
 """
 
@@ -27,10 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ganlab import metrics, outputs, plots, scores
-from ganlab.config import OBJECTIVE_AT_BEST
-from ganlab.data import to_unit_range
-from ganlab.errors import TrainingDiverged
+from ganlab.evaluation import metrics
+from ganlab.training import outputs
+from ganlab.core import plots
+from ganlab.core import scores
+from ganlab.core.config import OBJECTIVE_AT_BEST
+from ganlab.core.data import to_unit_range
+from ganlab.core.errors import TrainingDiverged
 
 log = logging.getLogger("ganlab.train")
 

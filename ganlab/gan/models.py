@@ -12,7 +12,7 @@
   (5x5, stride 2) -> LeakyReLU -> Dropout -> Conv2D 128 (5x5, stride 2) -> LeakyReLU ->
   Dropout -> Flatten -> Dense 1. Images are (H, W, 1).
 
-Both Ds end in one unbounded output (a logit for the `ns` loss: see ganlab.losses).
+Both Ds end in one unbounded output (a logit for the `ns` loss: see ganlab.gan.losses).
 With `dtype: bf16` the hidden layers compute in bfloat16 (Keras' mixed_bfloat16 policy:
 float32 weights, bfloat16 math) while each net's output layer stays float32, so images
 and D's outputs, and the losses computed from them, keep full precision.
@@ -24,11 +24,11 @@ import math
 
 import keras
 
-from ganlab.errors import InputError
-from ganlab.registry import Registry
+from ganlab.core.errors import InputError
+from ganlab.core.registry import Registry
 
 MODELS = Registry("model")
-HIDDEN_POLICY = {"fp32": "float32", "bf16": "mixed_bfloat16"}  # keys: ganlab.config.DTYPES
+HIDDEN_POLICY = {"fp32": "float32", "bf16": "mixed_bfloat16"}  # keys: ganlab.core.config.DTYPES
 
 
 def build_nets(cfg, image_shape: tuple[int, ...]) -> tuple[keras.Model, keras.Model]:

@@ -175,7 +175,7 @@ def is_better(name: str, candidate: float, incumbent: float | None) -> bool:
 
 def optuna_direction(name: str | None) -> str:
     """'minimize' or 'maximize': the Optuna study direction that optimises metric `name`.
-    The sweeps read it through the `${ganlab.direction:${objective}}` resolver (`ganlab.sweep`)."""
+    The sweeps read it through the `${ganlab.direction:${objective}}` resolver (`ganlab.sweeps.sweep`)."""
     if name is None:
         raise ValueError(f"objective is null, but a search optimises one; set objective to one of: "
                          f"{', '.join(objective_names())}.")

@@ -42,9 +42,10 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from ganlab import scores, tracking
-from ganlab.config import WHERE_KEYS, resolved
-from ganlab.errors import InputError
+from ganlab.core import scores
+from ganlab.tracking import store as tracking
+from ganlab.core.config import WHERE_KEYS, resolved
+from ganlab.core.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +288,7 @@ def _check_same_data(found: Checkpoint, path: str | None) -> None:
         return
     if recorded is None:  # stopped before its data was read: any data is its first
         return
-    from ganlab.data import load_dataset
+    from ganlab.core.data import load_dataset
 
     digest = load_dataset(OmegaConf.select(found.config, "data.name") or "mnist", path).sha256()
     if digest != recorded:
@@ -327,8 +328,8 @@ def _refuse_finished_run(target: str, uri: str | None) -> None:
 def resume_into(trainer, resume: Resume, run, output_dir: Path, threads: int | None) -> list:
     """Put the checkpoint's state into `trainer`, log the epochs the run lacks, carry the best
     generator over, write the checkpoint into this job's folder; return the epoch records."""
-    from ganlab.gan import EpochRecord
-    from ganlab.outputs import BEST_GENERATOR
+    from ganlab.gan.trainer import EpochRecord
+    from ganlab.training.outputs import BEST_GENERATOR
 
     found = resume.checkpoint
     values, saved_records = load_state(found)

@@ -8,7 +8,7 @@ database in `mlruns/` of the directory the command runs in, with artifacts in
 `mlruns/artifacts/<experiment>/` given as an absolute location, so `mlflow ui` finds
 them from anywhere. Calls to a tracking server are bounded in time (see
 `bound_server_waits`). A job's own run, opened and closed whatever happens, is
-`ganlab.job_run.JobRun`, built on this module. Nothing here imports TensorFlow.
+`ganlab.tracking.job_run.JobRun`, built on this module. Nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from ganlab.config import WHERE_KEYS
-from ganlab.errors import InputError
+from ganlab.core.config import WHERE_KEYS
+from ganlab.core.errors import InputError
 
 log = logging.getLogger(__name__)
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # MLflow sets INFO when imported: no schema-migration chatter
@@ -46,7 +46,7 @@ OVERRIDES_TAG = "hydra.overrides"  # a run's command-line overrides, as typed
 DATASET_CONTEXT_TAG = "mlflow.data.context"  # the UI's badge beside a run's dataset
 DIGEST_LENGTH = 12  # a dataset digest as the UI shows it, like a short git hash (MLflow stores at most 36)
 PACKAGES = ("tensorflow", "keras", "mlflow", "hydra-core", "numpy", "scipy")
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SERVER_TIMEOUT_S = 10
 # Bounded waits on a tracking server (each can be overridden in the environment): a
 # request gives up after 10 s and is retried once (about 21 s in all), so a server whose

@@ -1,0 +1,4 @@
+"""Scoring generated images: the formulas, the pretrained digit classifier, the evaluator.
+
+Imports `core` only.
+"""
