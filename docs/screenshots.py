@@ -15,6 +15,8 @@ server and the browser:
     parent_samples.png  that montage at full size (a click on it): every job's grid side by
                         side, best first, labelled with its setting and score
     run_samples.png     the best job's Model metrics: its `samples` card on its latest grid
+    run_grid.png        the URL the best job printed: its Artifacts tab on its newest grid, whole,
+                        with MLflow's Assistant panel open as on a first visit
     sample_grids.png    the chart view of the sweep's runs table: the `samples` image grid,
                         one column per run, at the latest epoch, run params hidden
 
@@ -75,6 +77,8 @@ def main() -> None:
             shoot_card(browser, parent_page, args.out / "parent_samples_card.png")
             shoot_card(browser, parent_page, args.out / "parent_samples.png", preview=True)
             shoot_card(browser, best_page, args.out / "run_samples.png")
+            newest = max(item.path for item in client.list_artifacts(best_id, "samples"))
+            shoot_printed_url(browser, f"{base}/{tracking.run_link(experiment_id, best_id, newest)}", args.out / "run_grid.png")
             shoot_sample_grids(browser, f"{base}/{runs_table}", args.out / "sample_grids.png")
     print(f"screenshots in {args.out}")
 
@@ -165,6 +169,15 @@ def shoot_card(browser: Browser, url: str, path: Path, preview: bool = False) ->
                      "i.naturalWidth > 0) && !document.querySelector('[class*=-appear-active], [class*=-enter-active]')")
     browser.screenshot(path)
     browser.key("Escape")
+
+
+def shoot_printed_url(browser: Browser, url: str, path: Path) -> None:
+    """The URL a job prints, as it opens: the run's Artifacts tab showing its newest grid (no click)."""
+    browser.clicks, browser.typed = 0, []
+    browser.call("Page.navigate", url=url)
+    browser.wait("[...document.querySelectorAll('img')].some(i => i.complete && i.naturalWidth >= 280)")
+    time.sleep(1)
+    browser.screenshot(path)
 
 
 def shoot_sample_grids(browser: Browser, url: str, path: Path) -> None:

@@ -10,7 +10,8 @@ shaped (N, 784), (N, 28, 28) or (N, 28, 28, 1) (`ganlab.core.data.IMAGE_LAYOUTS`
 (default mnist) names what the generator imitates; as in training, the classifier must
 have been trained on it, else the command refuses before loading any data.
 `--run-id` re-scores a run exactly as training scored it: the run's own
-`eval.num_samples`, dataset, classifier and noise seed, on its final generator (or, for a
+`eval.num_samples`, dataset, classifier, noise seed and `eval.repeats` (each score the mean
+over that many noise draws, fid's spread over them as `fid_sampling_std`), on its final generator (or, for a
 run that did not finish, the generator of its last checkpoint, and it says which epoch).
 It logs the scores into the run under `rescore_<score>` at that epoch, so a re-score can
 never replace a number the run was trained to; it refuses to log twice at one epoch.
@@ -36,7 +37,8 @@ from ganlab.core import scores
 from ganlab.tracking import store as tracking  # noqa: E402
 from ganlab.core.data import DATASETS, IMAGE_LAYOUTS_TEXT, as_images, is_image_batch, load_dataset, to_unit_range  # noqa: E402
 from ganlab.core.errors import InputError, report_or_refuse  # noqa: E402
-from ganlab.evaluation.evaluator import Evaluator, evaluation_noise  # noqa: E402
+from ganlab.evaluation import metrics  # noqa: E402
+from ganlab.evaluation.evaluator import Evaluator, evaluation_noise, evaluation_noises  # noqa: E402
 
 GENERATOR_ARTIFACT = "models/generator.keras"
 MAX_SAMPLES = 200_000  # the scores need memory for the samples' pairwise distances in blocks; more says nothing new
@@ -81,12 +83,12 @@ def _output_shape_message(what: str, shape) -> str:
 
 
 def generate(generator, num_samples: int, seed: int, batch_size: int = 2000,
-             name: str = "--generator: the model") -> np.ndarray:
-    """num_samples images (N, *data.IMAGE_SHAPE) from the same N(0, 1) noise training scores on;
-    `name` says which generator in an error."""
+             name: str = "--generator: the model", noise: np.ndarray | None = None) -> np.ndarray:
+    """num_samples images (N, *data.IMAGE_SHAPE) from the same N(0, 1) noise training scores on
+    (or from `noise`, one of a run's eval.repeats draws); `name` says which generator in an error."""
     import keras
 
-    noise = evaluation_noise(seed, num_samples, generator.input_shape[1])
+    noise = evaluation_noise(seed, num_samples, generator.input_shape[1]) if noise is None else noise
     batches = [
         keras.ops.convert_to_numpy(generator(noise[start : start + batch_size], training=False))
         for start in range(0, num_samples, batch_size)
@@ -116,6 +118,7 @@ class RunScoring:
     data_name: str
     data_path: str | None
     classifier: str | None
+    repeats: int = 1  # eval.repeats: the noise draws each logged score is the mean of
 
     @classmethod
     def of(cls, run) -> "RunScoring":
@@ -125,7 +128,8 @@ class RunScoring:
                              "reproduce. Score its generator with --generator instead.")
         try:
             return cls(run, int(params.get("eval.num_samples", 10000)), int(params.get("seed", 0)),
-                       params.get("data.name", "mnist"), params.get("data.path"), params.get("eval.classifier"))
+                       params.get("data.name", "mnist"), params.get("data.path"), params.get("eval.classifier"),
+                       int(params.get("eval.repeats", 1)))  # a run from before eval.repeats scored one draw
         except ValueError as error:
             raise InputError(f"--run-id: run {run.info.run_id} has unreadable params ({error}).") from error
 
@@ -144,7 +148,7 @@ def run_generator(client, run, folder: str):
     from ganlab.gan.trainer import restore_generator
     from ganlab.gan.models import build_nets
 
-    output_dir = run.data.tags.get("output_dir")
+    output_dir = run.data.tags.get(tracking.OUTPUT_DIR_TAG)
     if not output_dir:
         raise InputError(f"--run-id: run {run.info.run_id} ({run.info.status}) has neither {GENERATOR_ARTIFACT} nor a "
                          "recorded output folder with a checkpoint to score.")
@@ -184,20 +188,25 @@ def score_run(client, run, args) -> tuple[str, dict[str, float], np.ndarray]:
                                        cache_dir=args.cache_dir)
     with tempfile.TemporaryDirectory() as folder:
         generator, epoch = run_generator(client, run, folder)
-        images = generate(generator, scoring.num_samples, scoring.seed, name=f"--run-id: run {run.info.run_id}'s generator")
-        evaluation = evaluator.evaluate(images)
+        # the run's eval.repeats draws, as training drew and combined them: the logged score is their mean
+        draws = [evaluator.evaluate(generate(generator, scoring.num_samples, scoring.seed, noise=noise,
+                                             name=f"--run-id: run {run.info.run_id}'s generator"))
+                 for noise in evaluation_noises(scoring.seed, scoring.num_samples, generator.input_shape[1],
+                                                scoring.repeats)]
+        found = metrics.mean_over_draws(draws)
     run_id = run.info.run_id
     already = {point.step for point in client.get_metric_history(run_id, scores.rescore(scores.FID))}
     if args.log and epoch in already:
         raise InputError(f"--run-id: run {run_id} already holds a re-score at epoch {epoch} "
                          f"({scores.rescore(scores.FID)}); it is not logged twice. Use --no-log to just print the scores.")
     if args.log:
-        for name, value in evaluation.scores.items():
+        for name, value in found.items():
             client.log_metric(run_id, scores.rescore(name), value, step=epoch)
-    title = (f"run {run_id} ({run.info.status}) at epoch {epoch}: {scoring.num_samples} samples (seed {scoring.seed}) "
+    draws_text = f" x {scoring.repeats} draws (eval.repeats), mean" if scoring.repeats > 1 else ""
+    title = (f"run {run_id} ({run.info.status}) at epoch {epoch}: {scoring.num_samples} samples (seed {scoring.seed}){draws_text} "
              f"vs {evaluator.num_real} real test images of {dataset.source}"
              + (f"; logged as {scores.RESCORE_PREFIX}<score> at step {epoch}" if args.log else ""))
-    return title, evaluation.scores, evaluation.histogram
+    return title, found, draws[0].histogram
 
 
 def format_table(found: dict[str, float], histogram: np.ndarray | None = None) -> str:

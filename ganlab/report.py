@@ -6,8 +6,8 @@
 
 Reads the child runs of a sweep's parent run (unless `--parent` names one, the newest sweep
 of the experiment that has finished runs, named on the output's first line), groups them by
-the params named in `--by` (the seeds are the replicates; swept params left out of `--by`
-are pooled) and writes into `--out`:
+the params named in `--by` (the seeds are the replicates; a swept param left out of `--by`
+that varies inside a group is refused, never pooled) and writes into `--out`:
 - `comparison.csv` / `comparison.md`: per group, metric and epoch the mean, std and 95%
   confidence interval over seeds, and each group's difference from the reference group
   (`--reference`, default the group at the config's defaults, the tutorial's setting, when
@@ -24,7 +24,8 @@ are pooled) and writes into `--out`:
 - `samples_<group>.png`: the first run's sample grids at those epochs side by side, titled
   with the group, each grid with its epoch (an artifact that cannot be downloaded is named
   in a warning and left out).
-Only reads: it never creates a store or an experiment.
+A reused `--out` is first cleared of the files an earlier report wrote there (`REPORT_FILES`; other
+files stay), so it never mixes two reports. Only reads the store: it never creates a store or an experiment.
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ import shutil
 import statistics
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 from ganlab.sweeps import comparison
 from ganlab.core import config
+from ganlab.core.markdown import table as markdown_table
 from ganlab.core import plots
 from ganlab.core import record
 from ganlab.core import scores
@@ -47,21 +50,25 @@ from ganlab.sweeps import summary as sweep_report
 from ganlab.tracking import store as tracking
 from ganlab.core.errors import InputError, report_or_refuse
 
+# scipy's note on near-equal values in a comparison: nothing a reader can act on (the numbers stand)
+warnings.filterwarnings("ignore", message="Precision loss occurred in moment calculation")
+
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m ganlab.report", description=__doc__.splitlines()[0])
-    parser.add_argument("--experiment", default="ganlab")
+    parser = argparse.ArgumentParser(prog="python -m ganlab.report", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--experiment", default="ganlab", help="the MLflow experiment")
     parser.add_argument("--tracking-uri", default=None, help="default: sqlite:///<cwd>/mlruns/mlflow.db")
     parser.add_argument("--parent", default=None, help="the sweep's parent run id (default: the newest sweep with finished runs)")
     parser.add_argument("--by", default="", help="comma-separated params that make the groups, e.g. dropout,label_smoothing")
     parser.add_argument("--reference", default=None,
                         help="the group others are compared with, KEY=VALUE[,KEY=VALUE] (default: the config's defaults)")
     parser.add_argument("--epochs", default="1,5,10,25,50", help="epochs for scores.md and the sample montage")
-    parser.add_argument("--metrics", default=",".join(scores.HEADLINE))
+    parser.add_argument("--metrics", default=",".join(scores.HEADLINE), help="comma-separated scores to compare")
     parser.add_argument("--record", default=None, metavar="CSV",
                         help="compare the values of a record (the runs.csv of an earlier report or sweep summary, "
                              "or docs/baseline/runs.csv) instead of reading MLflow")
-    parser.add_argument("--out", default="report")
+    parser.add_argument("--out", default="report", help="the folder to write into (an earlier report's files there are replaced)")
     return parser.parse_args(argv)
 
 
@@ -102,15 +109,15 @@ def score_tables(groups, logged, metrics, epochs) -> dict[str, list[dict]]:
 def markdown(groups: dict[str, list[dict]], metrics, epochs) -> str:
     lines = []
     for label, rows in groups.items():
-        lines += [f"**{label}**", "", "| epoch | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+        body = []
         for epoch in epochs:
             cells = []
             for metric in metrics:
                 row = next((r for r in rows if r["epoch"] == epoch and r["metric"] == metric), None)
                 cells.append("-" if row is None else f"{row['mean']:.3g} ± {spread(row['std'])}")
             if any(cell != "-" for cell in cells):
-                lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
-        lines.append("")
+                body.append([str(epoch), *cells])
+        lines += [f"**{label}**", "", markdown_table(["epoch", *metrics], body, padded=False), ""]
     return "\n".join(lines)
 
 
@@ -154,7 +161,7 @@ def write_sample_montages(client, groups, keys, epochs, out: Path) -> None:
                 name = "samples" + ("_" + "_".join(str(value) for value in values.values()) if keys else "")
                 group, run_name = tracking.setting(values, keys) or "all runs", runs[0].info.run_name
                 title = f"{group}: samples" + ("" if run_name == group else f" of run {run_name}")
-                # each grid is titled with its epoch already (ganlab.training.epochs), so the tiles need no label of their own
+                # each grid is titled with its setting and epoch already (ganlab.training.epochs): the tiles need no label
                 plots.save_montage(grids, [""] * len(grids), out / f"{name}.png", title=title)
 
 
@@ -193,18 +200,23 @@ def run(args) -> str:
     finished = [run for runs in groups.values() for run in runs]
     sweep_report.check_alike_scoring(finished, keys)  # one line naming how runs of a group were scored differently
     logged = sweep_report.histories(client, finished, metrics)
+    tables = score_tables(groups, logged, metrics, epochs)
+    if not any(tables.values()):
+        reached = sorted({epoch for run in logged.values() for history in run.values() for epoch in history})
+        raise InputError(f"--epochs: no run of sweep {parent} has {', '.join(metrics)} at epoch {args.epochs}; "
+                         f"its runs have them at epochs {','.join(map(str, reached)) or 'none'}: pass --epochs with those.")
     out = Path(args.out)
+    clear_earlier_report(out)
     out.mkdir(parents=True, exist_ok=True)
-    # the record knows each run by every param that varies, so groups of fewer keys pool the rest
+    # the record knows each run by every param that varies, so a key left out of --by that varies in a group is refused
     record_keys = keys + [key for key in sweep_report.varying_params(finished) if key not in keys + [sweep_report.SEED_KEY]]
     values = sweep_report.run_observations(finished, logged, record_keys)
     try:
         sweep_report.seed_comparison(values, keys, metrics, reference, out)
     except ValueError as error:
-        raise InputError(f"--reference: {error}") from None
+        raise InputError(f"{'--by' if isinstance(error, comparison.PooledKeys) else '--reference'}: {error}") from None
     record.write_observations(values, record_keys, out / sweep_report.RECORD)
     sweep_report.summarize(client, children, keys, None, out)  # the sweep's table, heatmap and montage
-    tables = score_tables(groups, logged, metrics, epochs)
     text = (f"Sweep {parent}: {runs_count(len(finished), 'finished run')}; mean ± std over the runs of each group "
             "(n/a for a group of one run).\n\n")
     text += markdown({f"{label} ({runs_count(len(groups[label]))})": rows for label, rows in tables.items()}, metrics, epochs)
@@ -254,15 +266,16 @@ def run_from_record(path: Path, keys: list[str], reference_text: str | None, met
     if set(keys) - set(record_keys):
         raise InputError(f"--by: {', '.join(sorted(set(keys) - set(record_keys)))} is not a column of {path}; "
                          f"its grouping keys are: {', '.join(record_keys) or 'none'}.")
-    values = [value for value in values if value.metric in metrics]  # the record's other keys are pooled
+    values = [value for value in values if value.metric in metrics]  # other keys: grouped apart, or refused (PooledKeys)
     if not values:
         raise InputError(f"--metrics: {path} holds no values of {', '.join(metrics)}.")
     reference = parse_reference(reference_text, keys)
+    clear_earlier_report(out, RECORD_REPORT_FILES)  # never the record itself, nor a study's other files
     out.mkdir(parents=True, exist_ok=True)
     try:
         rows = sweep_report.seed_comparison(values, keys, metrics, reference, out)
     except ValueError as error:
-        raise InputError(f"--reference: {error}") from None
+        raise InputError(f"{'--by' if isinstance(error, comparison.PooledKeys) else '--reference'}: {error}") from None
     written = ["comparison.csv/.md", "comparison_<metric>.png"]
     if len(keys) == 2 and scores.FID in metrics:
         last = {}  # (group, seed) -> (epoch, value) of the last evaluated epoch
@@ -274,6 +287,26 @@ def run_from_record(path: Path, keys: list[str], reference_text: str | None, met
         written.append(sweep_report.heatmap(finals, keys, scores.FID, out).name)
     groups = len({row.group for row in rows})
     return f"{len(values)} values of {groups} groups from {path}; written to {out}/ ({', '.join(written)})"
+
+
+# What a report writes into --out (globs): an earlier report's files, removed before a new one is written.
+REPORT_FILES = ("comparison.csv", "comparison.md", "comparison_*.png", sweep_report.RECORD, "scores.md", "scores.csv",
+                "sweep_summary.csv", "sweep_summary.md", "sweep_heatmap_*.png", sweep_report.MONTAGE,
+                sweep_report.VARIANCE, "variance_split.md", "samples.png", "samples_*.png")
+
+
+# What a report from a record (--record) writes: only these are replaced, so regenerating a published
+# study in its own folder (docs/study) keeps its runs.csv, scores and sweep summary.
+RECORD_REPORT_FILES = ("comparison.csv", "comparison.md", "comparison_*.png", "sweep_heatmap_*.png")
+
+
+def clear_earlier_report(out: Path, patterns=REPORT_FILES) -> None:
+    """Remove the files an earlier report left in `out` (only those: a user's own files stay)."""
+    if out.is_dir():
+        for pattern in patterns:
+            for path in out.glob(pattern):
+                if path.is_file():
+                    path.unlink()
 
 
 def check_out(out: Path) -> None:

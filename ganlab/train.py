@@ -10,7 +10,8 @@ sweep's parent run and swept keys, the launcher's share of the cores) and hands 
 once, as one paragraph, with a non-zero exit; in a sweep the failed job returns NaN and
 the sweep goes on (its summary names the failure). An unexpected error is never silent:
 its traceback goes to the job's log and to stderr (and its run, if it exists, ends FAILED).
-Before a job starts, every interpolation is resolved and `+new.key=...` is refused. Ctrl-C
+`+new.key=...` is refused here; the job reads its config once
+(`ganlab.core.config.typed_config`: every interpolation resolved, every key checked) into a typed `JobConfig`. Ctrl-C
 and SIGTERM, at any stage from the first import on, print one line (exit 130 or 143).
 """
 
@@ -40,12 +41,19 @@ if __name__ == "__main__":
 try:
     import logging
     import math
+    import shlex
     import shutil
     from pathlib import Path
 
     from ganlab.core import runtime
 
     runtime.quiet_console()  # before anything imports TensorFlow
+    import warnings
+
+    # Warnings no user can act on: joblib's note as its worker pool winds down after a parallel sweep,
+    # and scipy's on near-equal values in a seed comparison (its numbers stand).
+    warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given to the executor")
+    warnings.filterwarnings("ignore", message="Precision loss occurred in moment calculation")
 
     import hydra
     from hydra.core.hydra_config import HydraConfig
@@ -78,9 +86,8 @@ def main(cfg: DictConfig) -> float | None:
     try:
         overrides = OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)  # as typed, never resolved
         config.refuse_new_keys(overrides)
-        config.resolve_all(cfg)  # `epochs='${oc.env:NOPE}'` fails here, naming its key
-        context = job_context(cfg, overrides)
-        return run_job(cfg, context)  # it says where the job's outputs go once the job is accepted
+        context = job_context(overrides)
+        return run_job(cfg, context)  # the config's one pass; it says where the job's outputs go once it is accepted
     except AlreadyFinished as done:
         print(f"ganlab: {done}", flush=True)
         discard_unused_folder(output_dir, in_sweep)
@@ -89,7 +96,7 @@ def main(cfg: DictConfig) -> float | None:
         if in_sweep:  # the sweep marks its runs KILLED, then says so once
             raise
         checkpointed = (output_dir / "checkpoint" / "checkpoint.npz").is_file()
-        _interrupted(stopped, f": its run is marked KILLED; resume={output_dir} continues it" if checkpointed
+        _interrupted(stopped, f": its run is marked KILLED; resume={shlex.quote(str(output_dir))} continues it" if checkpointed
                      else " before training: its run, if one was made, is marked KILLED")
     except (InputError, TrainingDiverged) as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
@@ -115,11 +122,13 @@ def discard_unused_folder(output_dir: Path, in_sweep: bool) -> None:
     shutil.rmtree(output_dir, ignore_errors=True)
 
 
-def job_context(cfg: DictConfig, overrides: list[str]) -> JobContext:
+def job_context(overrides: list[str]) -> JobContext:
+    """What only Hydra knows of this job; the config itself is read once, by the job (`ganlab.core.config.typed_config`)."""
     hydra_cfg = HydraConfig.get()
     # `sweep.resume` says which sweep goes on, not what a job trains: a continued job's overrides are its first ones.
-    overrides = [item for item in overrides if item.split("=", 1)[0].lstrip("+~") != sweep.RESUME_KEY]
-    if hydra_cfg.mode != RunMode.MULTIRUN and OmegaConf.select(cfg, sweep.RESUME_KEY):
+    continues_sweep = [item for item in overrides if item.split("=", 1)[0].lstrip("+~") == sweep.RESUME_KEY]
+    overrides = [item for item in overrides if item not in continues_sweep]
+    if hydra_cfg.mode != RunMode.MULTIRUN and any(item.split("=", 1)[1] not in ("", "null") for item in continues_sweep if "=" in item):
         raise InputError(f"{sweep.RESUME_KEY}: continues a sweep, so it goes with -m and the sweep's overrides "
                          f"(python -m ganlab.train -m <its overrides> {sweep.RESUME_KEY}=<parent run id>); a single "
                          "job is continued with resume=<its run id or output folder>.")
@@ -130,7 +139,7 @@ def job_context(cfg: DictConfig, overrides: list[str]) -> JobContext:
         output_dir=output_dir,
         overrides=overrides,
         run_name=tracking.run_name(overrides),
-        threads=runtime.threads_for_job(cfg.get("threads"), launcher.get("cpus_per_task"), parallel_jobs),
+        threads=runtime.threads_for_job(None, launcher.get("cpus_per_task"), parallel_jobs),  # when `threads` is null
         # Bars only where one job draws on a terminal: parallel jobs would interleave them, and in a
         # log file (a SLURM job's, a redirected console) they are noise.
         progress_bars=not (parallel_jobs and parallel_jobs != 1) and sys.stderr.isatty(),
@@ -142,11 +151,19 @@ def job_context(cfg: DictConfig, overrides: list[str]) -> JobContext:
         found = sweep.read_sweep_file(Path(hydra_cfg.sweep.dir))
         context.parent_run_id = found.get("parent_run_id")
         context.run_name = tracking.run_name(overrides, keys=found.get("swept_keys"))
-        context.tags.update({"sweep.id": context.parent_run_id or hydra_cfg.sweep.dir, tracking.JOB_NUM_TAG: hydra_cfg.job.num})
+        context.tags.update({tracking.SWEEP_ID_TAG: context.parent_run_id or hydra_cfg.sweep.dir, tracking.JOB_NUM_TAG: hydra_cfg.job.num})
     return context
 
 
 if __name__ == "__main__":
+    from ganlab.core.knob_names import misspelt  # a misspelt knob, named before Hydra's "+key" advice
+
+    if misspelt_lines := misspelt(sys.argv[1:]):
+        print("\n".join(misspelt_lines), file=sys.stderr, flush=True)
+        sys.exit(1)
+    if unresolvable := config.unresolvable_hydra_value(sys.argv[1:]):  # Hydra resolves hydra.* before any job
+        print(f"error: {unresolvable}", file=sys.stderr, flush=True)
+        sys.exit(1)
     try:
         main()
     except KeyboardInterrupt as stopped:  # outside a job: while Hydra composes, or between a sweep's jobs

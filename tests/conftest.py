@@ -1,14 +1,20 @@
-"""Shared test helpers: where real MNIST is, running the real CLI, reading the MLflow store."""
+"""Shared test helpers: where real MNIST is, running the real CLI, reading the MLflow store, the
+2-job sweep that every test reading a sweep's results shares, and a tracking server that hangs or fails."""
 
 from __future__ import annotations
 
 import contextlib
+import http.server
+import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -83,3 +89,142 @@ def small_disk(folder: Path, size: str):
         yield folder
     finally:
         subprocess.run(["umount", "--lazy", str(folder)], check=True)  # the test's process may still hold files open
+
+
+# ---------------------------------------------------------------------------- the shared 2-job sweep
+
+REGISTERED_MODEL = "ganlab-test-generator"
+SHARED_EPOCHS = 2
+# One real sweep through the CLI serves every test that only reads a sweep's results: two jobs of two
+# epochs, both scored; system metrics on, the generators registered; TensorFlow's C++ log level 2
+# (what a machine with a GPU gets) so its console also shows what leaks through at that level.
+SHARED_SWEEP = ["-m", "dropout=0.1,0.3", *QUICK, f"epochs={SHARED_EPOCHS}", "eval.every=1",
+                f"tracking.register_model={REGISTERED_MODEL}", "tracking.system_metrics=true"]
+SHARED_SWEEP_ENV = {"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+class Sweep(NamedTuple):
+    cwd: Path  # where it ran: its outputs/ and mlruns/
+    result: subprocess.CompletedProcess
+    parent: object  # mlflow Run
+    children: list  # mlflow Runs, in job order
+
+
+def sweep_runs(cwd: Path):
+    """The one sweep parent run in the store under `cwd` and its children in job order."""
+    from ganlab.tracking.store import JOB_NUM_TAG, PARENT_RUN_TAG, SWEEP_PARENT_TAG
+
+    runs = all_runs(cwd)
+    parents = [run for run in runs if run.data.tags.get(SWEEP_PARENT_TAG) == "true"]
+    assert len(parents) == 1, [run.info.run_name for run in runs]
+    children = [run for run in runs if run.data.tags.get(PARENT_RUN_TAG) == parents[0].info.run_id]
+    assert len(children) == len(runs) - 1
+    return parents[0], sorted(children, key=lambda run: int(run.data.tags[JOB_NUM_TAG]))
+
+
+@pytest.fixture(scope="session")
+def dropout_sweep(tmp_path_factory) -> Sweep:
+    """The shared `dropout=0.1,0.3` sweep (SHARED_SWEEP), run once per test session. Read it, never write to
+    its store: a test that changes a sweep runs its own."""
+    cwd = tmp_path_factory.mktemp("dropout_sweep")
+    result = run_cli(SHARED_SWEEP, cwd, env=SHARED_SWEEP_ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    parent, children = sweep_runs(cwd)
+    assert [child.info.status for child in children] == ["FINISHED", "FINISHED"]
+    return Sweep(cwd, result, parent, children)
+
+
+# ---------------------------------------------------------------------------- the shared dcgan job
+
+# An empty TF_CPP_MIN_LOG_LEVEL is an unset one to ganlab: the level a fresh shell gets.
+FRESH_SHELL = {"TF_CPP_MIN_LOG_LEVEL": ""}
+# The image-shaped model with the loss and optimizer that differ most from the tutorial's, end to end.
+DCGAN_JOB = ["model=dcgan", "loss=wgan_gp", "optimizer=ttur", *QUICK, "steps_per_epoch=6"]
+
+
+@pytest.fixture(scope="session")
+def dcgan_job(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One real DCGAN_JOB through the CLI, its TensorFlow log level left to ganlab (FRESH_SHELL), shared by the
+    tests that read its run or its console: (where it ran, the finished process)."""
+    cwd = tmp_path_factory.mktemp("dcgan_job")
+    result = run_cli(DCGAN_JOB, cwd, env=FRESH_SHELL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return cwd, result
+
+
+# ---------------------------------------------------------------------------- a tracking server that hangs or fails
+
+
+class MlflowStub(http.server.ThreadingHTTPServer):
+    """A tracking server whose API hangs (never answers: "hang") or fails with HTTP 500 ("fail").
+
+    /health always answers. With `run_exists`, it first serves just enough of MLflow's REST API for
+    a job to create its run (the experiment, its tag, the run), and in "fail" mode marking the run
+    (runs/get, runs/update) works and is recorded in `updates`; without it every API call hangs or
+    fails from the first. Use it as a context manager: it serves on a free port (`uri`) and releases
+    hung requests on exit.
+    """
+
+    daemon_threads = True
+    RUN = {"info": {"run_id": "stubrun", "run_uuid": "stubrun", "experiment_id": "1", "status": "RUNNING",
+                    "start_time": 1, "artifact_uri": "/nonexistent/stubrun", "lifecycle_stage": "active",
+                    "run_name": "stub"}, "data": {}}
+
+    def __init__(self, mode: str, run_exists: bool = True):
+        assert mode in ("hang", "fail")
+        self.mode, self.run_exists, self.release, self.updates, self.hung_at = mode, run_exists, threading.Event(), [], None
+        stub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def reply(self, code: int, body) -> None:
+                data = json.dumps(body).encode() if not isinstance(body, bytes) else body
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                path = self.path.split("?")[0]
+                if path == "/health":
+                    return self.reply(200, b"OK")
+                if stub.run_exists and path.endswith("/experiments/get-by-name"):
+                    return self.reply(200, {"experiment": {"experiment_id": "1", "name": "ganlab", "lifecycle_stage": "active",
+                                                           "artifact_location": "/nonexistent"}})
+                if stub.run_exists and path.endswith("/experiments/set-experiment-tag"):
+                    return self.reply(200, {})
+                if stub.run_exists and path.endswith("/runs/create"):
+                    return self.reply(200, {"run": stub.RUN})
+                if stub.mode == "hang":
+                    if stub.hung_at is None:
+                        stub.hung_at = time.monotonic()
+                    stub.release.wait(600)  # until the test ends
+                    return None
+                if stub.run_exists and path.endswith("/runs/get"):
+                    return self.reply(200, {"run": stub.RUN})
+                if stub.run_exists and path.endswith("/runs/update"):
+                    stub.updates.append(json.loads(body or b"{}"))
+                    return self.reply(200, {"run_info": stub.RUN["info"]})
+                return self.reply(500, {"error_code": "INTERNAL_ERROR", "message": "stub"})
+
+            do_POST = do_GET
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def __enter__(self) -> "MlflowStub":
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release.set()
+        self.shutdown()
+        self.server_close()

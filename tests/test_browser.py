@@ -1,7 +1,9 @@
 """A run in MLflow's own UI, in a real headless Chromium (docs/screenshots.py drives it over the
-DevTools protocol): the run's page shows its latest sample grid without a click. Also what the
-store holds behind it: a grid at every epoch, scores at evaluated epochs only, every image also at
-the step MLflow's image card opens on. Skipped where no Chromium is installed (Debian: chromium)."""
+DevTools protocol), at 1600 x 1000 with MLflow's Assistant panel open as a first visit opens it:
+the URL a job prints shows its newest sample grid whole without a click or a scroll; its per-step
+loss is a curve even after one epoch. Also what the store holds behind it: a grid at every epoch,
+every image also at the step MLflow's image card opens on, the experiment marked for model training.
+Skipped where no Chromium is installed (Debian: chromium)."""
 
 from __future__ import annotations
 
@@ -27,39 +29,80 @@ NEEDS_BROWSER = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def single_run(tmp_path_factory):
-    """One job of two epochs, evaluated only at the last; default tracking settings."""
+    """One job of one epoch (5 steps); default tracking settings."""
     cwd = tmp_path_factory.mktemp("browser_run")
-    result = run_cli([*QUICK, "epochs=2", "eval.every=2"], cwd)
+    result = run_cli(QUICK, cwd)
     assert result.returncode == 0, result.stderr[-3000:]
     client = store_client(cwd)
     experiment_id = client.get_experiment_by_name("ganlab").experiment_id
     (run,) = client.search_runs([experiment_id])
-    return cwd, client, experiment_id, run
+    (printed,) = [line.split("then open ", 1)[1] for line in result.stdout.splitlines() if "then open " in line]
+    return cwd, client, experiment_id, run, printed
 
 
-def test_a_grid_every_epoch_scores_at_evaluated_epochs_and_no_system_metrics(single_run):
-    _, client, _, run = single_run
+@pytest.fixture(scope="module")
+def ui(single_run, tmp_path_factory):
+    """An MLflow server on the run's store and a fresh Chromium (a first visit: the Assistant panel opens), shared."""
+    cwd = single_run[0]
+    with screenshots.mlflow_server(tracking.default_tracking_uri(cwd), cwd) as base, \
+            screenshots.Browser(tmp_path_factory.mktemp("chromium") / "profile") as browser:
+        yield base, browser
+
+
+def test_the_store_behind_the_page(single_run):
+    _, client, experiment_id, run, printed = single_run
     steps = {}
     for key, step, _ in logged_images(client, run.info.run_id):
         steps.setdefault(key, set()).add(step)
-    assert steps["samples"] == {epochs.LATEST_STEP, 1, 2}  # a grid at every epoch
-    assert steps["classes"] == {epochs.LATEST_STEP, 2}  # the classifier's pictures at evaluated epochs
-    assert [m.step for m in client.get_metric_history(run.info.run_id, scores.FID)] == [2]
+    assert steps["samples"] == steps["classes"] == {epochs.LATEST_STEP, 1}
     assert not [name for name in run.data.metrics if name.startswith("system/")]  # off unless asked for
+    losses = client.get_metric_history(run.info.run_id, epochs.D_LOSS_STEP)
+    assert [point.step for point in losses] == [1, 2, 3, 4, 5]  # the global steps of the one epoch
+    assert [point.step for point in client.get_metric_history(run.info.run_id, scores.D_LOSS)] == [1]  # the mean
+    kind = client.get_experiment(experiment_id).tags[tracking.EXPERIMENT_KIND_TAG]
+    assert kind == tracking.MODEL_TRAINING[tracking.EXPERIMENT_KIND_TAG]
+    assert printed.endswith(f"/runs/{run.info.run_id}/artifacts/samples/epoch_001.png?{tracking.ML_VIEW}")
+
+
+GRID_IN_VIEW = """(() => {
+  // the artifact view draws the file from a blob: URL; the page's only large picture is the grid
+  const image = [...document.querySelectorAll('img')].find(i => i.complete && i.naturalWidth >= 280);
+  if (!image) return null;
+  const box = image.getBoundingClientRect();
+  return {top: box.top, left: box.left, bottom: box.bottom, right: box.right, width: box.width,
+          natural: image.naturalWidth, innerWidth: innerWidth, innerHeight: innerHeight,
+          assistant: document.body.innerText.includes('MLflow Assistant')};
+})()"""
 
 
 @NEEDS_BROWSER
-def test_run_page_shows_the_latest_sample_grid_without_a_click(single_run, tmp_path):
-    cwd, client, experiment_id, run = single_run
-    newest = [path for key, step, path in logged_images(client, run.info.run_id)
-              if key == "samples" and step == epochs.LATEST_STEP][-1]
-    uri = tracking.default_tracking_uri(cwd)
-    page = f"#/experiments/{experiment_id}/runs/{run.info.run_id}/model-metrics?workflowType=machine_learning"
-    with screenshots.mlflow_server(uri, cwd) as base, screenshots.Browser(tmp_path / "chromium") as browser:
-        browser.call("Page.navigate", url=f"{base}/{page}")
-        shown = browser.shown_image("samples", timeout=60)
-    assert shown["naturalWidth"] > 0
-    # MLflow 3.17 prints the run's params above the picture and clips the rest: the grid starts in view
-    assert shown["visible"] > 0, shown
-    # the card shows the newest grid (the last epoch's), the compressed preview MLflow keeps beside it
-    assert newest.removesuffix(".png") in shown["src"], shown["src"]
+def test_the_printed_url_shows_the_newest_grid_whole_with_the_assistant_open(single_run, ui):
+    printed, (base, browser) = single_run[4], ui
+    browser.call("Page.navigate", url=printed.replace(f"http://127.0.0.1:{tracking.UI_PORT}", base))
+    browser.wait(GRID_IN_VIEW, timeout=90)  # the picture has loaded: nothing is clicked or scrolled
+    shown = browser.js(GRID_IN_VIEW)
+    assert shown["assistant"], "MLflow's Assistant panel is open, as on a first visit"
+    assert shown["natural"] == 600 and shown["width"] >= 280, shown  # the titled grid, at least at the grid's own size
+    assert 0 <= shown["top"] and shown["bottom"] <= shown["innerHeight"], shown  # whole, in the window
+    assert 0 <= shown["left"] and shown["right"] <= shown["innerWidth"], shown
+
+
+LOSS_POINTS = """(() => {
+  const card = [...document.querySelectorAll('[data-testid=experiment-view-compare-runs-card]')]
+    .find(card => card.innerText.split('\\n')[0].trim() === 'KEY');
+  if (!card) return null;
+  card.scrollIntoView({block: 'center'});
+  const line = card.querySelector('path.js-line');
+  return line ? (line.getAttribute('d').match(/[ML]/g) || []).length : null;
+})()"""
+
+
+@NEEDS_BROWSER
+def test_a_one_epoch_run_has_a_loss_curve(single_run, ui):
+    _, _, experiment_id, run, _ = single_run
+    (base, browser) = ui
+    page = f"#/experiments/{experiment_id}/runs/{run.info.run_id}/model-metrics?{tracking.ML_VIEW}"
+    points = LOSS_POINTS.replace("KEY", epochs.D_LOSS_STEP)
+    browser.call("Page.navigate", url=f"{base}/{page}")
+    browser.wait(f"{points} > 1", timeout=90)
+    assert browser.js(points) > 1  # a curve over the epoch's steps, not the one point of its mean

@@ -27,7 +27,7 @@ from ganlab.sweeps import seed_stats
 from ganlab.core.record import Observation
 
 PNG = b"\x89PNG\r\n\x1a\n"
-HEADER = "group,metric,epoch,n,mean,std,ci_low,ci_high,diff,diff_ci_low,diff_ci_high,p_value,seeds_needed"
+HEADER = "group,metric,epoch,n,mean,std,ci_low,ci_high,diff,diff_ci_low,diff_ci_high,p_value,seeds_needed,q_value"
 
 REFERENCE = [10.0, 12.0, 14.0]  # dropout=0.3
 CLEARLY_HIGHER = [20.0, 21.0, 25.0, 22.0]  # dropout=0.5
@@ -125,7 +125,8 @@ def test_compare_every_column_against_scipy():
     assert [field for field in comparison.ComparisonRow.__dataclass_fields__] == HEADER.split(",")
     assert [row.group for row in rows] == ["dropout=0.3", "dropout=0.0", "dropout=0.5"]  # reference first
     reference, unclear, clear = rows
-    assert (reference.diff, reference.diff_ci_low, reference.diff_ci_high, reference.p_value, reference.seeds_needed) == (None,) * 5
+    assert (reference.diff, reference.diff_ci_low, reference.diff_ci_high, reference.p_value, reference.seeds_needed,
+            reference.q_value) == (None,) * 6
     for row, values in ((reference, REFERENCE), (unclear, NOT_CLEARLY_DIFFERENT), (clear, CLEARLY_HIGHER)):
         low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
         assert (row.metric, row.epoch, row.n) == ("fid", 10, len(values))
@@ -154,16 +155,23 @@ def test_compare_orders_metrics_then_epochs_and_skips_missing_reference():
     assert all(row.diff is None for row in only_fid)
 
 
-def test_grouping_by_fewer_keys_pools_the_others_as_replicates():
+def test_grouping_by_fewer_keys_refuses_to_pool_other_settings_as_seeds():
     grid = {("0.3", "0.0"): [10.0, 12.0, 14.0], ("0.3", "0.1"): [11.0, 13.0, 16.0], ("0.5", "0.0"): [20.0, 21.0, 25.0]}
     data = [Observation({"dropout": dropout, "label_smoothing": ls}, str(seed), "fid", 10, value)
             for (dropout, ls), values in grid.items() for seed, value in enumerate(values)]
-    pooled = {row.group: row for row in comparison.compare(data, by=["dropout"], reference={"dropout": "0.3"})}
-    both = grid[("0.3", "0.0")] + grid[("0.3", "0.1")]  # seeds 0..2 twice: six runs, not three
-    assert pooled["dropout=0.3"].n == 6 and pooled["dropout=0.3"].mean == pytest.approx(np.mean(both))
-    assert pooled["dropout=0.5"].p_value == pytest.approx(stats.ttest_ind(grid[("0.5", "0.0")], both, equal_var=False).pvalue)
+    with pytest.raises(comparison.PooledKeys, match=r"^the group dropout=0.3 holds runs at 2 values of label_smoothing "
+                                                    r"\(0.0, 0.1\).*Group by label_smoothing too \(dropout, label_smoothing\)"):
+        comparison.compare(data, by=["dropout"], reference={"dropout": "0.3"})
     full = comparison.compare(data, by=["dropout", "label_smoothing"], reference={"dropout": "0.3", "label_smoothing": "0.0"})
     assert [row.n for row in full] == [3, 3, 3]
+
+
+def test_a_key_that_follows_the_grouping_key_is_not_pooling():
+    """loss.n_critic differs between losses but not inside one: a property of the group, not a replicate."""
+    data = [Observation({"loss.name": name, "loss.n_critic": critic}, str(seed), "fid", 10, value + offset)
+            for name, critic, offset in (("ns", "1", 0.0), ("wgan_gp", "5", 10.0)) for seed, value in enumerate(REFERENCE)]
+    rows = comparison.compare(data, by=["loss.name"], reference={"loss.name": "ns"})
+    assert [(row.group, row.n) for row in rows] == [("loss.name=ns", 3), ("loss.name=wgan_gp", 3)]
 
 
 def test_record_round_trip_gives_the_same_rows_to_the_last_bit(tmp_path):
@@ -340,6 +348,7 @@ def test_sentence_says_what_is_clear_and_what_is_not():
     _, low, high, _ = welch_by_hand(CLEARLY_HIGHER, REFERENCE)
     assert text.startswith("dropout: at epoch 10, fid shows no clear difference between dropout=0.0 and the reference dropout=0.3")
     assert f"dropout=0.5: clearly higher (worse) (+10, CI {low:.4g} to {high:.4g}, p=" in text
+    assert f", q={rows[2].q_value:.2g})" in text  # the figure that decided is in the sentence
     assert comparison.sentence(rows, "dropout", "fid", 99, "lower") == "dropout: no fid values at epoch 99."
     with_single = comparison.compare(three_groups() + observations({"0.7": [30.0]}), by=["dropout"], reference={"dropout": "0.3"})
     assert comparison.sentence(with_single, "dropout", "fid", 10, "lower").endswith(

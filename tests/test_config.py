@@ -28,7 +28,7 @@ def test_default_config_is_the_tutorial():
     assert cfg.model.name == "mlp" and list(cfg.model.generator_units) == [256, 512, 1024]
     assert list(cfg.model.discriminator_units) == [1024, 512, 256]
     assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.beta_1) == ("adam", 2e-4, 0.5)
-    assert cfg.data == {"name": "mnist", "path": None}
+    assert cfg.data == {"name": "mnist", "path": None, "download": None}  # download: null = once per machine (core.data)
     assert cfg.tracking.experiment == "ganlab" and cfg.eval.num_samples == 10000
 
 
@@ -210,8 +210,10 @@ def test_same_seed_gives_identical_per_step_losses_and_another_seed_does_not():
     ],
 )
 def test_validate_names_the_bad_key(override, key):
+    from ganlab.gan import choices
+
     with pytest.raises(InputError, match=f"^{key}: got"):
-        config.validate(compose_train([override]))
+        config.typed_config(compose_train([override]), choices.registries())
 
 
 def test_an_unresolvable_interpolation_names_its_key():
@@ -255,3 +257,47 @@ def test_evaluation_objective_needs_evaluation():
     with pytest.raises(InputError, match="objective: fid is an evaluation score, but eval.enabled is false"):
         config.validate(compose_train(["eval.enabled=false"]))
     config.validate(compose_train(["eval.enabled=false", "objective=g_loss"]))
+
+
+def test_eval_repeats_has_a_documented_cap():
+    config.validate(compose_train([f"eval.repeats={config.MAX_EVAL_REPEATS}"]))
+    with pytest.raises(InputError, match=rf"eval.repeats: got 1000 \(int\); expected an integer >= 1 and <= {config.MAX_EVAL_REPEATS}"):
+        config.validate(compose_train(["eval.repeats=1000"]))
+
+
+@pytest.mark.parametrize("overrides, refused", [
+    (["+loss.gp_weight=5", "loss=hinge"], "the loss option 'hinge' has no key 'gp_weight'"),
+    (["+model.extra_units=[4]"], "the model option 'chosen by default' has no key 'extra_units'"),
+    (["++loss.gp_weight=5", "loss=hinge"], "the loss option 'hinge' has no key 'gp_weight'"),
+    (["++nope=1"], "nope is not a ganlab knob"),
+    (["+extra.key=1"], "extra.key is not a ganlab knob"),
+])
+def test_a_key_a_groups_schema_lacks_is_refused_with_plus_and_double_plus(overrides, refused):
+    with pytest.raises(InputError, match=refused):
+        config.refuse_new_keys(overrides)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["++loss.gp_weight=5", "loss=wgan_gp"], ["++epochs=3"], ["++model.generator_units=[8,8,8]"],
+    ["+experiment=baseline"], ["+hydra.job.env_set.X=1"],
+])
+def test_a_key_the_schema_has_may_be_forced(overrides):
+    config.refuse_new_keys(overrides)
+
+
+def test_an_unresolvable_value_of_a_job_key_is_refused_with_the_tracking_keys_to_record_it():
+    from ganlab.gan import choices
+
+    cfg = compose_train(["loss=wgan_gp"])
+    OmegaConf.update(cfg, "loss.n_critic", "${oc.env:GANLAB_TEST_NOPE}")
+    with pytest.raises(config.RefusedConfig, match=r"loss.n_critic: cannot be resolved") as refused:
+        config.typed_config(cfg, choices.registries())
+    assert refused.value.tracking.experiment == "ganlab"  # where its FAILED run goes
+
+
+def test_a_hydra_value_that_can_never_resolve_is_one_line_before_hydra_starts():
+    line = config.unresolvable_hydra_value(["epochs=1", "hydra.run.dir=${oc.env:GANLAB_TEST_NOPE}"])
+    assert line.startswith("hydra.run.dir: cannot be resolved (InterpolationResolutionError")
+    for fine in ("hydra.run.dir=outputs/${now:%Y}", "hydra.run.dir=${hydra.job.name}", "hydra.run.dir=plain",
+                 "epochs=${oc.env:GANLAB_TEST_NOPE}"):  # Hydra's own resolvers and other keys; job keys are the job's
+        assert config.unresolvable_hydra_value([fine]) is None, fine

@@ -192,3 +192,61 @@ def test_the_image_shape_has_one_home_and_three_layouts():
         assert not data.is_image_batch(shape)
     with pytest.raises(ValueError, match=r"images have shape \(2, 392, 2\); expected \(N, 784\)"):
         data.as_images(images.reshape(2, 392, 2))
+
+
+DOWNLOAD_SEQUENCE = """
+import os, sys, time
+from ganlab.core import data
+marker = data.failed_marker("mnist")
+def load(download=None):
+    started = time.perf_counter()
+    dataset = data.load_dataset("mnist", None, download=download)
+    print("loaded", dataset.source == str(data.SHIPPED["mnist"]), marker.is_file(), flush=True)
+load()                          # tries, fails, notes it
+load()                          # within the day: no try
+load(download=False)            # never
+load(download=True)             # tries now
+os.utime(marker, (time.time() - data.RETRY_DOWNLOAD_AFTER_S - 60,) * 2)
+load()                          # a day later: tries again
+"""
+
+
+def test_a_failed_download_is_remembered_for_a_day_per_machine(tmp_path):
+    """Offline (a proxy that counts the connections it is asked for, then drops them): the first load tries the
+    download and notes its failure beside the Keras cache; the next loads go straight to the shipped copy,
+    until data.download=true or the note is a day old."""
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    from conftest import REPO
+
+    server = socket.create_server(("127.0.0.1", 0))
+    tries = []
+
+    def refuse():
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            tries.append(1)
+            connection.close()
+
+    threading.Thread(target=refuse, daemon=True).start()
+    proxy = f"http://127.0.0.1:{server.getsockname()[1]}"
+    env = {**__import__("os").environ, "KERAS_HOME": str(tmp_path / "keras"), "TF_CPP_MIN_LOG_LEVEL": "3",
+           **{key: proxy for key in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy")}, "NO_PROXY": "", "no_proxy": ""}
+    counted = []
+    process = subprocess.Popen([sys.executable, "-c", DOWNLOAD_SEQUENCE], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:  # the proxy's count after each load (Keras prints its "Downloading" lines here too)
+        if line.startswith("loaded"):
+            assert line.startswith("loaded True True"), line  # the shipped copy, the note kept
+            counted.append(len(tries))
+    assert process.wait(timeout=300) == 0, process.stderr.read()[-3000:]
+    server.close()
+    first = counted[0]
+    assert first >= 1  # the first load tried
+    assert counted == [first, first, first, 2 * first, 3 * first]  # none within the day or when told not to

@@ -75,8 +75,27 @@ def test_per_class_fid_finds_the_class_drawn_worst():
     assert distances[0] < 0.2 and distances[1] < 0.2
     assert distances[2] == pytest.approx(36, rel=0.1)
     assert metrics.worst(distances) == distances[2]
-    few = metrics.class_frechet_distances(real_mu, real_sigma, fake[:404], labels[:404])  # 4 of class 1: too few
-    assert np.isnan(few[1]) and np.isnan(few[2]) and not np.isnan(few[0])
+    few = metrics.class_frechet_distances(real_mu, real_sigma, fake[:404], labels[:404])  # 4 of class 1, none of 2
+    assert few[1] == few[2] == math.inf and np.isfinite(few[0])  # missing or under-sampled: the worst, never dropped
+    assert metrics.worst(few) == math.inf
+    _, thin_mu, thin_sigma = metrics.class_stats(real[:404], labels[:404], 3)  # the reference itself lacks classes 1, 2
+    unscorable = metrics.class_frechet_distances(thin_mu, thin_sigma, fake, labels)
+    assert np.isnan(unscorable[1]) and np.isnan(unscorable[2]) and metrics.worst(unscorable) == unscorable[0]
+
+
+def test_a_collapsed_generator_scores_worse_per_class_than_a_uniformly_mediocre_one():
+    """Two clean classes and nothing else must not beat ten classes each drawn a little off."""
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.arange(10), 300)
+    real = rng.standard_normal((3000, 4)) + 3 * labels[:, None]
+    _, real_mu, real_sigma = metrics.class_stats(real, labels, 10)
+    collapsed_labels = labels[labels < 2]
+    collapsed = rng.standard_normal((len(collapsed_labels), 4)) + 3 * collapsed_labels[:, None]  # perfect, 2 classes
+    mediocre = rng.standard_normal((3000, 4)) + 3 * labels[:, None] + 0.5  # every class, shifted
+    collapsed_fid = metrics.class_frechet_distances(real_mu, real_sigma, collapsed, collapsed_labels)
+    mediocre_fid = metrics.class_frechet_distances(real_mu, real_sigma, mediocre, labels)
+    assert np.all(collapsed_fid[:2] < mediocre_fid[:2])  # the two classes it keeps are the better ones
+    assert metrics.worst(collapsed_fid) > metrics.worst(mediocre_fid) and np.isfinite(metrics.worst(mediocre_fid))
 
 
 def test_variance_split_attributes_the_variance():
@@ -159,6 +178,21 @@ def test_training_images_score_full_memorization_and_test_images_almost_none(eva
     assert np.allclose(copies.nearest_pairs[0], copies.nearest_pairs[1], atol=1e-6)
     unseen = evaluator.evaluate(to_unit_range(small_mnist.x_test[:1000]))
     assert unseen.scores[scores.MEMORIZATION] <= 3 * MEMORIZATION_QUANTILE
+
+
+def test_collapse_onto_two_real_digits_scores_worse_than_all_ten_noisy(evaluator, small_mnist):
+    """Through the evaluator, on real digits: test images of 0 and 1 only (clean, collapsed) against
+    all test images with noise added (mediocre): the collapsed set's fid_class_worst is the worse."""
+    images = to_unit_range(small_mnist.x_test)
+    collapsed = evaluator.evaluate(images[small_mnist.y_test < 2])
+    noisy = np.clip(images + np.random.default_rng(0).normal(0, 0.3, images.shape).astype(np.float32), -1, 1)
+    mediocre = evaluator.evaluate(noisy)
+    assert collapsed.scores[scores.MODES_COVERED] <= 3 and mediocre.scores[scores.MODES_COVERED] == 10
+    assert collapsed.scores[scores.FID_CLASS_WORST] == math.inf
+    assert math.isfinite(mediocre.scores[scores.FID_CLASS_WORST])
+    # the registry's own comparison (what a sweep's best job and objective_at=best use) prefers the mediocre one
+    assert scores.is_better(scores.FID_CLASS_WORST, mediocre.scores[scores.FID_CLASS_WORST],
+                            collapsed.scores[scores.FID_CLASS_WORST])
 
 
 def test_new_scores_are_in_the_evaluation_by_name(evaluator, small_mnist):
@@ -257,8 +291,9 @@ def test_runs_scored_differently_are_named():
     assert sweep_report.scoring_difference(older, []) is None  # a run from before repeats counts as 1
 
 
-def test_report_refuses_mixed_sample_counts(tmp_path):
-    """The real CLI: a sweep over dropout x eval.num_samples, then the report by dropout alone and by both."""
+def test_report_refuses_mixed_sample_counts(tmp_path, capsys):
+    """A real sweep over dropout x eval.num_samples, then the report by dropout alone (refused; in-process) and
+    by both (the real CLI)."""
     quick = [arg for arg in QUICK if not arg.startswith("eval.num_samples")]
     sweep = run_cli(["-m", "dropout=0.1,0.5", "eval.num_samples=300,400", *quick], tmp_path, timeout=900)
     assert sweep.returncode == 0, sweep.stderr[-3000:]
@@ -266,9 +301,12 @@ def test_report_refuses_mixed_sample_counts(tmp_path):
     assert len(children) == 4 and all(run.data.tags.get("eval.reference") == "test" for run in children)
     assert all(run.data.params.get("eval.repeats") == "1" for run in children)
     assert all(scores.D_GAP in run.data.metrics and scores.MEMORIZATION in run.data.metrics for run in children)
-    refused = run_cli(["--by", "dropout", "--epochs", "1", "--out", "r1"], tmp_path, module="ganlab.report")
-    assert refused.returncode == 2, refused.stdout + refused.stderr
-    assert "num_samples" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    from ganlab import report
+
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    assert report.main(["--tracking-uri", uri, "--by", "dropout", "--epochs", "1", "--out", str(tmp_path / "r1")]) == 2
+    refused = capsys.readouterr().err
+    assert "num_samples" in refused and len(refused.strip().splitlines()) == 1
     grouped = run_cli(["--by", "dropout,eval.num_samples", "--epochs", "1", "--out", "r2"], tmp_path, module="ganlab.report")
     assert grouped.returncode == 0, grouped.stderr[-3000:]
     assert (tmp_path / "r2" / "comparison.csv").is_file()
@@ -303,6 +341,25 @@ def test_sweep_summary_splits_the_variance_where_runs_repeated_their_draws(tmp_p
     assert "training (between seeds)" in text and "sampling (within runs)" in text
     assert "dropout=0.1: fid variance between runs 6.667, of which sampling 1" in summary.description
     assert (tmp_path / sweep_report.VARIANCE).read_text().startswith("group,metric,runs,repeats")
+
+
+def test_evaluate_run_id_reproduces_a_score_logged_over_repeated_draws(workdir, capsys):
+    """A run trained with eval.repeats=2 logs fid as the mean of two draws; `ganlab.evaluate --run-id`
+    re-scores it with the run's two draws, so rescore_fid is the logged fid (and its spread)."""
+    from ganlab import evaluate
+
+    quick = [arg for arg in QUICK if not arg.startswith("data.path=")]
+    trained = run_cli([*quick, f"data.path={FIXTURE}", "eval.repeats=2"], workdir)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    (run,) = all_runs(workdir)
+    uri = f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"
+    assert evaluate.main(["--run-id", run.info.run_id, "--tracking-uri", uri]) == 0  # the run's own data.path
+    assert "x 2 draws (eval.repeats), mean" in capsys.readouterr().out
+    (rescored,) = all_runs(workdir)
+    logged = again = rescored.data.metrics
+    assert logged[scores.sampling_std(scores.FID)] > 0  # the two draws differ: one draw would not reproduce the mean
+    for name in (scores.FID, scores.sampling_std(scores.FID), scores.PRECISION, scores.MODES_COVERED):
+        assert again[scores.rescore(name)] == pytest.approx(logged[name], rel=1e-9, abs=1e-12), name
 
 
 def test_eval_repeats_is_checked():

@@ -3,11 +3,11 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import FIXTURE_MNIST, REPO
 from ganlab.evaluation import classifier as clf
 from ganlab import evaluate
 from ganlab.core import scores
@@ -17,8 +17,7 @@ from ganlab.core.errors import InputError
 from ganlab.evaluation.evaluator import Evaluator
 from ganlab.core.scores import SCORE_NAMES, rescore
 
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = ROOT / "tests" / "fixtures" / "mnist_small.npz"
+ROOT, FIXTURE = REPO, FIXTURE_MNIST
 FAST_KID = {"kid_subsets": 10, "kid_subset_size": 200}
 
 
@@ -184,15 +183,16 @@ def test_cli_scores_a_saved_generator(tmp_path):
     assert "predicted classes" in result.stdout
 
 
-def test_cli_refuses_a_dataset_its_classifier_was_not_trained_on(tmp_path):
-    """As training does: the shipped digit classifier does not score Fashion-MNIST (before any data is read)."""
+def test_cli_refuses_a_dataset_its_classifier_was_not_trained_on(tmp_path, capsys, monkeypatch):
+    """As training does: the shipped digit classifier does not score Fashion-MNIST (before any data is read).
+    In-process: the CLI's own entry point runs in test_cli_scores_a_saved_generator."""
+    monkeypatch.setenv("GANLAB_CACHE_DIR", str(tmp_path / "cache"))
     generator = save_untrained_generator(tmp_path / "generator.keras")
-    env = {**os.environ, "GANLAB_CACHE_DIR": str(tmp_path / "cache"), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    command = [sys.executable, "-m", "ganlab.evaluate", "--generator", str(generator), "--dataset", "fashion_mnist",
-               "--data", str(tmp_path / "not-read.npz"), "--num-samples", "300"]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2 and result.stdout == ""
-    (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]  # one paragraph
+    assert evaluate.main(["--generator", str(generator), "--dataset", "fashion_mnist",
+                          "--data", str(tmp_path / "not-read.npz"), "--num-samples", "300"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (error,) = [line for line in captured.err.splitlines() if line.startswith("error:")]  # one paragraph
     assert error.startswith("error: --weights: the classifier") and "was trained on mnist" in error
     assert "--dataset takes one of mnist, fashion_mnist (default mnist)" in error
     assert "python -m ganlab.classifier --dataset fashion_mnist" in error

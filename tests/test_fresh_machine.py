@@ -14,12 +14,10 @@ import zipfile
 
 import pytest
 
-from conftest import QUICK, REPO, run_cli
+from conftest import REPO, SHARED_SWEEP_ENV
 from ganlab.core import data
 from ganlab.core import runtime
 
-# An empty TF_CPP_MIN_LOG_LEVEL is an unset one to ganlab: the level a fresh shell gets.
-FRESH_SHELL = {"TF_CPP_MIN_LOG_LEVEL": ""}
 NOISE = ("E0000", "W0000", "I0000", "absl::InitializeLog", "cuda drivers", "cuInit", "tf.function retracing",
          "use_unbounded_threadpool", "remapper failed")
 
@@ -28,20 +26,19 @@ def noise_in(console: str) -> list[str]:
     return [line for line in console.splitlines() if any(mark in line for mark in NOISE)]
 
 
-def test_a_job_prints_no_tensorflow_noise(tmp_path):
-    """A dcgan job: besides the start-up lines, its graph draws grappler's "remapper failed" and tf.data's
-    "use_unbounded_threadpool" records at run time."""
-    result = run_cli(["model=dcgan", *QUICK], cwd=tmp_path, env=FRESH_SHELL)
-    assert result.returncode == 0, result.stderr[-2000:]
+def test_a_job_prints_no_tensorflow_noise(dcgan_job):
+    """A dcgan job (conftest's, run with FRESH_SHELL): besides the start-up lines, its graph draws grappler's
+    "remapper failed" and tf.data's "use_unbounded_threadpool" records at run time."""
+    _, result = dcgan_job
     assert "objective fid" in result.stdout  # the job ran to its closing lines
     assert noise_in(result.stdout + result.stderr) == []
 
 
-def test_a_sweep_of_two_jobs_in_one_process_prints_no_retracing_warning(tmp_path):
-    """At level 2 too, the level a machine with an NVIDIA GPU gets (errors shown): no tf.data error from
-    logging the generators, no CUDA probe error on this machine without one."""
-    result = run_cli(["-m", "dropout=0.1,0.3", *QUICK], cwd=tmp_path, env={"TF_CPP_MIN_LOG_LEVEL": "2"})
-    assert result.returncode == 0, result.stderr[-2000:]
+def test_a_sweep_of_two_jobs_in_one_process_prints_no_retracing_warning(dropout_sweep):
+    """At level 2 too, the level a machine with an NVIDIA GPU gets (errors shown; conftest's shared sweep
+    runs at it): no tf.data error from logging the generators, no CUDA probe error on this machine without one."""
+    result = dropout_sweep.result
+    assert SHARED_SWEEP_ENV["TF_CPP_MIN_LOG_LEVEL"] == "2"  # the level this test is about
     assert "sweep of 2 jobs (0 failed)" in result.stdout
     assert noise_in(result.stdout + result.stderr) == []
 

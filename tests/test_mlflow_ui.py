@@ -10,22 +10,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import MNIST_FILE, QUICK, artifact_paths, run_cli, store_client
+from conftest import MNIST_FILE, REGISTERED_MODEL as REGISTERED, artifact_paths, store_client
 from ganlab.training import epochs
 from ganlab.core import scores
 
-REGISTERED = "ganlab-test-generator"
-
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    """Two jobs of two epochs, both evaluated; system metrics switched on, sampled every second."""
-    cwd = tmp_path_factory.mktemp("ui_sweep")
-    args = ["-m", "dropout=0.1,0.3", *QUICK, "epochs=2", "eval.every=1", f"tracking.register_model={REGISTERED}",
-            "tracking.system_metrics=true"]
-    result = run_cli(args, cwd, env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    return cwd, result
+def sweep(dropout_sweep):
+    """conftest's shared sweep: two jobs of two epochs, both evaluated; system metrics switched on, sampled
+    every second; the generators registered as REGISTERED."""
+    return dropout_sweep.cwd, dropout_sweep.result
 
 
 def parent_and_children(cwd):
@@ -61,7 +55,10 @@ def test_every_child_logs_its_samples_classes_and_nearest_training_images_at_eac
             assert all(same_image(client, child.info.run_id, *pair, sweep[0]) for pair in zip(at_latest, by_epoch))
         grid = next(path for key, step, path in logged if key == "samples" and step == 2)
         with Image.open(client.download_artifacts(child.info.run_id, grid, str(sweep[0]))) as picture:
-            assert picture.size == (280, 280)  # the 10x10 grid of 28x28 digits
+            assert picture.size[0] == 600 and picture.size[1] > 600  # the 10x10 grid at 2x, under its title
+        local = child.data.tags["output_dir"] + "/samples/epoch_002.png"  # the same titled picture as the job's file
+        with Image.open(local) as picture:
+            assert picture.size[0] == 600
 
 
 def same_image(client, run_id: str, first: str, second: str, folder) -> bool:
@@ -160,3 +157,11 @@ def test_printed_links_open_the_runs_view_of_the_ui(sweep):
     assert len(links) == 3  # two jobs and the sweep
     assert all(link.startswith("http://127.0.0.1:5000/#/experiments/") and link.endswith("?workflowType=machine_learning")
                for link in links)
+
+
+def test_every_job_of_a_sweep_has_its_own_colour_in_the_ui(sweep):
+    from ganlab.tracking import job_run
+
+    _, _, children = parent_and_children(sweep[0])
+    colours = {child.data.tags[job_run.RUN_COLOR_TAG] for child in children}  # the UI's charts read this tag
+    assert len(colours) == len(children) and colours <= set(job_run.RUN_COLORS)

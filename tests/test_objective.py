@@ -125,13 +125,100 @@ def test_a_search_refuses_an_objective_without_a_direction(objective):
         search.direction  # noqa: B018
 
 
-def test_a_one_trial_search_for_a_higher_is_better_objective_maximizes(workdir):
-    """The Optuna sweeper itself gets the resolved direction: its study maximizes classifier_score."""
-    result = run_cli(["-m", "-cd", str(REPO / "sweeps"), "-cn", "search", "objective=classifier_score",
-                      "hydra.sweeper.n_trials=1", *QUICK], workdir)
+# ---------------------------------------------------------------------------- the best generator and the EMA
+
+
+def tiny_trainer(ema=None, ema_warmup=False, seed=0):
+    """A GanTrainer of two one-layer nets on 4x4 images: the EMA and best-epoch logic, in a second."""
+    import keras
+
+    from ganlab.gan.losses import NonSaturating
+    from ganlab.gan.trainer import GanTrainer
+
+    keras.utils.set_random_seed(seed)
+    generator = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="tanh")])
+    discriminator = keras.Sequential([keras.Input((16,)), keras.layers.Dense(1)])
+    images = np.random.default_rng(seed).integers(0, 256, (64, 4, 4), dtype=np.uint8)
+    return GanTrainer(generator, discriminator, images, loss=NonSaturating(0.1), d_optimizer=keras.optimizers.Adam(),
+                      g_optimizer=keras.optimizers.Adam(), batch_size=8, seed=seed, ema=ema, ema_warmup=ema_warmup)
+
+
+def values(variables):
+    return [np.array(variable.numpy()) for variable in variables]
+
+
+def test_an_ema_objective_saves_the_ema_generator_of_its_best_epoch(tmp_path):
+    import keras
+
+    from ganlab.training import epochs, outputs
+
+    trainer = tiny_trainer(ema=0.5, ema_warmup=True)
+    best = epochs.BestEpoch(scores.ema(FID), tmp_path, [])
+    for epoch, ema_fid in ((1, 5.0), (2, 3.0), (3, 4.0)):  # epoch 2 is the best, and not the last
+        trainer.train_epoch(5, progress=False)
+        record = SimpleNamespace(epoch=epoch, summary=lambda value=ema_fid: {scores.ema(FID): value})
+        tracked = best.update(record, trainer)
+        assert tracked[scores.best_epoch(scores.ema(FID))] == (1 if epoch == 1 else 2)
+        if epoch == 2:
+            ema_at_best, live_at_best = values(trainer.ema_variables), values(trainer.generator.variables)
+    saved = values(keras.models.load_model(tmp_path / outputs.BEST_GENERATOR).variables)
+    assert all(np.array_equal(a, b) for a, b in zip(saved, ema_at_best))
+    assert not all(np.array_equal(a, b) for a, b in zip(saved, live_at_best))  # not the live weights
+    assert not all(np.array_equal(a, b) for a, b in zip(saved, values(trainer.ema_variables)))  # nor the last epoch's
+    assert all(np.array_equal(a, b) for a, b in zip(values(trainer.generator.variables), trainer.get_state()))  # G is live again
+
+
+def test_a_live_objective_saves_the_live_generator(tmp_path):
+    import keras
+
+    from ganlab.training import epochs, outputs
+
+    trainer = tiny_trainer(ema=0.5, ema_warmup=True)
+    trainer.train_epoch(5, progress=False)
+    epochs.BestEpoch(FID, tmp_path, []).update(SimpleNamespace(epoch=1, summary=lambda: {FID: 1.0}), trainer)
+    saved = values(keras.models.load_model(tmp_path / outputs.BEST_GENERATOR).variables)
+    assert all(np.array_equal(a, b) for a, b in zip(saved, values(trainer.generator.variables)))
+
+
+def test_the_ema_warmup_follows_the_live_weights_early_and_reaches_the_decay():
+    """ema=0.999 holds on to the random start for thousands of steps; warmed up (Karras et al. 2020's ramp),
+    the average tracks the live weights at first, and its decay is ema itself once the ramp is done."""
+    start = values(tiny_trainer(ema=0.999).generator.variables)
+    plain, warm = tiny_trainer(ema=0.999), tiny_trainer(ema=0.999, ema_warmup=True)
+    for trainer in (plain, warm):
+        trainer.train_epoch(20, progress=False)
+    live = values(warm.generator.variables)
+    assert values(plain.generator.variables)[0] == pytest.approx(live[0])  # the warm-up never changes training
+
+    def distance(a, b):
+        return sum(float(np.abs(x - y).sum()) for x, y in zip(a, b))
+
+    assert distance(values(warm.ema_variables), live) < 0.1 * distance(values(plain.ema_variables), live)
+    assert distance(values(plain.ema_variables), start) < distance(values(warm.ema_variables), start)
+    half_life = np.log(0.5) / np.log(0.999)  # about 693 G steps: the ramp ends at 693 / 0.05 steps
+    warm.g_optimizer.iterations.assign(int(half_life / 0.05) + 10)
+    assert float(warm.ema_decay()) == pytest.approx(0.999, abs=1e-6)
+    warm.g_optimizer.iterations.assign(1)
+    assert float(warm.ema_decay()) < 1e-5  # step 1: the average is the live weights
+
+
+def test_ema_warmup_is_on_by_default_only_with_ema():
+    config = OmegaConf.load(REPO / "conf" / "train.yaml")
+    assert config.ema is None and config.ema_warmup is True  # the tutorial: no EMA, so nothing is warmed up
+    assert tiny_trainer(ema=None, ema_warmup=True).ema_warmup is False
+
+
+def test_a_job_with_an_ema_objective_logs_the_ema_generator_as_generator_best(workdir):
+    """Through the CLI: objective=ema_fid objective_at=best ema=0.5, one epoch (so the best epoch is the
+    last): generator_best.keras holds generator_ema.keras's weights, not generator.keras's."""
+    import keras
+
+    result = run_cli([*QUICK, "ema=0.5", f"objective={scores.ema(FID)}", "objective_at=best"], workdir)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Directions: ['maximize']" in result.stdout + result.stderr
-    (results,) = workdir.glob("outputs/multirun/*/optimization_results.yaml")
-    report = OmegaConf.load(results)
-    (trial,) = [run for run in all_runs(workdir) if "mlflow.parentRunId" in run.data.tags]
-    assert report.best_value == pytest.approx(trial.data.metrics[scores.CLASSIFIER_SCORE])
+    models = next(workdir.glob("outputs/runs/*/models"))
+    best, ema, live = (values(keras.models.load_model(models / name).variables)
+                       for name in ("generator_best.keras", "generator_ema.keras", "generator.keras"))
+    assert all(np.array_equal(a, b) for a, b in zip(best, ema))
+    assert not all(np.array_equal(a, b) for a, b in zip(best, live))
+    (run,) = all_runs(workdir)
+    assert run.data.params["ema_warmup"] == "True" and run.data.metrics[scores.best_epoch(scores.ema(FID))] == 1

@@ -70,9 +70,12 @@ def drawn(monkeypatch):
     figures = []
     save = plots._save
 
-    def keep(fig, path):
+    def keep(fig, path, **options):
+        if options.get("tight", True):
+            fig.tight_layout()  # as _save lays it out
         fig.canvas.draw()
-        figures.append({"title": [ax.get_title() for ax in fig.axes], "axes": fig.axes,
+        figures.append({"title": [ax.get_title() for ax in fig.axes], "axes": fig.axes, "figure": fig,
+                        "past_edges": past_the_edges(fig),
                         "legend": [[text.get_text() for text in ax.get_legend().get_texts()] if ax.get_legend() else []
                                    for ax in fig.axes],
                         "legend_alpha": [[handle.get_alpha() for handle in ax.get_legend().legend_handles]
@@ -82,7 +85,7 @@ def drawn(monkeypatch):
                         "ylabel": [ax.get_ylabel() for ax in fig.axes],
                         "collections": [[len(path.vertices) for c in ax.collections for path in c.get_paths()]
                                         for ax in fig.axes]})
-        return save(fig, path)
+        return save(fig, path, **options)
 
     monkeypatch.setattr(plots, "_save", keep)
     monkeypatch.setattr(comparison, "_save", keep)
@@ -107,6 +110,52 @@ def test_loss_curve_names_every_line_and_ticks_whole_epochs(tmp_path, drawn, ste
 def test_sample_grid_carries_its_title(tmp_path, drawn):
     plots.save_sample_grid(np.zeros((100, 784)), tmp_path / "samples.png", title="dropout=0.1: epoch 5")
     assert drawn[0]["title"] == ["dropout=0.1: epoch 5"]
+
+
+def past_the_edges(figure) -> list[str]:
+    """The texts of a drawn figure that reach past its left or right edge (none, for a title that fits)."""
+    box = figure.bbox
+    texts = [*figure.texts, *(ax.title for ax in figure.axes)]
+    return [text.get_text() for text in texts if text.get_text() and not (
+        box.x0 <= text.get_window_extent().x0 and text.get_window_extent().x1 <= box.x1 + 0.5)]
+
+
+LONG_NAME = "dropout=0.5 lr=0.001 beta_1=0.9 +3"  # a run name as long as ganlab makes them (40 characters)
+
+
+def test_long_titles_fit_their_pictures_broken_between_phrases(tmp_path, drawn):
+    grid = plots.save_sample_grid(np.zeros((100, 784)), tmp_path / "grid.png", title=f"{LONG_NAME}, epoch 12")
+    plots.save_nearest_pairs(np.zeros((8, 784)), np.zeros((8, 784)), tmp_path / "nearest.png",
+                             title=f"{LONG_NAME}, epoch 12")
+    plots.save_class_histogram(np.arange(10), tmp_path / "classes.png", title=f"{LONG_NAME}, epoch 12")
+    # the report's per-group picture of one run: once cut at both edges
+    plots.save_montage([grid], [""], tmp_path / "report.png", title=f"loss=wgan_gp: samples of run {LONG_NAME}")
+    plots.save_labelled_montage([grid] * 2, ["a", "b"], tmp_path / "sweep.png",
+                                title="final samples (epoch 10) · best first by fid (lower is better)")
+    assert len(drawn) == 5
+    for figure in drawn:
+        assert figure["past_edges"] == [], figure["figure"]
+    assert drawn[0]["title"] == [f"{LONG_NAME},\nepoch 12"]  # between phrases, not inside one
+    assert drawn[3]["figure"].texts[0].get_text().startswith("loss=wgan_gp:\nsamples of run")
+
+
+def test_fit_lines_breaks_between_phrases_then_words_never_inside_a_word():
+    assert plots.fit_lines("short", 10) == ["short"]
+    assert plots.fit_lines("final samples · best first by fid", 20) == ["final samples ·", "best first by fid"]
+    assert plots.fit_lines("aaaa bbbb cccc", 9) == ["aaaa bbbb", "cccc"]
+    assert plots.fit_lines("averyveryverylongword x", 5) == ["averyveryverylongword", "x"]
+
+
+def test_every_picture_is_black_on_white_the_sweep_montage_too(tmp_path):
+    from PIL import Image
+
+    grid = plots.save_sample_grid(np.full((100, 784), -1.0), tmp_path / "grid.png", title="a, epoch 1")  # blank digits
+    bare = tmp_path / "bare.png"  # a bare grid as older runs logged it: white digits on black
+    Image.fromarray(np.zeros((280, 280), np.uint8)).save(bare)
+    montage = plots.save_labelled_montage([grid, bare], ["a", "b"], tmp_path / "montage.png", title="t")
+    for picture in (grid, montage):
+        with Image.open(picture) as image:
+            assert np.asarray(image.convert("L")).mean() > 240, picture  # white, a few dark letters
 
 
 def one_value_per_group(epochs):

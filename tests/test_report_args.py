@@ -77,6 +77,32 @@ def test_a_valid_report_still_works(sweep_store, tmp_path, capsys):
     assert (out / "comparison.csv").is_file()
 
 
+def test_no_run_at_the_asked_epochs_is_one_line_and_no_out(sweep_store, tmp_path, capsys):
+    out = tmp_path / "report"
+    line = refuse(["--tracking-uri", sweep_store, "--by", "dropout", "--metrics", "d_loss", "--epochs", "5,10",
+                   "--out", str(out)], capsys)
+    assert line.startswith("error: --epochs:") and "at epochs 1,2" in line
+    assert not out.exists()
+
+
+def test_a_reused_out_holds_only_the_new_report_and_the_users_own_files(sweep_store, tmp_path, capsys):
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "samples_0.9.png").write_bytes(b"an earlier report's group")
+    (out / "notes.txt").write_text("mine")
+    assert report.main(["--tracking-uri", sweep_store, "--by", "dropout", "--metrics", "d_loss", "--epochs", "1,2",
+                        "--out", str(out)]) == 0, capsys.readouterr().err
+    assert not (out / "samples_0.9.png").exists() and (out / "notes.txt").read_text() == "mine"
+    assert (out / "comparison.csv").is_file()
+
+
+def test_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        report.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 1,5,10,25,50)" in text and "(default: report)" in text
+
+
 def write_sweep(client, experiment: str, start_time: int, child_status: str, name: str) -> str:
     """A sweep parent with two children ending `child_status`, each with d_loss at epochs 1 and 2."""
     parent = client.create_run(experiment, start_time=start_time, run_name=name, tags={"sweep.parent": "true"})

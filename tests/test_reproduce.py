@@ -72,7 +72,7 @@ def test_record_holds_every_value_and_its_machine(reproduced):
 def test_reproducing_on_the_same_machine_is_exact(reproduced):
     workdir, _, result = reproduced
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "seed 0: exact - same ISA, versions, threads and data as the record" in result.stdout
+    assert "seed 0: exact - same ISA, accelerator, versions, threads and data as the record" in result.stdout
     assert "verdict: exact" in result.stdout
     client, parent = reproduction_parent(workdir)
     assert parent.data.tags["reproduce.verdict"] == EXACT
@@ -85,7 +85,8 @@ def test_reproducing_on_the_same_machine_is_exact(reproduced):
     assert any(row["metric"] == scores.FID and row["z"] for row in rows)
 
 
-def test_a_perturbed_record_differs(reproduced, tmp_path):
+def test_a_perturbed_record_differs(reproduced, tmp_path, capsys):
+    """In-process (the reproduce CLI itself runs in the `reproduced` fixture), against the reproduction's run."""
     workdir, record, _ = reproduced
     perturbed = tmp_path / "perturbed"
     shutil.copytree(record, perturbed)
@@ -96,11 +97,12 @@ def test_a_perturbed_record_differs(reproduced, tmp_path):
     with open(perturbed / baseline.RUNS_CSV, "w", newline="") as stream:
         csv.writer(stream, lineterminator="\n").writerows(rows)
     _, parent = reproduction_parent(workdir)
-    result = run_cli(["--seeds", "0", "--epochs", "1", "--record", str(perturbed), "--compare-run", parent.info.run_id],
-                     workdir, module="ganlab.reproduce")
-    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
-    assert f"seed 0: differs - same ISA, versions, threads and data as the record, yet {scores.FID} at epoch 1" in result.stdout
-    assert "verdict: differs" in result.stdout
+    code = reproduce.main(["--seeds", "0", "--epochs", "1", "--record", str(perturbed), "--compare-run", parent.info.run_id,
+                           "--tracking-uri", f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"])
+    out, err = capsys.readouterr()
+    assert code == 1, out[-3000:] + err[-3000:]
+    assert f"seed 0: differs - same ISA, accelerator, versions, threads and data as the record, yet {scores.FID} at epoch 1" in out
+    assert "verdict: differs" in out
 
 
 # --------------------------------------------------------------------------- the verdict alone
@@ -137,7 +139,7 @@ def job(seed=0, fid=None, d_loss=None, step=None, **environment) -> JobResult:
 def test_same_machine_and_numbers_is_exact():
     found = verdict.judge(job(), unit_record(), epochs=1)
     assert found.verdict == EXACT and found.differences == []
-    assert "same ISA, versions, threads and data" in found.line()
+    assert "same ISA, accelerator, versions, threads and data" in found.line()
 
 
 def test_same_machine_other_numbers_differs():
@@ -172,6 +174,21 @@ def test_the_reason_names_what_differs():
     assert only_versions.differences == ["versions"]
     mlflow_only = verdict.judge(job(versions={**MACHINE["versions"], "mlflow": "9.9"}), unit_record(), epochs=1)
     assert mlflow_only.verdict == EXACT  # MLflow does not compute numbers
+
+
+def test_a_gpu_rerun_of_a_cpu_record_is_never_exact():
+    """Same ISA, versions and numbers, but on a GPU: the accelerator is part of "exact"; the reason names it."""
+    record = unit_record()
+    record.machine = {**MACHINE, "accelerator": "none"}
+    gpu = "GPU 0: NVIDIA H200"
+    same_numbers = verdict.judge(job(accelerator=gpu), record, epochs=1)
+    assert same_numbers.verdict == CONSISTENT and same_numbers.differences == ["accelerator"]
+    assert f"accelerator differs from the record ({gpu} here, none in the record)" in same_numbers.line()
+    assert "(its numbers even equal the record's exactly)" in same_numbers.line()
+    far = verdict.judge(job(fid=280.0, accelerator=gpu), record, epochs=1)  # z = 4
+    assert far.verdict == DIFFERS and "accelerator differs from the record" in far.line() and "z = 4.00" in far.line()
+    assert "a real change" not in far.line()  # other hardware, not a change of the code
+    assert verdict.judge(job(accelerator="none"), record, epochs=1).verdict == EXACT
 
 
 def test_a_spread_of_zero_falls_back_on_the_pooled_spread():

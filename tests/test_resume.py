@@ -3,15 +3,12 @@ the checkpoint's own config and store, damaged files, full disks, hanging server
 
 from __future__ import annotations
 
-import http.server
-import json
 import os
 import random
 import re
 import shutil
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -92,7 +89,9 @@ def test_a_damaged_checkpoint_is_named_not_a_traceback(tmp_path, damage):
 
 def test_a_locked_checkpoint_cannot_be_resumed(tmp_path):
     folder = tmp_path / "job" / "checkpoint"
-    checkpoint.save(folder, [np.zeros(2)], [], {"epoch": 1, "run_id": "r", "tracking_uri": "sqlite:///x",
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (tmp_path / "mlflow.db").touch()  # a resume writes into an existing store only
+    checkpoint.save(folder, [np.zeros(2)], [], {"epoch": 1, "run_id": "r", "tracking_uri": store,
                                                 "experiment": "e", "threads": 1, "config": {"epochs": 3}})
     held = checkpoint.FolderLock(folder).acquire()
     cfg = OmegaConf.create({"resume": str(folder.parent), "tracking": {"uri": None}})
@@ -102,38 +101,59 @@ def test_a_locked_checkpoint_cannot_be_resumed(tmp_path):
     finally:
         held.release()
     resumed = checkpoint.prepare_resume(cfg, [])
-    assert resumed.config.threads == 1 and resumed.config.tracking.uri == "sqlite:///x"
+    assert resumed.config.threads == 1 and resumed.config.tracking.uri == store
     resumed.lock.release()
 
 
 # ---------------------------------------------------------------------------- kill -9 and resume
 
 
+# Epochs of a few seconds, at the default threads (threads=1: killed_threads_1_run).
+KILLED_9 = ["epochs=6", "steps_per_epoch=30", "eval.enabled=false", "objective=g_loss", f"data.path={MNIST_FILE}"]
+TRAINING_STARTS = re.compile(r"training \d+ epochs of \d+ steps")  # the job's log line just before its first step
+
+
+def wait_for_line(process: subprocess.Popen, pattern: re.Pattern) -> str | None:
+    """Read the process's stdout up to the first line matching `pattern` (None if it ended first)."""
+    for line in process.stdout:
+        if pattern.search(line):
+            return line
+    return None
+
+
 def test_kill_9_at_random_moments_then_resume_logs_every_epoch_exactly_once(workdir):
-    """Each kill lands at a random moment after the run exists; `resume=<run id>` alone mends it."""
-    epochs = 8
+    """Three kill -9s, each at a random moment after training has started in that process (its
+    "training ... epochs" line, printed just before the first step): mid-step, mid-checkpoint or while
+    logging. `resume=<run id>` alone mends it: every epoch logged once, and the per-step losses those of
+    the same job run uninterrupted beside it."""
     rng = random.Random(0)
-    process = start([f"epochs={epochs}", *TINY_EPOCHS], workdir)
-    # From the first checkpoint on (written as soon as the run exists), any moment is resumable.
-    assert wait_for(lambda: list(workdir.glob("outputs/runs/*/checkpoint/checkpoint.npz")), process)
-    run_id = the_run(workdir).info.run_id
+    (workdir / "whole").mkdir()
+    (workdir / "killed").mkdir()
+    whole = start(KILLED_9, workdir / "whole")  # the same job uninterrupted, beside it
+    cwd = workdir / "killed"
+    process, run_id = start(KILLED_9, cwd), None
     for _ in range(3):
-        deadline = time.monotonic() + rng.uniform(0.5, 6.0)
-        while process.poll() is None and time.monotonic() < deadline:  # a random moment to kill at
-            time.sleep(0.05)
-        if process.poll() is None:
-            process.kill()  # SIGKILL: nothing can be caught
+        assert wait_for_line(process, TRAINING_STARTS), process.communicate()[1][-3000:]
+        run_id = run_id or the_run(cwd).info.run_id
+        time.sleep(rng.uniform(0.0, 4.0))  # a random moment of training
+        assert process.poll() is None, "the job ended before its kill"
+        process.kill()  # SIGKILL: nothing can be caught
         process.communicate()
-        process = start([f"resume={run_id}"], workdir)
+        process = start([f"resume={run_id}"], cwd)
     _, stderr = process.communicate(timeout=900)
     assert process.returncode == 0, stderr[-3000:]
-    finished = store_client(workdir).get_run(run_id)
+    finished = store_client(cwd).get_run(run_id)
     assert finished.info.status == "FINISHED"
+    epochs = int(finished.data.params["epochs"])
     for metric in ("d_loss", "g_loss", "d_real", "d_fake"):
-        assert steps(workdir, run_id, metric) == list(range(1, epochs + 1)), metric
-    output_dir = Path(finished.data.tags["output_dir"])
-    per_step = np.loadtxt(output_dir / "losses.csv", delimiter=",", skiprows=1)
-    assert list(per_step[:, 0]) == list(range(1, epochs + 1))  # one step per epoch, every epoch
+        assert steps(cwd, run_id, metric) == list(range(1, epochs + 1)), metric
+    whole_out, whole_err = whole.communicate(timeout=900)
+    assert whole.returncode == 0, whole_err[-3000:]
+    per_step = np.loadtxt(Path(finished.data.tags["output_dir"]) / "losses.csv", delimiter=",", skiprows=1)
+    uninterrupted = np.loadtxt(Path(re.search(r"job outputs in (\S+)", whole_out).group(1)) / "losses.csv",
+                               delimiter=",", skiprows=1)
+    assert sorted(set(per_step[:, 0])) == list(range(1, epochs + 1))  # every epoch's steps, once
+    np.testing.assert_array_equal(per_step, uninterrupted)
 
 
 @pytest.fixture(scope="module")
@@ -159,21 +179,27 @@ def test_resuming_a_finished_run_says_so_and_changes_nothing(finished_run):
 
 def test_resume_refuses_changes_to_what_is_trained_and_to_the_experiment(finished_run):
     cwd, run = finished_run
-    for override in ("dropout=0.5", "tracking.experiment=other", "epochs=3"):
-        result = run_cli([f"resume={run.info.run_id}", override], cwd)
-        assert result.returncode != 0 and override in result.stderr, override
-        assert "Only data.path, tracking.uri, threads may be given with resume" in result.stderr
+    result = run_cli([f"resume={run.data.tags['output_dir']}", "dropout=0.5"], cwd)  # through the CLI once, by folder
+    assert result.returncode != 0 and "dropout=0.5" in result.stderr
+    assert "resume: a resumed job trains with its checkpoint's config" in result.stderr
+    assert "Only data.path, tracking.uri, threads may be given with resume" in result.stderr
+    for override in ("dropout=0.5", "tracking.experiment=other", "epochs=3"):  # the check the CLI runs, key by key
+        refused = "^resume: a resumed job trains with its checkpoint's config; .*" + re.escape(override)
+        with pytest.raises(InputError, match=refused):
+            checkpoint.check_overrides([f"resume={run.info.run_id}", override])
+    allowed = [f"{key}=x" for key in checkpoint.RESUME_OVERRIDES]
+    assert set(checkpoint.check_overrides([f"resume={run.info.run_id}", *allowed])) == set(checkpoint.RESUME_OVERRIDES)
 
 
 @pytest.fixture(scope="module")
 def killed_threads_1_run(tmp_path_factory):
-    """A job with threads=1 in its own experiment, SIGTERMed after epoch 1, and the same job uninterrupted."""
+    """A job with threads=1 in its own experiment, SIGTERMed after epoch 1 (one line, exit 143, its run
+    KILLED), and the same job uninterrupted, run beside it."""
     cwd = tmp_path_factory.mktemp("threads1")
     args = ["epochs=3", "steps_per_epoch=40", "threads=1", "tracking.experiment=elsewhere", "ema=0.999",
             "eval.enabled=false", "objective=g_loss", f"data.path={MNIST_FILE}"]
     (cwd / "whole").mkdir()
-    whole = run_cli(args, cwd / "whole")
-    assert whole.returncode == 0, whole.stderr[-2000:]
+    whole = start(args, cwd / "whole")  # on the other core
     killed_cwd = cwd / "killed"
     killed_cwd.mkdir()
     process = start(args, killed_cwd)
@@ -190,9 +216,16 @@ def killed_threads_1_run(tmp_path_factory):
     run = wait_for(epoch_one_logged, process)
     assert run, process.communicate()[1][-2000:]
     process.send_signal(signal.SIGTERM)
-    process.communicate(timeout=300)
-    output_dir = Path(re.search(r"job outputs in (\S+)", whole.stdout).group(1))
-    return cwd, killed_cwd, run, output_dir
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 143 and "Traceback" not in stderr
+    (line,) = [line for line in stderr.splitlines() if line.strip() and "step/s" not in line and "|" not in line]
+    assert line.startswith("ganlab: interrupted by SIGTERM: its run is marked KILLED; resume=")
+    killed = store_client(killed_cwd).get_run(run.info.run_id)
+    assert killed.info.status == "KILLED" and "interrupted" in killed.data.tags["failure_reason"]
+    whole_out, whole_err = whole.communicate(timeout=900)
+    assert whole.returncode == 0, whole_err[-2000:]
+    output_dir = Path(re.search(r"job outputs in (\S+)", whole_out).group(1))
+    return cwd, killed_cwd, killed, output_dir
 
 
 def test_a_resume_while_the_job_runs_is_refused(tmp_path):
@@ -213,12 +246,23 @@ def test_a_resume_while_the_job_runs_is_refused(tmp_path):
 def test_resume_from_another_folder_uses_the_checkpoints_store_threads_and_data(killed_threads_1_run, tmp_path):
     cwd, killed_cwd, run, uninterrupted_dir = killed_threads_1_run
     folder = Path(run.data.tags["output_dir"])
+    kept = steps(killed_cwd, run.info.run_id)
+    assert kept and kept == list(range(1, len(kept) + 1)) and len(kept) < 3
     result = run_cli([f"resume={folder}"], tmp_path)  # no data.path, no threads, no tracking: all from the checkpoint
     assert result.returncode == 0, result.stderr[-2000:]
     assert not (tmp_path / "mlruns").exists()  # nothing went to this folder's default store
     resumed = store_client(killed_cwd).get_run(run.info.run_id)
     assert resumed.info.status == "FINISHED" and resumed.data.params["threads"] == "1"
-    assert steps(killed_cwd, run.info.run_id) == [1, 2, 3]
+    assert resumed.data.tags["resumed_from_epoch"] == str(len(kept))
+    for metric in ("d_loss", "g_loss", "d_real", "steps_per_sec"):
+        assert steps(killed_cwd, run.info.run_id, metric) == [1, 2, 3], metric
+    # The same numbers in the store as the uninterrupted job's, logged by two processes each.
+    whole_client = store_client(cwd / "whole")
+    (whole_run,) = whole_client.search_runs([whole_client.get_experiment_by_name("elsewhere").experiment_id])
+    for metric in ("d_loss", "g_loss", "d_real", "d_fake"):
+        values = [[point.value for point in sorted(client.get_metric_history(run_id, metric), key=lambda point: point.step)]
+                  for client, run_id in ((store_client(killed_cwd), run.info.run_id), (whole_client, whole_run.info.run_id))]
+        assert len(values[0]) == 3 and values[0] == values[1], metric
     new_dir = Path(re.search(r"job outputs in (\S+)", result.stdout).group(1))
     assert resumed.data.tags["output_dir"] == str(new_dir)
     # threads=1 came from the checkpoint, so the numbers are those of the uninterrupted threads=1 job ...
@@ -303,61 +347,6 @@ def test_closing_a_run_survives_a_failing_error_file(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------- servers and stores
 
 
-class StubServer(http.server.ThreadingHTTPServer):
-    """Answers /health; its API either hangs (never answers) or fails with 500."""
-
-    daemon_threads = True
-
-    def __init__(self, mode: str):
-        self.mode = mode
-        self.release = threading.Event()
-        stub = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                if self.path.startswith("/health"):
-                    self.send_response(200)
-                    self.end_headers()
-                    self.wfile.write(b"OK")
-                    return
-                self.answer_api()
-
-            do_POST = do_GET
-
-            def answer_api(self):
-                if stub.mode == "hang":
-                    stub.release.wait(600)  # until the test ends
-                    return
-                self.send_response(500)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(json.dumps({"error_code": "INTERNAL_ERROR", "message": "stub"}).encode())
-
-        super().__init__(("127.0.0.1", 0), Handler)
-
-
-@pytest.mark.parametrize("mode", ["hang", "fail"])
-def test_a_server_whose_api_hangs_or_fails_stops_the_job_with_a_message(workdir, mode):
-    server = StubServer(mode)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    uri = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        started = time.monotonic()
-        result = run_cli([*QUICK, f"tracking.uri={uri}"], workdir, timeout=600)
-        elapsed = time.monotonic() - started
-    finally:
-        server.release.set()
-        server.shutdown()
-    assert result.returncode != 0
-    assert f"tracking.uri: the MLflow store {uri}" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert elapsed < 120, f"took {elapsed:.0f} s"  # the issue's bound: MLflow's default waits many minutes
-
-
 def test_an_experiment_name_cannot_escape_the_store(workdir):
     result = run_cli([*QUICK, "tracking.experiment=../../x"], workdir)
     assert result.returncode != 0 and "tracking.experiment: got '../../x'" in result.stderr
@@ -428,7 +417,7 @@ def test_resume_accepts_only_the_recorded_data_and_clears_the_failure_reason(fin
     result = run_cli([f"resume={asked}", f"data.path={other_data}"], cwd)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     (line,) = result.stderr.strip().splitlines()
-    assert re.search(rf"data.path={re.escape(str(other_data))} holds data with sha256 [0-9a-f]{{64}}, but run {asked} "
+    assert re.search(rf"data.path={re.escape(str(other_data))} now holds data with sha256 [0-9a-f]{{64}}, but run {asked} "
                      rf"trained on data with sha256 {recorded}", line)
     assert job_folders(cwd) == before
     assert store_client(cwd).get_run(asked).info.status == "KILLED"  # untouched
@@ -440,9 +429,61 @@ def test_resume_accepts_only_the_recorded_data_and_clears_the_failure_reason(fin
     assert resumed.data.tags["data.sha256"] == recorded
 
 
+def test_resume_hashes_the_data_at_the_recorded_path_and_never_overwrites_its_tag(finished_run, tmp_path):
+    cwd, finished = finished_run
+    recorded = finished.data.tags["data.sha256"]
+    swapped = tmp_path / "m.npz"  # the file the run trained on, replaced since by a 2,000-image subset
+    shutil.copy2(Path(__file__).parent / "fixtures" / "mnist_small.npz", swapped)
+    asked = stand_in_run(cwd, finished, tmp_path / "job", tags={"data.sha256": recorded})
+    found = checkpoint.find(tmp_path / "job")
+    meta = {"epoch": 0, "run_id": asked, "tracking_uri": found.tracking_uri, "experiment": found.experiment,
+            "threads": found.threads, "config": {**OmegaConf.to_container(found.config), "data": {"name": "mnist", "path": str(swapped)}}}
+    checkpoint.save(found.folder, [], [], meta)
+    before = job_folders(cwd)
+    result = run_cli([f"resume={asked}"], cwd)  # no data.path: the recorded one, hashed again
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert re.search(rf"data.path={re.escape(str(swapped))} now holds data with sha256 [0-9a-f]{{64}}, but run {asked} "
+                     rf"trained on data with sha256 {recorded}", line), line
+    assert job_folders(cwd) == before
+    after = store_client(cwd).get_run(asked)
+    assert after.info.status == "KILLED" and after.data.tags["data.sha256"] == recorded  # untouched
+
+
+def test_a_moved_store_is_found_where_the_command_points_and_never_made_again_at_its_old_place(finished_run, tmp_path):
+    cwd, finished = finished_run
+    moved = tmp_path / "moved"
+    shutil.copytree(cwd / "mlruns", moved / "mlruns")  # the store, moved (the original stays for the other tests)
+    old_store = tmp_path / "old" / "mlruns" / "mlflow.db"  # where the checkpoint says it was
+    asked = stand_in_run(moved, finished, tmp_path / "job", own_checkpoint=False)
+    theirs = checkpoint.find(Path(finished.data.tags["output_dir"]))
+    meta = {"epoch": 0, "run_id": asked, "tracking_uri": f"sqlite:///{old_store}", "experiment": theirs.experiment,
+            "threads": theirs.threads, "config": OmegaConf.to_container(theirs.config)}
+    checkpoint.save(tmp_path / "job" / checkpoint.FOLDER, [], [], meta)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    refused = run_cli([f"resume={tmp_path / 'job'}"], elsewhere)  # the folder alone: its recorded store is gone
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    (line,) = refused.stderr.strip().splitlines()
+    assert f"the store sqlite:///{old_store} that holds run {asked} does not exist" in line and "tracking.uri=" in line
+    assert not (tmp_path / "old").exists() and not (elsewhere / "mlruns").exists()
+
+    moved_uri = f"sqlite:///{moved / 'mlruns' / 'mlflow.db'}"
+    result = run_cli([f"resume={asked}", f"tracking.uri={moved_uri}"], elsewhere)  # by run id, in the store named
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not (tmp_path / "old").exists() and not (elsewhere / "mlruns").exists()
+    resumed = store_client(moved).get_run(asked)
+    assert resumed.info.status == "FINISHED" and steps(moved, asked) == [1, 2]
+    new_folder = Path(re.search(r"job outputs in (\S+)", result.stdout).group(1))
+    assert checkpoint.find(new_folder).tracking_uri == moved_uri  # the next resume finds it there too
+
+
 def test_a_partial_file_left_by_kill_9_is_removed_on_resume_and_on_the_next_write(tmp_path):
     folder = tmp_path / "job" / checkpoint.FOLDER
-    meta = {"epoch": 1, "run_id": "r", "tracking_uri": "sqlite:///x", "experiment": "e", "threads": 1, "config": {"epochs": 3}}
+    (tmp_path / "mlflow.db").touch()  # a resume writes into an existing store only
+    meta = {"epoch": 1, "run_id": "r", "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "e",
+            "threads": 1, "config": {"epochs": 3}}
     checkpoint.save(folder, [np.zeros(2)], [], meta)
     (folder / ".checkpoint-killed.partial").write_bytes(b"half a checkpoint")
     resumed = checkpoint.prepare_resume(OmegaConf.create({"resume": str(folder.parent), "tracking": {"uri": None}}), [])

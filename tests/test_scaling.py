@@ -42,16 +42,30 @@ def test_submitit_local_sweep(workdir):
 
 
 def test_optuna_search_reports_the_best_trial(workdir):
-    result = run_cli(["-m", "-cd", str(REPO / "sweeps"), "-cn", "search",
-                      "hydra.sweeper.n_trials=3", *TINY], workdir)
+    """A higher-is-better objective: ganlab's search sweeper gets the resolved direction and its Optuna study
+    maximizes it (lower-is-better fid, the default, takes the same path:
+    test_objective.py::test_the_search_takes_optunas_direction_from_the_registry). One seed per trial here;
+    seeds, pruning and resume: test_search.py."""
+    import optuna
+    from omegaconf import OmegaConf
+
+    result = run_cli(["-m", "-cd", str(REPO / "sweeps"), "-cn", "search", "objective=classifier_score",
+                      "hydra.sweeper.n_trials=3", "search.seeds=1", *TINY], workdir)
     assert result.returncode == 0, result.stderr[-3000:]
+    (study_file,) = workdir.glob("outputs/multirun/*/optuna.db")
+    study = optuna.load_study(study_name="ganlab_search", storage=f"sqlite:///{study_file}")
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE and len(study.trials) == 3
     parent, children = parent_and_children(all_runs(workdir))
     assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
     assert len({c.data.params["optimizer.lr"] for c in children}) == 3  # the sampler chose the values
-    best = min(children, key=lambda c: c.data.metrics["fid"])
+    best = max(children, key=lambda c: c.data.metrics["classifier_score"])
     assert parent.data.tags["best.run_id"] == best.info.run_id
-    assert float(parent.data.tags["best.fid"]) == pytest.approx(best.data.metrics["fid"])
+    assert float(parent.data.tags["best.classifier_score"]) == pytest.approx(best.data.metrics["classifier_score"])
     assert "summary/optimization_results.yaml" in artifact_paths(store_client(workdir), parent.info.run_id)
+    (results,) = workdir.glob("outputs/multirun/*/optimization_results.yaml")
+    assert OmegaConf.load(results).best_value == pytest.approx(best.data.metrics["classifier_score"])
+    assert study.best_value == pytest.approx(best.data.metrics["classifier_score"])
+    assert parent.data.tags["search.best.trial"] == best.data.tags["search.trial"]
 
 
 def free_port() -> int:

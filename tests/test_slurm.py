@@ -1,6 +1,9 @@
 """Sweeps on a real one-node SLURM cluster (scripts/slurm-up.sh; .ci/run starts it) through
 `hydra/launcher=slurm`: the happy path, an array that cannot start, a cancelled job, a
-preempted and a requeued job that continue their own runs, and Ctrl-C of the sweep.
+preempted and a requeued job that continue their own runs, a drained node, a restarted
+controller and a failed node that are waited for, and Ctrl-C of the sweep, with a job SLURM
+has to SIGKILL. The rules that read SLURM's answers (`ganlab.sweeps.slurm_wait`) are tested
+directly first; they need no cluster.
 
 Jobs run on this machine, so the sweep's folder and MLflow store are shared by construction.
 Each test waits on events (a job's checkpoint, a logged metric, SLURM's queue), never on time.
@@ -8,20 +11,25 @@ Each test waits on events (a job's checkpoint, a logged metric, SLURM's queue), 
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from mlflow.exceptions import MlflowException
 
 from conftest import EVAL_CACHE, QUICK, all_runs, artifact_paths, ctrl_c_as_in_a_terminal, run_cli, store_client
+from ganlab.sweeps import slurm_wait
 from ganlab.sweeps.slurm import ACTIVE_STATES
+from ganlab.tracking.job_run import FAILURE_TAG
 
 
 def _cluster_problem() -> str | None:
@@ -35,20 +43,24 @@ def _cluster_problem() -> str | None:
 
 
 PROBLEM = _cluster_problem()
-pytestmark = pytest.mark.skipif(PROBLEM is not None, reason=str(PROBLEM))
+cluster = pytest.mark.skipif(PROBLEM is not None, reason=str(PROBLEM))
 
-# One CPU per job, so the two jobs of a sweep run at once on a two-core node.
-SLURM = ["-m", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2"]
+# One CPU per job, so the two jobs of a sweep run at once on a two-core node; a job without a
+# result is lost after 10 s of SLURM saying it ended (120 s by default).
+SLURM = ["-m", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2",
+         "hydra.launcher.lost_after_s=10"]
 QUICKER = [item for item in QUICK if not item.startswith(("epochs=", "steps_per_epoch="))]  # each test sets both
 TINY = [*QUICKER, "steps_per_epoch=3"]
 TQDM_MARKS = ("\r", "it/s]", "█")
 
 
-def start_sweep(args: list[str], cwd: Path) -> subprocess.Popen:
-    """`python -m ganlab.train args` in the background, as conftest.run_cli runs it."""
+def start_sweep(args: list[str], cwd: Path, stderr_file: Path | None = None) -> subprocess.Popen:
+    """`python -m ganlab.train args` in the background, as conftest.run_cli runs it; its stderr
+    in `stderr_file` (to be read while it runs) if given."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "GANLAB_CACHE_DIR": str(EVAL_CACHE)}
+    stderr = stderr_file.open("w") if stderr_file else subprocess.PIPE
     return subprocess.Popen([sys.executable, "-m", "ganlab.train", *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=ctrl_c_as_in_a_terminal)
+                            stdout=subprocess.PIPE, stderr=stderr, preexec_fn=ctrl_c_as_in_a_terminal)
 
 
 def wait_for(condition, what: str, process: subprocess.Popen | None = None, limit_s: float = 300):
@@ -103,6 +115,78 @@ def logged_epochs(cwd: Path, job_num: int, metric: str = "d_loss") -> list[int]:
     return sorted(point.step for point in store_client(cwd).get_metric_history(run.info.run_id, metric))
 
 
+def lines_with(text: str, file: Path) -> list[str]:
+    return [line for line in file.read_text().splitlines() if text in line] if file.exists() else []
+
+
+def node_name() -> str:
+    return subprocess.run(["sinfo", "--noheader", "--Node", "--format=%N"], capture_output=True, text=True,
+                          check=True).stdout.split()[0]
+
+
+def scontrol(*args: str) -> None:
+    subprocess.run(["scontrol", *args], check=True, capture_output=True, text=True)
+
+
+def controller_pid() -> int | None:
+    pid_file = Path("/run/slurmctld.pid")
+    pid = int(pid_file.read_text()) if pid_file.is_file() else None
+    return pid if pid is not None and psutil.pid_exists(pid) else None
+
+
+@pytest.fixture
+def cluster_restored():
+    """However a test that stops the controller or takes the node out ends, both are back after it."""
+    yield
+    if controller_pid() is None:
+        subprocess.run(["slurmctld"], check=True)
+        wait_for(lambda: subprocess.run(["sinfo"], capture_output=True).returncode == 0, "slurmctld answering",
+                 limit_s=60)
+    state = subprocess.run(["sinfo", "--noheader", "--Node", "--format=%T"], capture_output=True, text=True).stdout
+    if re.match(r"(drain|down)", state.strip()):
+        scontrol("update", f"nodename={node_name()}", "state=resume")
+
+
+def job_process(job_id: str) -> psutil.Process | None:
+    """The Python process of SLURM job `job_id` (`<array>_<task>`) on this node."""
+    array, task = job_id.split("_")
+    for process in psutil.process_iter(["name", "cmdline"]):
+        try:
+            command = " ".join(process.info["cmdline"] or [])
+            if "python" in (process.info["name"] or "") and "submitit.core._submit" in command:
+                env = process.environ()
+                if (env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")) == (array, task):
+                    return process
+        except psutil.Error:
+            continue
+    return None
+
+
+def hold_signals(pid: int) -> None:
+    """Stops the main thread of process `pid` under ptrace (as a debugger would) until the process
+    dies: the signals SLURM sends a cancelled job (SIGCONT, SIGTERM) then never reach its Python
+    handlers, so it cannot close its run, and SLURM SIGKILLs it after KillWait, like a job hung on a
+    dead disk. A thread does it: the tracer must also collect the process's end."""
+    attached, problem = threading.Event(), []
+
+    def trace():
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.ptrace(ctypes.c_long(16), ctypes.c_int(pid), None, None) != 0:  # PTRACE_ATTACH
+            problem.append(os.strerror(ctypes.get_errno()))
+        attached.set()
+        while not problem:
+            try:
+                _, status = os.waitpid(pid, 0x40000000)  # __WALL: a traced process that is not our child
+            except ChildProcessError:
+                return
+            if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                return
+
+    threading.Thread(target=trace, daemon=True).start()
+    attached.wait(30)
+    assert not problem, f"ptrace of the job's process refused: {problem}"
+
+
 def job_run_with_epoch(cwd: Path, job_num: int, epoch: int) -> bool:
     """True once sweep job `job_num` logged `d_loss` for `epoch` (its checkpoint of that epoch is written)."""
     if not checkpointed(cwd, job_num):  # before it, the store may still be being created
@@ -113,6 +197,61 @@ def job_run_with_epoch(cwd: Path, job_num: int, epoch: int) -> bool:
         return False
 
 
+# The rules that read SLURM's answers, on answers as SLURM gives them.
+
+NODE = {"name": "vm", "cpus": 2, "mem_mb": 24105.0, "reason": ""}
+ONE_CPU = {"cpus_per_task": 1, "mem_gb": 2}
+
+
+def test_a_job_is_lost_only_once_squeue_and_sacct_agree_for_lost_after_s():
+    watch = slurm_wait.LostWatch(lost_after_s=120)
+    assert not watch.observe("7_0", "COMPLETED", None, now=0)  # ended: its result file may come late
+    assert not watch.observe("7_0", None, None, now=119)  # forgotten by squeue, still within the wait
+    assert watch.observe("7_0", None, None, now=120)
+    # NODE_FAIL, then SLURM requeues it: the count starts again from the next end.
+    assert not watch.observe("7_1", "NODE_FAIL", None, now=0)
+    assert not watch.observe("7_1", "PENDING", None, now=100)
+    assert not watch.observe("7_1", "NODE_FAIL", None, now=130)
+    assert watch.next_verdict(["7_0", "7_1"]) == 250
+    assert not watch.observe("7_1", "NODE_FAIL", None, now=249) and watch.observe("7_1", "NODE_FAIL", None, now=250)
+    # Accounting that says the job runs (squeue forgot it across a controller restart) is believed.
+    assert not watch.observe("7_2", None, "RUNNING", now=0) and not watch.observe("7_2", None, "RUNNING", now=500)
+    assert not watch.observe("7_2", None, "CANCELLED", now=501) and watch.observe("7_2", None, "CANCELLED", now=621)
+
+
+def test_only_a_request_beyond_every_nodes_configuration_never_starts():
+    drained, unknown = {**NODE, "state": "drained", "reason": "test"}, {**NODE, "state": "unknown"}
+    for nodes in ([drained], [unknown], [{**NODE, "state": "completing"}], [{**NODE, "state": "down*"}]):
+        assert not slurm_wait.never_fits(nodes, ONE_CPU)  # a node that is not taking jobs now is waited for
+    assert slurm_wait.never_fits([drained], {"cpus_per_task": 64, "mem_gb": 2})
+    assert slurm_wait.never_fits([{**NODE, "state": "idle"}], {"cpus_per_task": 1, "mem_gb": 100})
+    for unknown_nodes in (None, []):  # sinfo gave no answer, or no node: no verdict
+        assert not slurm_wait.never_fits(unknown_nodes, {"cpus_per_task": 64})
+    # What pending jobs wait for: said only when every node that could run them takes no job.
+    assert slurm_wait.node_wait([drained], ONE_CPU) == "node vm is drained (reason: test)"
+    draining = {**NODE, "state": "draining", "reason": "test"}  # its running jobs go on
+    assert slurm_wait.node_wait([draining], ONE_CPU) == "node vm is drained (reason: test)"
+    assert "unknown to the controller" in slurm_wait.node_wait([unknown], ONE_CPU)
+    assert slurm_wait.node_wait([drained, {**NODE, "name": "vm2", "state": "mixed"}], ONE_CPU) is None
+    assert slurm_wait.node_wait([{**NODE, "state": "completing"}], ONE_CPU) is None
+
+
+def test_a_wait_is_said_once_per_episode():
+    said = []
+    notices = slurm_wait.Notices(said.append)
+    for line in ("controller down", "controller down", None, "controller down", "controller down"):
+        notices.track("controller", line)
+    assert said == ["controller down", "controller down"]
+
+
+@pytest.mark.parametrize("value", [-1, "soon", True])
+def test_lost_after_s_must_be_seconds(value):
+    with pytest.raises(ValueError, match=r"hydra\.launcher\.lost_after_s=.*a number >= 0"):
+        slurm_wait.check_lost_after(value)
+    assert slurm_wait.check_lost_after(0) == 0.0
+
+
+@cluster
 def test_a_sweep_runs_as_a_job_array(workdir):
     result = run_cli([*SLURM, "dropout=0.1,0.3", *TINY, "epochs=2"], workdir)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -129,6 +268,7 @@ def test_a_sweep_runs_as_a_job_array(workdir):
     assert "Bypassing sacct" not in result.stdout + result.stderr
 
 
+@cluster
 @pytest.mark.parametrize("ask, said", [
     ("hydra.launcher.cpus_per_task=64", "pending (PartitionConfig)"),
     ("hydra.launcher.mem_gb=100000", "SLURM refused the sweep's jobs"),
@@ -147,6 +287,7 @@ def test_an_array_that_cannot_start_is_cancelled_with_a_message(workdir, ask, sa
     assert parent.info.status == "FAILED" and children == []
 
 
+@cluster
 def test_a_cancelled_job_is_reported_and_the_sweep_ends(workdir):
     # Job 1 trains long enough to be cancelled while it runs; job 0 finishes.
     sweep = start_sweep([*SLURM, "epochs=2,500", *TINY], workdir)
@@ -165,6 +306,7 @@ def test_a_cancelled_job_is_reported_and_the_sweep_ends(workdir):
     assert "summary/sweep_summary.csv" in artifact_paths(store_client(workdir), parent.info.run_id)
 
 
+@cluster
 def test_a_preempted_and_a_requeued_job_continue_their_own_runs(workdir):
     # Epochs long enough (steps) that the signal lands while training goes on.
     epochs = 3
@@ -191,6 +333,41 @@ def test_a_preempted_and_a_requeued_job_continue_their_own_runs(workdir):
     assert f"Requeued job {preempted}" in log  # submitit handled USR2 as a preemption
 
 
+@cluster
+def test_a_drained_node_a_restarted_controller_and_a_failed_node_are_waited_for(workdir, cluster_restored):
+    node, err_file = node_name(), workdir / "sweep.err"
+    # Two CPUs a job: job 0 runs while job 1 waits for it (Resources); job 0 has epochs enough for what follows.
+    sweep = start_sweep([*SLURM, "hydra.launcher.cpus_per_task=2", "epochs=12,1", *QUICKER, "steps_per_epoch=60"],
+                        workdir, err_file)
+    wait_for(lambda: job_run_with_epoch(workdir, 0, 1), "epoch 1 of job 0", sweep)
+    job = slurm_job_id(workdir, 0)
+    scontrol("update", f"nodename={node}", "state=drain", "reason=ganlab test")  # job 0 goes on, job 1 may not start
+    drained = f"ganlab: waiting: node {node} is drained (reason: ganlab test)"
+    wait_for(lambda: lines_with(drained, err_file), "the line saying the sweep waits for the drained node", sweep)
+    os.kill(controller_pid(), signal.SIGTERM)  # a controller restart: down, then up again
+    unreachable = "ganlab: waiting for SLURM's controller, which does not answer"
+    wait_for(lambda: lines_with(unreachable, err_file), "the line saying the sweep waits for slurmctld", sweep)
+    wait_for(lambda: controller_pid() is None, "slurmctld stopped")
+    subprocess.run(["slurmctld"], check=True)
+    wait_for(lambda: subprocess.run(["sinfo"], capture_output=True).returncode == 0, "slurmctld answering", sweep)
+    assert slurm_states([job]).get(job) == "RUNNING", "job 0 ended before its node could fail under it"
+    scontrol("update", f"nodename={node}", "state=down", "reason=ganlab test")  # NODE_FAIL: SLURM requeues job 0
+    wait_for(lambda: slurm_states([job]).get(job) == "PENDING", f"{job} requeued", sweep)
+    scontrol("update", f"nodename={node}", "state=resume")
+    scontrol("update", f"JobId={job}", "StartTime=now")  # not the two minutes SLURM holds a requeued job back
+    sweep.wait(timeout=600)
+    err = err_file.read_text()
+    assert sweep.returncode == 0, err[-3000:]
+    assert len(lines_with(drained, err_file)) == 1 and len(lines_with(unreachable, err_file)) == 1, err[-3000:]
+    assert not re.search(r"cancel|did not finish|Traceback", err), err[-3000:]
+    parent, children = parent_and_children(workdir)
+    assert parent.info.status == "FINISHED"
+    assert [child.info.status for child in children] == ["FINISHED", "FINISHED"]
+    assert int(children[0].data.tags["resumed_from_epoch"]) >= 1  # job 0 continued its own run
+    assert logged_epochs(workdir, 0) == list(range(1, 13))
+
+
+@cluster
 def test_ctrl_c_of_the_sweep_cancels_its_jobs_and_sweep_resume_finishes_them(workdir):
     # 60 epochs take far longer than the Ctrl-C below needs to arrive; eval once, at the end.
     args = [*SLURM, "dropout=0.1,0.3", *TINY, "epochs=60", "eval.every=60"]
@@ -198,15 +375,20 @@ def test_ctrl_c_of_the_sweep_cancels_its_jobs_and_sweep_resume_finishes_them(wor
     for job_num in (0, 1):
         wait_for(lambda: checkpointed(workdir, job_num), f"checkpoint of job {job_num}", sweep)
     jobs = [slurm_job_id(workdir, 0), slurm_job_id(workdir, 1)]
+    # Job 1 hangs as on a dead disk: SLURM's SIGTERM never reaches it, SLURM SIGKILLs it after KillWait.
+    hold_signals(wait_for(lambda: job_process(jobs[1]), f"the process of {jobs[1]}", sweep).pid)
     sweep.send_signal(signal.SIGINT)
     out, err = sweep.communicate(timeout=200)
     assert sweep.returncode == 130, err[-3000:]
     assert f"cancelled its 2 unfinished SLURM job(s) {', '.join(jobs)}" in err
+    assert "ganlab: closed KILLED the run(s) of sweep job(s) 1: SLURM killed them before they could close" in err
     assert "Traceback" not in out + err
     assert not ACTIVE_STATES & set(slurm_states(jobs).values())
     parent, children = parent_and_children(workdir)
     assert parent.info.status == "KILLED"
     assert [child.info.status for child in children] == ["KILLED", "KILLED"]
+    assert "killed before it could close its run" in children[1].data.tags[FAILURE_TAG]  # closed by the sweep
+    assert "killed before" not in children[0].data.tags[FAILURE_TAG]  # closed by the job itself
 
     again = run_cli([*args, f"sweep.resume={parent.info.run_id}"], workdir)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -18,8 +18,6 @@ LOSS_STUDY = STUDY / "losses"
 # Each published comparison: its folder, its record, and the report options that made it.
 PUBLISHED = {
     ".": (STUDY, ["--by", "dropout,label_smoothing", "--reference", "dropout=0.3,label_smoothing=0.1"]),
-    "dropout": (STUDY, ["--by", "dropout", "--reference", "dropout=0.3"]),
-    "label_smoothing": (STUDY, ["--by", "label_smoothing", "--reference", "label_smoothing=0.1"]),
     "losses": (LOSS_STUDY, ["--by", "loss", "--reference", "loss=ns"]),
 }
 PAGES = [REPO / "README.md", REPO / "docs" / "sweeps.md", STUDY / "README.md", LOSS_STUDY / "README.md"]
@@ -28,7 +26,7 @@ DIFFERENCE = re.compile(r"[+-]\d[\d.e+-]* \[-?\d[\d.e+-]*, -?\d[\d.e+-]*\]")
 
 
 def folder_of(name: str):
-    return STUDY / name if name in ("dropout", "label_smoothing") else STUDY if name == "." else LOSS_STUDY
+    return STUDY if name == "." else LOSS_STUDY
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
@@ -93,3 +91,28 @@ def test_the_baseline_record_is_read_and_compared_like_the_study(tmp_path, capsy
     assert {row["group"] for row in rows} == {"dtype=fp32", "dtype=bf16"}
     assert all(row["diff"] == "" for row in rows if row["group"] == "dtype=fp32")  # the reference
     assert all(row["diff"] != "" for row in rows if row["group"] == "dtype=bf16")
+
+
+def test_grouping_the_grid_by_one_knob_is_refused_not_pooled(tmp_path, capsys):
+    """The grid's record grouped by dropout alone would count label_smoothing's values as seeds: one line, exit 2."""
+    code = report.main(["--record", str(STUDY / "runs.csv"), "--by", "dropout", "--reference", "dropout=0.3",
+                        "--out", str(tmp_path)])
+    error = capsys.readouterr().err
+    assert code == 2 and len(error.strip().splitlines()) == 1, error
+    assert error.startswith("error: --by: the group dropout=") and "3 values of label_smoothing" in error
+    assert "(dropout, label_smoothing)" in error and not (tmp_path / "comparison.csv").exists()
+
+
+def test_every_published_verdict_is_decided_by_q():
+    """A row called clear has q < 0.05; a row whose unadjusted interval alone excludes 0 says so, and is not clear."""
+    for name in PUBLISHED:
+        with open(folder_of(name) / "comparison.csv") as stream:
+            rows = {(row["group"], row["metric"], row["epoch"]): row for row in csv.DictReader(stream)}
+        for line in (folder_of(name) / "comparison.md").read_text().splitlines():
+            if not line.startswith("| "):
+                continue
+            if "**clear**" in line:
+                assert float(line.split(" | ")[6].replace("<", "")) < 0.05, line
+            if "(p < 0.05 alone)" in line:
+                assert not line.split(" | ")[6].startswith("<") and float(line.split(" | ")[6]) >= 0.05, line
+        assert all(row["q_value"] for row in rows.values() if row["p_value"] not in ("", "nan"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -14,39 +15,25 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import QUICK, all_runs, artifact_paths, run_cli, store_client
-
-
-def split_parent(runs):
-    parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
-    children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
-    assert len(parents) == 1
-    assert all(child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for child in children)
-    return parents[0], sorted(children, key=lambda child: int(child.data.tags["sweep.job_num"]))
-
-
-@pytest.fixture(scope="module")
-def dropout_sweep(tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("sweep")
-    result = run_cli(["-m", "dropout=0.1,0.3", *QUICK], cwd)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return cwd
+from conftest import QUICK, SHARED_EPOCHS, all_runs, artifact_paths, run_cli, store_client, sweep_runs
+from ganlab import report
 
 
 def test_sweep_makes_a_parent_and_finished_children(dropout_sweep):
-    parent, children = split_parent(all_runs(dropout_sweep))
+    parent, children = dropout_sweep.parent, dropout_sweep.children
     assert parent.info.status == "FINISHED"
     assert [child.info.status for child in children] == ["FINISHED", "FINISHED"]
     assert [child.data.params["dropout"] for child in children] == ["0.1", "0.3"]
     assert len({child.data.tags["sweep.id"] for child in children}) == 1
+    assert all(child.data.tags["mlflow.parentRunId"] == parent.info.run_id for child in children)
 
 
-def test_sweep_summary_is_on_the_parent(dropout_sweep):
-    client = store_client(dropout_sweep)
-    parent, children = split_parent(all_runs(dropout_sweep))
+def test_sweep_summary_is_on_the_parent(dropout_sweep, tmp_path):
+    client = store_client(dropout_sweep.cwd)
+    parent, children = dropout_sweep.parent, dropout_sweep.children
     artifacts = artifact_paths(client, parent.info.run_id)
     assert {"summary/sweep_summary.csv", "summary/sweep_summary.md", "summary/sweep_samples.png"} <= artifacts
-    table = client.download_artifacts(parent.info.run_id, "summary/sweep_summary.csv", str(dropout_sweep))
+    table = client.download_artifacts(parent.info.run_id, "summary/sweep_summary.csv", str(tmp_path))
     with open(table) as stream:
         rows = list(csv.DictReader(stream))
     assert [row["dropout"] for row in rows] == ["0.1", "0.3"]
@@ -54,33 +41,23 @@ def test_sweep_summary_is_on_the_parent(dropout_sweep):
     assert all(row["status"] == "FINISHED" for row in rows)
 
 
-def test_failed_job_is_recorded_and_the_sweep_goes_on(workdir):
-    result = run_cli(["-m", "dropout=1.5,0.2", *QUICK], workdir)
-    assert result.returncode != 0
-    assert "1 of 2 sweep jobs did not finish" in result.stderr
-    parent, children = split_parent(all_runs(workdir))
-    assert [child.info.status for child in children] == ["FAILED", "FINISHED"]
-    assert "dropout: got 1.5" in children[0].data.tags["failure_reason"]
-    assert "error.txt" in artifact_paths(store_client(workdir), children[0].info.run_id)
-    assert "fid" in children[1].data.metrics
-    assert parent.info.status == "FAILED"
-    assert "summary/sweep_summary.csv" in artifact_paths(store_client(workdir), parent.info.run_id)
-
-
-def test_parallel_launcher_runs_every_job_with_every_epoch(workdir):
-    args = ["-m", "hydra/launcher=parallel", "dropout=0.0,0.3", "label_smoothing=0.0,0.2", *QUICK, "epochs=2"]
+def test_eight_parallel_jobs_into_one_fresh_store_each_with_every_epoch(workdir):
+    """The parallel launcher with eight jobs at once writing into a store none of them found: no lost
+    write, every job FINISHED with every epoch, the cores shared out, and the summary's heatmap."""
+    args = ["-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=8", "dropout=0.0,0.3", "label_smoothing=0.0,0.2",
+            "seed=0,1", *QUICK, "epochs=2", "steps_per_epoch=3"]
     result = run_cli(args, workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "database is locked" not in result.stderr
     client = store_client(workdir)
-    parent, children = split_parent(all_runs(workdir))
-    assert len(children) == 4 and all(child.info.status == "FINISHED" for child in children)
-    assert {(c.data.params["dropout"], c.data.params["label_smoothing"]) for c in children} == {
-        ("0.0", "0.0"), ("0.0", "0.2"), ("0.3", "0.0"), ("0.3", "0.2")}
+    parent, children = sweep_runs(workdir)
+    assert len(children) == 8 and all(child.info.status == "FINISHED" for child in children)
+    assert sorted((c.data.params["dropout"], c.data.params["label_smoothing"], c.data.params["seed"]) for c in children) == [
+        (dropout, smoothing, seed) for dropout in ("0.0", "0.3") for smoothing in ("0.0", "0.2") for seed in ("0", "1")]
     for child in children:
-        assert child.data.params["threads"] == str(max(1, os.cpu_count() // 2))  # null: the job takes cores / n_jobs
-        for metric in ("d_loss", "g_loss", "steps_per_sec"):
-            assert [point.step for point in client.get_metric_history(child.info.run_id, metric)] == [1, 2]
+        assert child.data.params["threads"] == str(max(1, os.cpu_count() // 8))  # null: the job takes cores / n_jobs
+        for metric in ("d_loss", "g_loss", "d_real", "d_fake", "steps_per_sec"):
+            assert [point.step for point in client.get_metric_history(child.info.run_id, metric)] == [1, 2], metric
     assert "summary/sweep_heatmap_fid.png" in artifact_paths(client, parent.info.run_id)
 
 
@@ -92,11 +69,11 @@ def free_port() -> int:
 
 def test_runs_read_back_through_a_real_mlflow_server(dropout_sweep):
     port = free_port()
-    store = f"sqlite:///{dropout_sweep / 'mlruns' / 'mlflow.db'}"
+    store = f"sqlite:///{dropout_sweep.cwd / 'mlruns' / 'mlflow.db'}"
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store, "--host", "127.0.0.1",
          "--port", str(port), "--workers", "1"],
-        cwd=dropout_sweep, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=dropout_sweep.cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
         remote = MlflowClient(tracking_uri=f"http://127.0.0.1:{port}")
@@ -110,30 +87,36 @@ def test_runs_read_back_through_a_real_mlflow_server(dropout_sweep):
                     raise
                 time.sleep(1)
         over_rest = {run.info.run_id: run for run in remote.search_runs([experiment.experiment_id])}
-        local = {run.info.run_id: run for run in all_runs(dropout_sweep)}
+        local = {run.info.run_id: run for run in all_runs(dropout_sweep.cwd)}
         assert set(over_rest) == set(local) and len(local) == 3
         for run_id, run in local.items():
             assert over_rest[run_id].info.status == run.info.status
             assert over_rest[run_id].data.params == run.data.params
             assert over_rest[run_id].data.metrics == run.data.metrics
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        os.killpg(server.pid, signal.SIGTERM)  # the server and its workers
+        try:
+            server.wait(timeout=120)
+        except subprocess.TimeoutExpired:  # a loaded machine: do not leave it behind
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
 
 
-def test_report_tables_a_sweep_by_group(dropout_sweep):
-    result = run_cli(["--by", "dropout", "--epochs", "1", "--metrics", "fid,g_loss", "--out", "report"],
-                     dropout_sweep, module="ganlab.report")
-    assert result.returncode == 0, result.stderr[-2000:]
-    table = (dropout_sweep / "report" / "scores.md").read_text()
-    parent, children = split_parent(all_runs(dropout_sweep))
+def test_report_tables_a_sweep_by_group(dropout_sweep, tmp_path, capsys):
+    """In-process (the report's CLI itself runs in test_defensible_scores): the newest sweep, grouped by dropout."""
+    out = tmp_path / "report"
+    uri = f"sqlite:///{dropout_sweep.cwd / 'mlruns' / 'mlflow.db'}"
+    assert report.main(["--tracking-uri", uri, "--by", "dropout", "--epochs", str(SHARED_EPOCHS), "--metrics", "fid,g_loss",
+                        "--out", str(out)]) == 0, capsys.readouterr().err[-2000:]
+    table = (out / "scores.md").read_text()
+    parent, children = dropout_sweep.parent, dropout_sweep.children
     assert parent.info.run_id in table
     for child in children:
         assert f"**dropout={child.data.params['dropout']} (1 run)**" in table
-        assert f"| 1 | {child.data.metrics['fid']:.3g} ± n/a | {child.data.metrics['g_loss']:.3g} ± n/a |" in table
-    assert (dropout_sweep / "report" / "samples_0.1.png").read_bytes()[:4] == b"\x89PNG"
-    assert (dropout_sweep / "report" / "sweep_samples.png").read_bytes()[:4] == b"\x89PNG"
-    assert not list((dropout_sweep / "report").glob("grid_*"))  # the downloaded grids stay out of the report
+        assert f"| {SHARED_EPOCHS} | {child.data.metrics['fid']:.3g} ± n/a | {child.data.metrics['g_loss']:.3g} ± n/a |" in table
+    assert (out / "samples_0.1.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "sweep_samples.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list(out.glob("grid_*"))  # the downloaded grids stay out of the report
 
 
 FAULTS = '''
@@ -160,25 +143,33 @@ if os.environ.get("GANLAB_TEST_FAULTS"):
 '''
 
 
-def test_an_unexpected_error_in_a_sweep_job_is_printed_and_counted(workdir, tmp_path):
-    """Nothing silent: each failing job prints its error, its run (if any) ends FAILED, and the
-    parent counts both jobs, with and without a run, among those that did not finish."""
+def test_failed_jobs_are_printed_counted_and_recorded_and_the_sweep_goes_on(workdir, tmp_path):
+    """Nothing silent, in one sweep of four jobs: a bad value (its run FAILED with the reason and
+    error.txt), an unexpected error before the job's run exists and one after it, and a job that
+    finishes. Each failing job prints its error, and the parent counts the three among those that
+    did not finish, ends FAILED and still holds the summary."""
     injected = tmp_path / "faults"
     injected.mkdir()
     (injected / "sitecustomize.py").write_text(FAULTS)
     env = {"GANLAB_TEST_FAULTS": "1", "PYTHONPATH": os.pathsep.join([str(injected), os.environ.get("PYTHONPATH", "")])}
-    result = run_cli(["-m", "dropout=0.1,0.3,0.5", *QUICK], workdir, env=env)
+    result = run_cli(["-m", "dropout=0.1,1.5,0.3,0.5", *QUICK], workdir, env=env)
     assert result.returncode == 1
     assert "RuntimeError: injected fault before the run" in result.stderr
     assert "RuntimeError: injected fault after the run" in result.stderr
     assert "Traceback" in result.stdout  # the job's log line carries the traceback
-    assert "2 of 3 sweep jobs did not finish" in result.stderr
-    parent, children = split_parent(all_runs(workdir))
-    assert [child.data.params["dropout"] for child in children] == ["0.3", "0.5"]
-    assert [child.info.status for child in children] == ["FINISHED", "FAILED"]
-    assert "injected fault after the run" in children[1].data.tags["failure_reason"]
-    assert parent.info.status == "FAILED" and parent.data.tags["sweep.jobs"] == "1 of 3 finished"
+    assert "3 of 4 sweep jobs did not finish" in result.stderr
+    parent, children = sweep_runs(workdir)
+    assert [child.data.tags["sweep.job_num"] for child in children] == ["1", "2", "3"]  # job 0 never had a run
+    assert [child.data.params.get("dropout") for child in children[1:]] == ["0.3", "0.5"]  # a refused value logs none
+    assert [child.info.status for child in children] == ["FAILED", "FINISHED", "FAILED"]
+    assert "dropout: got 1.5" in children[0].data.tags["failure_reason"]
+    client = store_client(workdir)
+    assert "error.txt" in artifact_paths(client, children[0].info.run_id)
+    assert "fid" in children[1].data.metrics
+    assert "injected fault after the run" in children[2].data.tags["failure_reason"]
+    assert parent.info.status == "FAILED" and parent.data.tags["sweep.jobs"] == "1 of 4 finished"
+    assert "summary/sweep_summary.csv" in artifact_paths(client, parent.info.run_id)
     description = parent.data.tags["mlflow.note.content"]
-    assert "**2 of 3 jobs did not finish:**" in description
+    assert "**3 of 4 jobs did not finish:**" in description
     assert re.search(r"job 0 \(dropout=0\.1 [^)]*\): failed before its MLflow run existed", description)
-    assert re.search(r"job 2 \(dropout=0\.5 [^)]*\): RuntimeError: injected fault after the run", description)
+    assert re.search(r"job 3 \(dropout=0\.5 [^)]*\): RuntimeError: injected fault after the run", description)

@@ -1,5 +1,5 @@
 """What a sweep's parent run shows in the MLflow UI, read back after one real 2-job sweep through the
-CLI (two epochs, both evaluated): a montage image per epoch, no scores of its own, a readable
+CLI (conftest's shared sweep: two epochs, both evaluated): a montage image per epoch, no scores of its own, a readable
 description, a runs-table view of its children best first; and the names and links ganlab writes."""
 
 from __future__ import annotations
@@ -14,24 +14,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import QUICK, all_runs, artifact_paths, run_cli, store_client
+from conftest import SHARED_EPOCHS as EPOCHS, artifact_paths, store_client
 from ganlab.core import scores
 from ganlab.sweeps import summary as sweep_report
 from ganlab.tracking import store as tracking
 from ganlab.sweeps.sweep import SUMMARY
 
-EPOCHS = 2
-
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("parent_sweep")
-    result = run_cli(["-m", "dropout=0.1,0.3", *QUICK, f"epochs={EPOCHS}", "eval.every=1"], cwd)
-    assert result.returncode == 0, result.stderr[-3000:]
-    runs = all_runs(cwd)
-    (parent,) = [run for run in runs if run.data.tags.get(tracking.SWEEP_PARENT_TAG) == "true"]
-    children = [run for run in runs if run.data.tags.get(tracking.PARENT_RUN_TAG) == parent.info.run_id]
-    assert len(children) == 2 and all(child.info.status == "FINISHED" for child in children)
+def sweep(dropout_sweep):
+    """conftest's shared sweep, its jobs best first."""
+    cwd, result, parent, children = dropout_sweep
+    assert parent.data.tags[tracking.SWEEP_PARENT_TAG] == "true"
+    assert all(child.data.tags[tracking.PARENT_RUN_TAG] == parent.info.run_id for child in children)
     # lowest fid first; a tie in job order, as the sweep ranks them
     best_first = sorted(children, key=lambda run: (run.data.metrics[scores.FID], int(run.data.tags[tracking.JOB_NUM_TAG])))
     return cwd, result, parent, best_first
@@ -46,7 +41,7 @@ def step_images(client, run_id: str, key: str) -> dict[int, str]:
     return found
 
 
-def test_the_parent_logs_a_montage_of_the_jobs_grids_at_every_epoch(sweep):
+def test_the_parent_logs_a_montage_of_the_jobs_grids_at_every_epoch(sweep, tmp_path):
     cwd, _, parent, children = sweep
     client = store_client(cwd)
     montages = step_images(client, parent.info.run_id, sweep_report.SAMPLES_KEY)
@@ -54,12 +49,12 @@ def test_the_parent_logs_a_montage_of_the_jobs_grids_at_every_epoch(sweep):
     assert sorted(montages) == sorted({sweep_report.LATEST_STEP, *range(1, EPOCHS + 1)})
     assert parent.data.tags.get("mlflow.loggedImages") == "True"  # what makes the UI offer the image card
     grid = step_images(client, children[0].info.run_id, sweep_report.SAMPLES_KEY)[EPOCHS]
-    with Image.open(client.download_artifacts(children[0].info.run_id, grid, str(cwd))) as child_grid:
+    with Image.open(client.download_artifacts(children[0].info.run_id, grid, str(tmp_path))) as child_grid:
         grid_width = child_grid.size[0]
-    with Image.open(client.download_artifacts(parent.info.run_id, montages[EPOCHS], str(cwd))) as montage:
+    with Image.open(client.download_artifacts(parent.info.run_id, montages[EPOCHS], str(tmp_path))) as montage:
         assert montage.size[0] > 2 * grid_width  # two tiles side by side, not one job's grid
-    final = client.download_artifacts(parent.info.run_id, f"summary/{sweep_report.MONTAGE}", str(cwd))
-    latest = client.download_artifacts(parent.info.run_id, montages[sweep_report.LATEST_STEP], str(cwd))
+    final = client.download_artifacts(parent.info.run_id, f"summary/{sweep_report.MONTAGE}", str(tmp_path))
+    latest = client.download_artifacts(parent.info.run_id, montages[sweep_report.LATEST_STEP], str(tmp_path))
     with Image.open(latest) as latest, Image.open(final) as kept:
         assert np.array_equal(np.asarray(latest.convert("RGB")), np.asarray(kept.convert("RGB")))
 

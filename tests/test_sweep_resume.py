@@ -12,7 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EVAL_CACHE, QUICK, all_runs, run_cli, store_client
+from conftest import EVAL_CACHE, QUICK, all_runs, artifact_paths, run_cli, store_client
+from omegaconf import OmegaConf
+
+from ganlab.core.errors import InputError
+from ganlab.tracking import store as tracking
 from ganlab.training import checkpoint
 from ganlab.core import scores
 from ganlab.training.job import signals_as_interrupt
@@ -91,12 +95,17 @@ def test_sweep_resume_refuses_what_it_cannot_continue_and_skips_a_finished_sweep
     assert len(all_runs(workdir)) == 3  # nothing new was started
 
     sweep_dir = parent.data.tags["sweep.dir"]  # a sweep may be named by its folder too
+    folders = sorted((workdir / "outputs" / "multirun").iterdir())
+    client = store_client(workdir)
+    artifacts = artifact_paths(client, parent.info.run_id)
     again = run_cli(["-m", "dropout=0.1,0.3", *QUICK, f"sweep.resume={sweep_dir}"], workdir)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("finished in run") == 2 and "epoch 1/1" not in again.stdout
-    parent, children = parent_and_children(workdir)
-    assert parent.info.status == "FINISHED" and len(children) == 2
-    assert parent.data.tags["sweep.jobs"] == "2 of 2 finished"
+    assert f"sweep {parent.info.run_id} has finished (2 of 2 finished); nothing to continue." in again.stdout
+    assert "epoch 1/1" not in again.stdout
+    assert sorted((workdir / "outputs" / "multirun").iterdir()) == folders  # no empty sweep folder
+    after, children = parent_and_children(workdir)
+    assert after.info.status == "FINISHED" and after.info.end_time == parent.info.end_time and len(children) == 2
+    assert artifact_paths(client, parent.info.run_id) == artifacts  # no picture logged twice
 
 
 def test_a_stopped_parallel_sweep_leaves_no_run_running_and_goes_on_with_sweep_resume(workdir):
@@ -124,6 +133,22 @@ def test_a_stopped_parallel_sweep_leaves_no_run_running_and_goes_on_with_sweep_r
         assert sorted(steps) == list(range(1, 21))
 
 
+def test_a_refused_checkpoint_of_a_sweep_job_leaves_its_run_failed_not_running(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    client, experiment_id = tracking.open_store(uri, "ganlab")
+    parent = client.create_run(experiment_id, tags={tracking.SWEEP_PARENT_TAG: "true"}).info.run_id
+    folder = tmp_path / "outputs" / "multirun" / "x" / "0"
+    (folder / checkpoint.FOLDER).mkdir(parents=True)
+    (folder / checkpoint.FOLDER / checkpoint.FILE).write_bytes(b"PK\x03\x04 cut short by a full disk")
+    child = client.create_run(experiment_id, tags={tracking.PARENT_RUN_TAG: parent, tracking.JOB_NUM_TAG: "0",
+                                                   tracking.OVERRIDES_TAG: "dropout=0.1", "output_dir": str(folder)})
+    cfg = OmegaConf.create({"resume": None, "tracking": {"uri": uri, "experiment": "ganlab"}})
+    with pytest.raises(InputError, match="cannot be read"):
+        checkpoint.look_up(cfg, parent, "0", ["dropout=0.1"])
+    after = client.get_run(child.info.run_id)
+    assert after.info.status == "FAILED" and "cannot be read" in after.data.tags["failure_reason"]
+
+
 def test_only_the_first_stop_interrupts_a_job_a_later_one_cannot_cut_its_closing_short():
     with pytest.raises(KeyboardInterrupt):
         with signals_as_interrupt():
@@ -135,3 +160,18 @@ def test_only_the_first_stop_interrupts_a_job_a_later_one_cannot_cut_its_closing
         os.kill(os.getpid(), signal.SIGTERM)  # noted and ignored
         os.kill(os.getpid(), signal.SIGINT)
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before  # the old handlers are back
+
+
+def test_sweep_resume_of_a_sweeper_that_cannot_continue_is_refused_in_one_line(capsys):
+    from ganlab.sweeps.sweep import refuse_unresumable_sweeper
+
+    optuna = OmegaConf.create({"hydra": {"sweeper": {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"}}})
+    with pytest.raises(SystemExit) as refused:
+        refuse_unresumable_sweeper(optuna)
+    assert refused.value.code == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: sweep.resume: continues sweeps of Hydra's basic sweeper (a grid) or ganlab's own, "
+                           "not of OptunaSweeper")
+    for resumable in ("hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                      "hydra_plugins.ganlab_sweepers.settle.SettleSweeper"):
+        refuse_unresumable_sweeper(OmegaConf.create({"hydra": {"sweeper": {"_target_": resumable}}}))  # no exit

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ganlab.core import scores
 from ganlab.tracking import store as tracking
+from ganlab.tracking.job_run import FAILURE_TAG
 from ganlab.baseline.record import (EPOCH_METRICS, MACHINE_JSON, RECORDED_STEPS, RUNS_CSV, TABLE_MD, step_metric,
                              write_baseline)
 from ganlab.core.config import WHERE_KEYS
@@ -46,7 +47,7 @@ def read_job(client, run) -> JobResult:
               if epoch in evaluated}
     return JobResult(seed=int(run.data.params.get("seed", -1)), dtype=run_dtype(run) or "?", values=values,
                      steps=_first_steps(client, run.info.run_id), environment=run_environment(run),
-                     status=run.info.status, failure=run.data.tags.get("failure_reason", ""), run_id=run.info.run_id)
+                     status=run.info.status, failure=run.data.tags.get(FAILURE_TAG, ""), run_id=run.info.run_id)
 
 
 def _first_steps(client, run_id: str) -> dict[tuple[str, int], float]:
@@ -94,7 +95,7 @@ def run_environment(run, fallback: dict | None = None) -> dict:
         "python": tags.get("version.python", "unknown"),
         "versions": {package: tags.get(f"version.{package}", fallback.get("versions", {}).get(package, "unknown"))
                      for package in tracking.PACKAGES},
-        "data_sha256": tags.get("data.sha256", "unknown"),
+        "data_sha256": tags.get(tracking.DATA_SHA_TAG, "unknown"),
     }
 
 
@@ -167,9 +168,9 @@ def record_sweep(folder: Path, uri: str | None, experiment: str, parent: str | N
     started = client.get_run(parent).info.start_time
     machine.update({
         "date": datetime.datetime.fromtimestamp(started / 1000, datetime.timezone.utc).strftime("%Y-%m-%d"),
-        "data_source": first.data.tags.get("data.source", "unknown"),
+        "data_source": first.data.tags.get(tracking.DATA_SOURCE_TAG, "unknown"),
         "eval_classifier_sha256": first.data.tags.get("eval.classifier_sha256", "unknown"),
-        "overrides": record_overrides(first.data.tags.get("hydra.overrides", "")),
+        "overrides": record_overrides(first.data.tags.get(tracking.OVERRIDES_TAG, "")),
         "seeds": {dtype: sorted(found) for dtype, found in seeds.items()},
         "epochs": _as_int(first.data.params.get("epochs")),
         "steps_per_epoch": _as_int(first.data.params.get("steps_per_epoch_resolved", first.data.params.get("steps_per_epoch"))),
@@ -189,7 +190,7 @@ def _check_same(children, environments) -> None:
         "threads": [str(env["threads"]) for env in environments],
         "data": [env["data_sha256"] for env in environments],
         "ISA": [" ".join(env["isa"]) for env in environments],
-        "overrides": [" ".join(record_overrides(child.data.tags.get("hydra.overrides", ""))) for child in children],
+        "overrides": [" ".join(record_overrides(child.data.tags.get(tracking.OVERRIDES_TAG, ""))) for child in children],
         "epochs": [child.data.params.get("epochs") for child in children],
     }
     mixed = [name for name, found in facts.items() if len(set(found)) > 1]

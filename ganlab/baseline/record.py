@@ -27,6 +27,7 @@ from pathlib import Path
 from ganlab.core import scores
 from ganlab.core.config import DTYPES
 from ganlab.core.errors import InputError
+from ganlab.core.markdown import table as markdown_table
 from ganlab.core.record import DTYPE, RECORD_COLUMNS, Observation, read_observations, write_observations
 from ganlab.sweeps.seed_stats import welch
 
@@ -129,13 +130,8 @@ def baseline_table(record: Record) -> str:
     epochs = sorted({epoch for epoch in TABLE_EPOCHS if epoch in recorded} | {recorded[-1]})
     lines = [f"Baseline, {reference}: mean ± std over seeds {', '.join(map(str, seeds))} "
              f"(generated from docs/baseline/{RUNS_CSV} by `python -m ganlab.reproduce --write-table docs/baseline`).", "",
-             "| epoch | " + " | ".join(scores.HEADLINE) + " |", "|---" * (len(scores.HEADLINE) + 1) + "|"]
-    for epoch in epochs:
-        cells = []
-        for metric in scores.HEADLINE:
-            found = record.across_seeds(reference, metric, epoch)
-            cells.append(f"{statistics.fmean(found):.3g} ± {_std(found):.2g}" if found else "-")
-        lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
+             markdown_table(["epoch", *scores.HEADLINE], [[str(epoch), *_cells(record, reference, epoch)] for epoch in epochs],
+                            padded=False)]
     lines += ["", _bf16_verdict(record, reference), "",
               f"Made on {machine.get('cpu_model', 'an unknown CPU')} (ISA: {' '.join(machine.get('isa', [])) or 'none'}), "
               f"{machine.get('threads')} thread per job, TensorFlow {machine.get('versions', {}).get('tensorflow')}, "
@@ -167,6 +163,15 @@ def _bf16_verdict(record: Record, reference: str) -> str:
             f"{_std(theirs):.2g} (difference {difference.diff:+.3g}{interval}): {quality}. On this CPU {other} trains "
             f"{'slower' if ratio < 1 else 'faster'} than {reference}: {speed_ours:.3g} against {speed_theirs:.3g} "
             f"steps/s ({ratio:.2f}x; mean over seeds and epochs{', the first left out' if len(record.epochs(other)) > 1 else ''}).")
+
+
+def _cells(record, reference: str, epoch: int) -> list[str]:
+    """The table's row of `epoch`: each headline score's mean ± std over the record's seeds."""
+    cells = []
+    for metric in scores.HEADLINE:
+        found = record.across_seeds(reference, metric, epoch)
+        cells.append(f"{statistics.fmean(found):.3g} ± {_std(found):.2g}" if found else "-")
+    return cells
 
 
 def _std(values) -> float:

@@ -1,10 +1,12 @@
 """The verdict: does a rerun of the baseline reproduce its record? exact, consistent or differs, per seed.
 
-- **exact**: same ISA flags, same versions of NUMERIC_PACKAGES, same threads and data as
-  the record, and the first RECORDED_STEPS per-step losses equal the record's while every
+- **exact**: same ISA flags, same accelerator (machine.json's `accelerator`: "none" for a
+  CPU, else the GPUs nvidia-smi lists), same versions of NUMERIC_PACKAGES, same threads and
+  data as the record, and the first RECORDED_STEPS per-step losses equal the record's while every
   recorded value at every compared epoch is within EXACT_RTOL (relative). On that machine
   any other difference is a real change: **differs**.
-- **consistent**: something of ISA / versions / threads / data differs, and every score
+- **consistent**: something of ISA / accelerator / versions / threads / data differs (a GPU
+  rerun of a CPU record, for one: other kernels, other rounding), and every score
   (scores.SCORE_NAMES) at every compared epoch lies within the record's seed spread:
   z = (value - mean of the record's seeds) / spread, |z| <= Z_LIMIT, where spread is the
   seeds' standard deviation (ddof 1) at that epoch, but never below the score's pooled
@@ -12,7 +14,7 @@
   epoch 1, such as recall, does not make any non-zero value "differ"). This is a z-score,
   not a t-test: the rerun seeds are the record's own, so their values sit among the
   record's rather than being fresh draws.
-- **differs** otherwise, naming which of ISA / versions / threads / data differ.
+- **differs** otherwise, naming which of ISA / accelerator / versions / threads / data differ.
 
 Every compared value is a `Check`; `write_checks` writes them all as checks.csv (full
 precision) and checks.md. A job comes in as a `JobResult`, independent of MLflow, so the
@@ -28,9 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ganlab.core import scores
+from ganlab.core.markdown import table as markdown_table
 from ganlab.baseline.record import EPOCH_METRICS, Record, is_step
 
 NUMERIC_PACKAGES = ("tensorflow", "keras", "numpy", "scipy")  # their versions change the numbers
+NO_ACCELERATOR = "none"  # machine.json's accelerator for a CPU-only machine (ganlab.core.machine.accelerator)
 NOT_EXACT = (scores.STEPS_PER_SEC,)  # a timing: never the same twice
 EXACT_RTOL = 1e-6
 Z_LIMIT = 3.0
@@ -77,7 +81,7 @@ class SeedVerdict:
     seed: int
     verdict: str
     reason: str
-    differences: list[str] = field(default_factory=list)  # of ISA / versions / threads / data
+    differences: list[str] = field(default_factory=list)  # of ISA / accelerator / versions / threads / data
     checks: list[Check] = field(default_factory=list)
 
     def line(self) -> str:
@@ -85,10 +89,13 @@ class SeedVerdict:
 
 
 def environment_differences(record_env: dict, env: dict) -> dict[str, str]:
-    """{"ISA" | "versions" | "threads" | "data": what differs} between the record's machine and a job's."""
+    """{"ISA" | "accelerator" | "versions" | "threads" | "data": what differs} between the record's machine and a job's."""
     found = {}
     if set(record_env.get("isa", [])) != set(env.get("isa", [])):
         found["ISA"] = f"{' '.join(env.get('isa', [])) or 'none'} here, {' '.join(record_env.get('isa', [])) or 'none'} in the record"
+    if str(env.get("accelerator", NO_ACCELERATOR)) != str(record_env.get("accelerator", NO_ACCELERATOR)):
+        found["accelerator"] = (f"{env.get('accelerator', NO_ACCELERATOR)} here, "
+                                f"{record_env.get('accelerator', NO_ACCELERATOR)} in the record")
     versions = [f"{package} {env['versions'].get(package)} here, {record_env['versions'].get(package)} in the record"
                 for package in NUMERIC_PACKAGES
                 if env.get("versions", {}).get(package) != record_env.get("versions", {}).get(package)]
@@ -171,7 +178,7 @@ def judge(job: JobResult, record: Record, epochs: int) -> SeedVerdict:
     steps = len({check.epoch for check in checks if is_step(check.metric)})
     values = sum(not is_step(check.metric) for check in checks)
     if not differences:
-        same = "same ISA, versions, threads and data as the record"
+        same = "same ISA, accelerator, versions, threads and data as the record"
         if not unequal:
             return SeedVerdict(job.seed, EXACT, f"{same}; the losses of its first {steps} steps and all {values} "
                                                 f"recorded values of {span} equal the record's", named, checks)
@@ -237,8 +244,7 @@ def write_checks(verdicts: list[SeedVerdict], folder: Path) -> list[Path]:
     lines = ["# Reproduction against the record", "", *[f"- {verdict.line()}" for verdict in verdicts], "",
              "`epoch` is the step for step_* rows. z = (value - record seeds' mean) / spread; "
              f"exact needs a relative difference <= {EXACT_RTOL:g}.", "",
-             "| " + " | ".join(CHECK_COLUMNS) + " |", "|---" * len(CHECK_COLUMNS) + "|"]
-    lines += ["| " + " | ".join(_cell(cell) for cell in row) + " |" for row in rows]
+             markdown_table(list(CHECK_COLUMNS), [[_cell(cell) for cell in row] for row in rows], padded=False)]
     (folder / CHECKS_MD).write_text("\n".join(lines) + "\n")
     return [folder / CHECKS_CSV, folder / CHECKS_MD]
 

@@ -1,10 +1,13 @@
-"""Checks of a composed config before anything is built or trained.
+"""The job's config in one pass: resolved, checked and typed once, before anything is built or trained.
 
-Hydra composes whatever it is given; this is where a value of the wrong type or out of
-range becomes an `InputError` that names the key and says what is valid.
-`validate_tracking` checks what opening an MLflow run needs (it runs first, since a bad
-store cannot hold a FAILED run); `validate` checks everything else; checks that need the
-data (batch_size against the training-set size) are in `validate_against_data`.
+Hydra composes whatever it is given; `typed_config` is where it becomes a `JobConfig`, the frozen,
+typed object a job reads, or an `InputError` that names the key and says what is valid.
+The tracking keys are checked first (`validate_tracking`: a bad store cannot hold a FAILED
+run); a refusal of any other key is a `RefusedConfig` that carries the checked tracking
+settings, so the job records it in a FAILED run. Group choices are checked against the
+registries the caller hands in (the gan wing's, `ganlab.gan.choices`): core never imports
+a wing above it. Checks that need the data (batch_size against the training-set size) are
+in `validate_against_data`.
 """
 
 from __future__ import annotations
@@ -12,12 +15,14 @@ from __future__ import annotations
 import math
 import numbers
 import re
+from collections.abc import Mapping
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ganlab.core import scores
 from ganlab.core.errors import InputError
+from ganlab.core.job_config import JobConfig, TrackingConfig, check_batch_size, derived_steps
 
 DTYPES = ("fp32", "bf16")  # the `dtype` knob's choices; models.py maps each to a Keras policy
 CHOICE_GROUPS = ("model", "optimizer", "loss", "data")  # config groups whose option is named by `<group>.name`
@@ -28,6 +33,9 @@ OBJECTIVE_AT_FINAL, OBJECTIVE_AT_BEST = "final", "best"  # which value of the ob
 OBJECTIVE_AT = (OBJECTIVE_AT_FINAL, OBJECTIVE_AT_BEST)
 CHECKPOINT_KEEP = ("last", "none")
 MIN_EVAL_SAMPLES = 200  # the Frechet distance needs more samples than feature dimensions
+# eval.repeats' bound: the draws are allocated up front (20 x 10,000 x 100 float32: 80 MB), and the
+# mean of 20 draws already leaves a score's draw-to-draw spread about 4.5 times smaller than one draw's.
+MAX_EVAL_REPEATS = 20
 # No `file:`: MLflow 3 refuses a file store for the model logging every job does.
 TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
 # Experiment names become folder names under mlruns/artifacts/: no separators, no "..".
@@ -55,13 +63,79 @@ def refuse_new_keys(overrides) -> None:
     from ganlab.core.defaults import CONF_DIR
 
     groups = {path.name for path in CONF_DIR.iterdir() if path.is_dir()}
+    chosen = {str(item).split("=", 1)[0].lstrip("+~"): str(item).split("=", 1)[1]
+              for item in overrides if "=" in str(item) and str(item).split("=", 1)[0].lstrip("+~") in groups}
     for item in overrides:
         key = str(item).split("=", 1)[0]
-        if key.startswith("+") and not key.startswith("++"):
-            name = key.lstrip("+")
-            if name.split(".")[0] not in groups | {"hydra"}:
-                raise InputError(f"{item}: {name} is not a ganlab knob, so it would be trained with silently; "
-                                 "`python -m ganlab.train --help` lists the knobs (override one without '+').")
+        name = key.lstrip("+")
+        if not key.startswith("+") or name.split(".")[0] == "hydra":
+            continue
+        group = name.split(".")[0]
+        if group in groups and "." not in name:
+            continue  # `+experiment=baseline`: a group's option chosen
+        if key.startswith("++") and _in_schema(CONF_DIR, name, group if group in groups else None, chosen):
+            continue  # `++epochs=3`: a key the config has, set
+        where = (f"the {group} option {chosen.get(group, 'chosen by default')!r} has no key {name.split('.', 1)[1]!r}"
+                 if group in groups and "." in name else f"{name} is not a ganlab knob")
+        raise InputError(f"{item}: {where}, so it would be trained with silently; `python -m ganlab.train --help` "
+                         "lists the knobs (override one without '+').")
+
+
+def _in_schema(conf_dir, name: str, group: str | None, chosen: dict) -> bool:
+    """Whether `name` is a key of the config as its files define it: of train.yaml, or of the chosen
+    option's file of its group (the default option's when the command chooses none)."""
+    if group is None:
+        return OmegaConf.select(OmegaConf.load(conf_dir / "train.yaml"), name, default=_MISSING) != _MISSING
+    option = chosen.get(group)
+    if option is None:
+        defaults = OmegaConf.load(conf_dir / "train.yaml").get("defaults", [])
+        option = next((str(item[group]) for item in defaults if OmegaConf.is_dict(item) and group in item), None)
+    file = conf_dir / group / f"{option}.yaml"
+    if not file.is_file():
+        return False
+    text = file.read_text()
+    key = name if "@package _global_" in text.split("\n", 1)[0] else name.split(".", 1)[1]
+    return OmegaConf.select(OmegaConf.create(text), key, default=_MISSING) != _MISSING
+
+
+def unresolvable_hydra_value(arguments) -> str | None:
+    """The one line for a `hydra.*` override whose value can never resolve (`hydra.run.dir=${oc.env:NOPE}`):
+    Hydra resolves those itself before any job, where an error is a long traceback. A value that refers
+    to other keys or to Hydra's own resolvers (`${now:...}`) is left to Hydra."""
+    from omegaconf.errors import InterpolationKeyError, UnsupportedInterpolationType
+
+    for item in arguments:
+        key, _, value = str(item).partition("=")
+        if not key.lstrip("+~").startswith("hydra.") or "${" not in value:
+            continue
+        try:
+            OmegaConf.to_container(OmegaConf.create({"value": value}), resolve=True)
+        except (InterpolationKeyError, UnsupportedInterpolationType):
+            continue
+        except OmegaConfBaseException as error:
+            return f"{key.lstrip('+~')}: cannot be resolved ({type(error).__name__}: {str(error).splitlines()[0]})."
+    return None
+
+
+class RefusedConfig(InputError):
+    """A refused key other than the tracking ones: `tracking` (checked) says where the job records its FAILED run."""
+
+    def __init__(self, message: str, tracking: TrackingConfig):
+        super().__init__(message)
+        self.tracking = tracking
+
+
+def typed_config(cfg: DictConfig, choices: Mapping) -> JobConfig:
+    """The one pass: resolve every interpolation, check every key (the tracking keys first),
+    and type the result. InputError for a bad tracking key, RefusedConfig for any other."""
+    validate_tracking(cfg)
+    tracking = TrackingConfig(**OmegaConf.to_container(cfg.tracking, resolve=True))
+    try:  # an unresolvable value of another key is recorded in a FAILED run too
+        resolve_all(cfg)
+        _validate_job(cfg, choices)
+    except InputError as error:
+        raise RefusedConfig(str(error), tracking) from None
+    return JobConfig.of(resolved(cfg))
 
 
 def param_key(key: str) -> str:
@@ -70,8 +144,10 @@ def param_key(key: str) -> str:
     return f"{key}.name" if key in CHOICE_GROUPS else key
 
 
-def resolved(cfg: DictConfig) -> dict:
+def resolved(cfg: DictConfig | JobConfig) -> dict:
     """The job's config with interpolations resolved, without Hydra's own section."""
+    if isinstance(cfg, JobConfig):
+        return cfg.as_dict()
     container = OmegaConf.to_container(cfg, resolve=True)
     container.pop("hydra", None)
     return container
@@ -103,9 +179,16 @@ def validate_tracking(cfg: DictConfig) -> None:
     _boolean(cfg, "tracking.system_metrics")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raise InputError for the first config value that is missing, mistyped or out of range."""
+def validate(cfg: DictConfig, choices: Mapping | None = None) -> None:
+    """Raise InputError for the first config value that is missing, mistyped or out of range.
+    `choices`: {group: registry} to check each group's `name` against (None: not checked)."""
     resolve_all(cfg)
+    validate_tracking(cfg)
+    _validate_job(cfg, choices)
+
+
+def _validate_job(cfg: DictConfig, choices: Mapping | None) -> None:
+    """Every key but the tracking ones."""
     _integer(cfg, "seed", minimum=0, maximum=2**32 - 1)
     _integer(cfg, "epochs", minimum=0)
     _integer(cfg, "steps_per_epoch", minimum=1, nullable=True)
@@ -117,29 +200,32 @@ def validate(cfg: DictConfig) -> None:
     ema = _get(cfg, "ema")
     if ema is not None and not (_is_number(ema) and 0.0 < ema < 1.0):
         raise InputError(f"ema: got {_show(ema)}; expected null or a decay in (0, 1), e.g. ema=0.999.")
+    _boolean(cfg, "ema_warmup")
     _boolean(cfg, "deterministic")
     _integer(cfg, "threads", minimum=1, nullable=True)
     _optional_string(cfg, "resume", "an MLflow run id or a job's output folder")
 
-    _validate_groups(cfg)
+    _validate_groups(cfg, choices or {})
 
     _boolean(cfg, "eval.enabled")
     _integer(cfg, "eval.every", minimum=1)
     _integer(cfg, "eval.num_samples", minimum=MIN_EVAL_SAMPLES)
-    _integer(cfg, "eval.repeats", minimum=1, optional=True)
+    _integer(cfg, "eval.repeats", minimum=1, maximum=MAX_EVAL_REPEATS, optional=True)
     _optional_string(cfg, "eval.classifier", "a path to classifier weights (.weights.h5 with its .json beside it)")
-    _validate_objective(cfg)
     _choice(cfg, "checkpoint.keep", CHECKPOINT_KEEP)
 
+    if _get(cfg, "data.download") not in (None, True, False, _MISSING):
+        raise InputError(f"data.download: got {_show(_get(cfg, 'data.download'))}; expected null (try unless a download "
+                         "failed on this machine in the last day), true (try now) or false (never download).")
     path = _get(cfg, "data.path")
     if path is not None and not (isinstance(path, str) and path.strip()):
         raise InputError(f"data.path: got {_show(path)}; expected null (Keras download/cache) or a path to a .npz or IDX folder.")
-    validate_tracking(cfg)
+    _validate_objective(cfg)  # last: it reads the score registry
 
 
-def _validate_groups(cfg: DictConfig) -> None:
+def _validate_groups(cfg: DictConfig, choices: Mapping) -> None:
     """Each group's `name` against its registry (ganlab.core.registry), then its settings by their kind."""
-    for group, registry in choice_registries().items():
+    for group, registry in choices.items():
         node = _get(cfg, group)
         if not OmegaConf.is_dict(node):
             raise InputError(f"{group}: got {_show(node)}; expected a config group, e.g. {group}={registry.names()[0]}.")
@@ -161,20 +247,8 @@ def _validate_groups(cfg: DictConfig) -> None:
     _number(cfg, "loss.gp_weight", minimum=0.0, optional=True)
 
 
-def choice_registries() -> dict:
-    """{group: its registry} of the groups chosen by name. Their builders need TensorFlow,
-    which is imported here the quiet way (ganlab.core.runtime)."""
-    from ganlab.core import runtime
-
-    runtime.import_tensorflow()
-    from ganlab.gan.losses import LOSSES
-    from ganlab.gan.models import MODELS
-    from ganlab.gan.optimizers import OPTIMIZERS
-
-    return {"model": MODELS, "optimizer": OPTIMIZERS, "loss": LOSSES}
-
-
 def _validate_objective(cfg: DictConfig) -> None:
+    _choice(cfg, "objective_at", OBJECTIVE_AT)
     objective = _get(cfg, "objective")
     valid = list(scores.objective_names())
     if _get(cfg, "ema") is not None:
@@ -189,23 +263,16 @@ def _validate_objective(cfg: DictConfig) -> None:
             f"objective: {objective} is an evaluation score, but eval.enabled is false; turn evaluation on, "
             f"or pick a training metric ({', '.join(n for n in scores.TRAINING_NAMES if scores.direction(n))}) or null."
         )
-    _choice(cfg, "objective_at", OBJECTIVE_AT)
 
 
 def validate_against_data(cfg: DictConfig, num_train_images: int) -> None:
     """Checks that need the loaded data."""
-    if cfg.batch_size > num_train_images:
-        raise InputError(
-            f"batch_size: got {cfg.batch_size}, but the training set holds only "
-            f"{num_train_images} images; valid: 1 to {num_train_images}."
-        )
+    check_batch_size(cfg.batch_size, num_train_images)
 
 
 def steps_per_epoch(cfg: DictConfig, num_train_images: int) -> int:
     """`steps_per_epoch`, or when null the tutorial's round(N / batch_size) (469 on MNIST)."""
-    if cfg.steps_per_epoch is not None:
-        return int(cfg.steps_per_epoch)
-    return max(1, round(num_train_images / cfg.batch_size))
+    return derived_steps(cfg.steps_per_epoch, cfg.batch_size, num_train_images)
 
 
 def _get(cfg, key):

@@ -4,7 +4,10 @@
 labels (N,) for the training and test splits. `path=None` goes through `keras.datasets`
 (its cache, else a download); for MNIST, when neither works (no network), the copy shipped
 in `ganlab/datasets/` is read instead, its SHA-256 checked, and the log says so in one
-line. A path is either a `.npz` in the Keras layout (`x_train`, `y_train`, `x_test`,
+line. The source is decided once per machine: a failed download leaves a marker beside the
+Keras cache (`<Keras home>/datasets/.ganlab-<name>-download-failed`), and later jobs go
+straight to the shipped copy until the marker is a day old (`RETRY_DOWNLOAD_AFTER_S`), or
+`data.download=true` asks for a try now (`false`: never download). A path is either a `.npz` in the Keras layout (`x_train`, `y_train`, `x_test`,
 `y_test`) or a folder with the four IDX files of the original distribution, raw or
 gzipped. Whatever the source, the arrays are checked before anyone trains on them.
 
@@ -20,6 +23,7 @@ import hashlib
 import logging
 import os
 import socket
+import time
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -50,6 +54,13 @@ SHIPPED = {"mnist": Path(__file__).resolve().parents[1] / "datasets" / "mnist.np
 SHIPPED_MNIST_SHA256 = "06af5dfe73b70e3bc1c36439982b18a8d76803db9b544f6fdf838a37fbb01b64"
 SHIPPED_SHA256 = {"mnist": SHIPPED_MNIST_SHA256}
 DOWNLOAD_TIMEOUT_S = 30  # a stalled connection gives up after this long, so an offline machine falls back soon
+RETRY_DOWNLOAD_AFTER_S = 24 * 3600  # a failed download is tried again only this long after (or with data.download=true)
+FAILED_MARKER = ".ganlab-{name}-download-failed"  # in <Keras home>/datasets/: when and why the last download failed
+
+
+def keras_datasets_folder() -> Path:
+    """Where Keras caches its datasets (and ganlab notes a failed download): <KERAS_HOME or ~/.keras>/datasets."""
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser() / "datasets"
 
 
 @dataclass(frozen=True)
@@ -74,14 +85,18 @@ class Dataset:
         """The file or folder the data was read from; for keras.datasets, where Keras caches it."""
         if not self.source.startswith("keras.datasets."):
             return self.source
-        keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser()
-        return str(keras_home / "datasets" / KERAS_CACHE[self.name])
+        return str(keras_datasets_folder() / KERAS_CACHE[self.name])
+
+
+def unit_scaled(grey_levels):
+    """Grey levels 0..255 as floats -> [-1, 1], the tutorial's (x - 127.5) / 127.5; a NumPy array or a
+    TensorFlow tensor alike (the training step scales each batch with it)."""
+    return (grey_levels - 127.5) / 127.5
 
 
 def to_unit_range(images: np.ndarray) -> np.ndarray:
     """uint8 images (N, height, width) -> float32 (N, height * width) in [-1, 1], as the tutorial scales them."""
-    flat = images.reshape(len(images), -1).astype(np.float32)
-    return (flat - 127.5) / 127.5
+    return unit_scaled(images.reshape(len(images), -1).astype(np.float32))
 
 
 def is_image_batch(shape: tuple) -> bool:
@@ -97,12 +112,13 @@ def as_images(images: np.ndarray) -> np.ndarray:
     return images.reshape((len(images), *IMAGE_SHAPE))
 
 
-def load_dataset(name: str = "mnist", path: str | None = None) -> Dataset:
-    """Load and check a dataset; raise InputError naming the file and the problem."""
+def load_dataset(name: str = "mnist", path: str | None = None, download: bool | None = None) -> Dataset:
+    """Load and check a dataset; raise InputError naming the file and the problem. With `path` None,
+    `download` says whether Keras may download it: None, unless a download failed in the last day; True, now; False, never."""
     if name not in DATASETS:
         raise InputError(f"data.name: unknown dataset {name!r}; valid: {', '.join(DATASETS)}.")
     if path is None:
-        arrays, source = _load_default(name)
+        arrays, source = _load_default(name, download)
     else:
         file = Path(path).expanduser()
         if not file.exists():
@@ -148,17 +164,61 @@ def check_dataset(dataset: Dataset) -> None:
             )
 
 
-def _load_default(name: str) -> tuple[dict[str, np.ndarray], str]:
-    """data.path null: keras.datasets (its cache, else a download); else the shipped copy, where there is one."""
-    try:
-        return _load_from_keras(name), f"keras.datasets.{name}"
-    except InputError as error:
+def _load_default(name: str, download: bool | None = None) -> tuple[dict[str, np.ndarray], str]:
+    """data.path null: keras.datasets (its cache, else a download unless one failed lately, see `skip_download`);
+    else the shipped copy, where there is one."""
+    skipped = None if (keras_datasets_folder() / KERAS_CACHE[name]).exists() else skip_download(name, download)
+    if skipped is None:
+        try:
+            arrays = _load_from_keras(name)
+            failed_marker(name).unlink(missing_ok=True)
+            return arrays, f"keras.datasets.{name}"
+        except InputError as error:
+            remember_failed_download(name, error.__cause__)
+            if name not in SHIPPED:
+                raise
+            why = f"the download failed ({error.__cause__}); it is tried again in a day, or now with data.download=true"
+    else:
         if name not in SHIPPED:
-            raise
-        file = SHIPPED[name]
-        log.info("%s is not in the Keras cache and the download failed (%s); using the copy shipped with ganlab: %s",
-                 name, error.__cause__, file)
-        return load_shipped(name), str(file)
+            raise InputError(f"data.path is null, so {name} was to come from keras.datasets.{name}, but it is not in the "
+                             f"Keras cache and {skipped}. Pass a local copy: data.path=/path/to/{name}.npz (Keras layout) "
+                             "or data.path=/path/to/folder holding the four IDX files.")
+        why = skipped
+    file = SHIPPED[name]
+    log.info("%s is not in the Keras cache and %s; using the copy shipped with ganlab: %s", name, why, file)
+    return load_shipped(name), str(file)
+
+
+def failed_marker(name: str) -> Path:
+    return keras_datasets_folder() / FAILED_MARKER.format(name=name)
+
+
+def skip_download(name: str, download: bool | None) -> str | None:
+    """Why no download is tried (None: try it): `data.download=false`, or one failed less than a day ago."""
+    if download is True:
+        return None
+    if download is False:
+        return "data.download=false forbids a download"
+    marker = failed_marker(name)
+    try:
+        age = time.time() - marker.stat().st_mtime
+    except OSError:  # no marker: never failed here
+        return None
+    if age >= RETRY_DOWNLOAD_AFTER_S:
+        return None
+    hours = (RETRY_DOWNLOAD_AFTER_S - age) / 3600
+    return (f"its download failed {age / 60:.0f} min ago (noted in {marker}), so it is not tried again for "
+            f"{hours:.0f} h; data.download=true tries now")
+
+
+def remember_failed_download(name: str, error) -> None:
+    """Note the failure beside the Keras cache, so the next jobs on this machine do not wait on it again."""
+    marker = failed_marker(name)
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"{time.strftime('%Y-%m-%d %H:%M:%S %z')}: {error}\n")
+    except OSError as failure:  # a read-only home: every job tries again, no worse than before
+        log.debug("could not note the failed download in %s: %s", marker, failure)
 
 
 def load_shipped(name: str = "mnist") -> dict[str, np.ndarray]:
@@ -180,7 +240,8 @@ def load_shipped(name: str = "mnist") -> dict[str, np.ndarray]:
     return _load_npz(file)
 
 
-def file_sha256(file: Path) -> str:
+def file_sha256(file: str | Path) -> str:
+    """The SHA-256 of a file (data, classifier weights), read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(file, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):

@@ -43,7 +43,7 @@ def config_defaults(conf_dir: str | Path = CONF_DIR) -> dict[str, str]:
                 continue
             merged = OmegaConf.merge(merged, _packaged(str(group), path))
     tree = OmegaConf.to_container(merged, resolve=False)
-    return {key: str(value) for key, value in _flat(tree).items()
+    return {key: str(value) for key, value in flatten(tree).items()
             if value is not None and not isinstance(value, list) and not str(value).startswith("${")}
 
 
@@ -64,11 +64,13 @@ def _packaged(group: str, path: Path):
     return values
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
+def flatten(config: dict, prefix: str = "") -> dict:
+    """{'model': {'name': 'mlp'}} -> {'model.name': 'mlp'}: dotted keys, as a run's params have them; lists stay values."""
     flat = {}
-    for key, value in tree.items():
+    for key, value in config.items():
+        name = f"{prefix}{key}"
         if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
+            flat.update(flatten(value, prefix=f"{name}."))
         else:
-            flat[f"{prefix}{key}"] = value
+            flat[name] = value
     return flat

@@ -46,13 +46,42 @@ def image_grid(images: np.ndarray, rows: int = 10) -> np.ndarray:
 
 
 def save_sample_grid(images: np.ndarray, path: str | Path, title: str | None = None) -> Path:
-    """A 10x10 (for 100 images) grid of generated digits."""
-    fig, ax = plt.subplots(figsize=(6, 6.4 if title else 6))
+    """A 10x10 (for 100 images) grid of generated digits, black on white, under its title (the run's
+    setting and epoch, on as many lines as it needs). 600 px wide: each digit drawn at twice its size,
+    so a montage that halves it shows the grid's own pixels."""
+    lines = fit_lines(title, SAMPLE_TITLE_CHARS) if title else []
+    fig, ax = plt.subplots(figsize=(3.0, 3.0 + 0.17 * len(lines) + (0.06 if lines else 0)))
     ax.imshow(image_grid(images), cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.axis("off")
-    if title:
-        ax.set_title(title)
-    return _save(fig, path)
+    if lines:
+        ax.set_title("\n".join(lines), fontsize=9)
+    return _save(fig, path, dpi=200)
+
+
+SAMPLE_TITLE_CHARS = 40  # what fits on a line above a sample grid (600 px) at its font size (9 pt at 200 dpi)
+
+
+def fit_lines(text: str, width: int, separators=(" · ", ", ", ": ")) -> list[str]:
+    """`text` in lines of at most `width` characters, broken between its phrases (at the first of
+    `separators` it has: ' · ', then ', ', then ': ', each kept at the line's end) before between
+    words, and never inside a word: a title that fits its picture without cutting a phrase."""
+    if len(text) <= width:
+        return [text]
+    for separator in separators:
+        if separator in text:
+            parts = text.split(separator)
+            pieces = [part + separator.rstrip() for part in parts[:-1]] + [parts[-1]]
+            lines, line = [], ""
+            for piece in pieces:
+                candidate = f"{line} {piece}" if line else piece
+                if len(candidate) <= width or not line:
+                    line = candidate
+                else:
+                    lines.append(line)
+                    line = piece
+            lines.append(line)
+            return [wrapped for line in lines for wrapped in textwrap.wrap(line, width, break_long_words=False)]
+    return textwrap.wrap(text, width, break_long_words=False)
 
 
 def save_nearest_pairs(generated: np.ndarray, nearest: np.ndarray, path: str | Path, distances=None,
@@ -61,7 +90,8 @@ def save_nearest_pairs(generated: np.ndarray, nearest: np.ndarray, path: str | P
     `distances` (feature space) label the columns."""
     generated, nearest = as_images(np.asarray(generated, np.float32)), as_images(np.asarray(nearest, np.float32))
     columns = len(generated)
-    fig, axes = plt.subplots(2, columns, figsize=(max(1.1 * columns, 3), 2.8), squeeze=False)
+    width = max(1.1 * columns, 3)
+    fig, axes = plt.subplots(2, columns, figsize=(width, 2.8), squeeze=False)
     for column in range(columns):
         for row, images in enumerate((generated, nearest)):
             ax = axes[row, column]
@@ -72,8 +102,8 @@ def save_nearest_pairs(generated: np.ndarray, nearest: np.ndarray, path: str | P
             axes[0, column].set_title(f"{float(distances[column]):.2g}", fontsize=8)
     axes[0, 0].set_ylabel("generated", fontsize=8)
     axes[1, 0].set_ylabel("nearest train", fontsize=8)
-    fig.suptitle(title + ": closest to training images (feature distance)" if title else "closest to training images",
-                 fontsize=9)
+    what = title + ": closest to training images (feature distance)" if title else "closest to training images"
+    fig.suptitle("\n".join(fit_lines(what, int(13 * width))), fontsize=9)
     return _save(fig, path)
 
 
@@ -103,11 +133,12 @@ def save_loss_curve(d_losses: np.ndarray, g_losses: np.ndarray, steps_per_epoch:
     return _save(fig, path)
 
 
-def _save(fig, path) -> Path:
+def _save(fig, path, dpi: int = 100, tight: bool = True) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    if tight:
+        fig.tight_layout()
+    fig.savefig(path, dpi=dpi, facecolor="white")
     plt.close(fig)
     return path
 
@@ -124,7 +155,7 @@ def save_class_histogram(histogram: np.ndarray, path: str | Path, title: str | N
     ax.set_ylabel("fraction of samples")
     ax.legend()
     if title:
-        ax.set_title(title)
+        ax.set_title("\n".join(fit_lines(title, 60)))
     return _save(fig, path)
 
 
@@ -176,13 +207,9 @@ def save_montage(image_files: list[Path], labels: list[str], path: str | Path, t
     for ax, file, label in zip(axes.flat, image_files, labels):
         ax.imshow(plt.imread(file))
         ax.set_title(label, fontsize=10)
-    if title:
-        fig.suptitle(title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    if title:  # on as many lines as it needs, broken between phrases: never cut at the picture's edges
+        fig.suptitle("\n".join(fit_lines(title, 40 * columns)))
+    return _save(fig, path, tight=False)  # laid out already (constrained)
 
 
 def numeric_first(value):
@@ -206,12 +233,9 @@ def save_labelled_montage(image_files: list[Path], labels: list[str], path: str 
         ax.axis("off")
     for ax, file, label in zip(axes.flat, image_files, labels):
         picture = plt.imread(file)
-        ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, interpolation="nearest")
+        # a bare grid (an older run's image, white digits on black) drawn black on white like every picture
+        ax.imshow(picture, cmap="gray_r" if picture.ndim == 2 else None, interpolation="antialiased")
         ax.set_title(label, fontsize=15)
-    if title:
-        fig.suptitle("\n".join(textwrap.wrap(title, 26 * columns)), fontsize=15)  # a narrow montage: two lines
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    if title:  # a narrow montage: its title on two or three lines, broken between phrases
+        fig.suptitle("\n".join(fit_lines(title, 26 * columns)), fontsize=15)
+    return _save(fig, path, tight=False)  # laid out already (constrained)

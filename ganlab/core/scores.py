@@ -62,7 +62,8 @@ EVALUATION = (
     Metric(MEMORIZATION, LOWER, ".3f", "share of generated samples closer (classifier features) to their nearest training image "
            "than 99% of real test images are to theirs: copies of training images", "about 0.01 for unseen real digits"),
     Metric(FID_CLASS_WORST, LOWER, ".4g", "the largest per-class FID: each digit class (classifier labels) of generated against "
-           "test images; all ten classes in fid_per_class/epoch_NNN.csv"),
+           "test images, inf when a class has too few generated images (a missing class is the worst); all ten "
+           "classes in fid_per_class/epoch_NNN.csv"),
 )
 # Scores of an evaluated epoch besides the per-draw scores above: the spread over the
 # eval.repeats sample draws (logged only when eval.repeats > 1) and the discriminator's
@@ -217,11 +218,11 @@ def _valid_names() -> str:
 
 def markdown_table() -> str:
     """The README's score table, generated from the registry."""
-    lines = ["| score | what it measures | better |", "|---|---|---|"]
-    for metric in (*EVALUATION, *EPOCH_DIAGNOSTICS):
-        meaning = metric.meaning.replace("|", "\\|")  # a bare | would end the table cell
-        lines.append(f"| `{metric.name}` | {meaning} | {metric.direction_text} |")
-    return "\n".join(lines)
+    from ganlab.core.markdown import table
+
+    rows = [[f"`{metric.name}`", metric.meaning.replace("|", "\\|"),  # a bare | would end the table cell
+             metric.direction_text] for metric in (*EVALUATION, *EPOCH_DIAGNOSTICS)]
+    return table(["score", "what it measures", "better"], rows, padded=False)
 
 
 def format_column(name: str, values) -> list[str]:

@@ -21,7 +21,6 @@ digit features say nothing about Fashion-MNIST samples.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import platform
 import sys
@@ -36,7 +35,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import layers  # noqa: E402
 
-from ganlab.core.data import DATASETS, IMAGE_LAYOUTS_TEXT, IMAGE_SHAPE, is_image_batch, load_dataset, to_unit_range  # noqa: E402
+from ganlab.core.data import DATASETS, IMAGE_LAYOUTS_TEXT, IMAGE_SHAPE, file_sha256, is_image_batch, load_dataset, to_unit_range  # noqa: E402
 from ganlab.core.errors import InputError  # noqa: E402
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
@@ -143,14 +142,6 @@ def metadata_path(weights_path: str | Path) -> Path:
     name = weights_path.name
     stem = name[: -len(WEIGHTS_SUFFIX)] if name.endswith(WEIGHTS_SUFFIX) else weights_path.stem
     return weights_path.with_name(stem + ".json")
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class DatasetMismatch(InputError):

@@ -12,8 +12,10 @@ classifier, see `ganlab.evaluation.classifier`) or its outputs, and return plain
 - `mode_stats`: how many digit classes appear, and the KL from the uniform class mix.
 - `nearest_neighbours` / `memorization`: each sample's nearest reference row, and the share
   of samples closer to the training set than real unseen images are.
-- `class_stats` / `class_frechet_distances`: FID within each predicted class.
-- `mean_and_spread`: a score's mean and sample standard deviation over repeated draws.
+- `class_stats` / `class_frechet_distances`: FID within each predicted class (+inf for a class
+  the generator leaves out or under-samples), `worst` the worst class.
+- `mean_and_spread` / `mean_over_draws`: a score's mean and sample standard deviation over repeated
+  draws; every score of the draws combined as a run logs them.
 
 Means, covariances and every sum are float64. The large matrices (KID's kernels, the
 pairwise distances of the k-NN scores) are float32 for speed; the distances are computed
@@ -25,6 +27,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from ganlab.core import scores
 
 BLOCK_ELEMENTS = 1 << 22  # entries of one float32 distance block: 16 MB
 
@@ -309,24 +313,33 @@ def class_stats(features: np.ndarray, labels: np.ndarray, num_classes: int = 10)
 
 def class_frechet_distances(real_means, real_covariances, fake_features, fake_labels) -> np.ndarray:
     """FID of each class (C,): generated samples of a predicted class against the real ones of that
-    class. NaN for a class either side has too few samples of (at most d) to fit a covariance."""
+    class. A class the generator gave too few samples for a covariance (at most d, none included)
+    scores +inf, the worst possible: it is missing or under-sampled, and leaving it out would let
+    a generator collapsed onto a few clean classes score better than one that draws every class a
+    little off. NaN only where the real images of a class are too few (the reference cannot score
+    that class for any generator)."""
     num_classes = len(real_means)
     _, fake_means, fake_covariances = class_stats(fake_features, fake_labels, num_classes)
     distances = np.full(num_classes, np.nan)
     for label in range(num_classes):
-        if not (np.isnan(real_means[label]).any() or np.isnan(fake_means[label]).any()):
-            distances[label] = frechet_distance_from_stats(real_means[label], real_covariances[label],
-                                                           fake_means[label], fake_covariances[label])
+        if np.isnan(real_means[label]).any():
+            continue
+        if np.isnan(fake_means[label]).any():
+            distances[label] = math.inf
+            continue
+        distances[label] = frechet_distance_from_stats(real_means[label], real_covariances[label],
+                                                       fake_means[label], fake_covariances[label])
     return distances
 
 
 def worst(values: np.ndarray, better: str = "lower") -> float:
-    """The worst finite value (largest for lower-is-better); NaN when none is finite."""
-    finite = np.asarray(values, np.float64)
-    finite = finite[np.isfinite(finite)]
-    if finite.size == 0:
+    """The worst value over every class (largest for lower-is-better), an infinite one (a missing
+    class) included; only NaN (a class the reference cannot score) is passed over; NaN when all are."""
+    values = np.asarray(values, np.float64)
+    values = values[~np.isnan(values)]
+    if values.size == 0:
         return math.nan
-    return float(finite.max() if better == "lower" else finite.min())
+    return float(values.max() if better == "lower" else values.min())
 
 
 # ---------------------------------------------------------------------------- repeated draws
@@ -342,6 +355,19 @@ def mean_and_spread(values) -> tuple[float, float]:
         return values[0], math.nan
     array = np.asarray(values, np.float64)
     return float(array.mean()), float(array.std(ddof=1))
+
+
+def mean_over_draws(results) -> dict[str, float]:
+    """The scores of `eval.repeats` draws (Evaluations, or score dicts) as a run logs them: each score's
+    mean over the draws, and with several draws fid's spread as `fid_sampling_std`. Training and
+    `python -m ganlab.evaluate --run-id` both combine draws here, so a re-score reproduces the logged one."""
+    draws = [getattr(result, "scores", result) for result in results]
+    found = {}
+    for name in draws[0]:
+        found[name], spread = mean_and_spread([draw[name] for draw in draws])
+        if name == scores.FID and len(draws) > 1:
+            found[scores.sampling_std(name)] = spread
+    return found
 
 
 # ---------------------------------------------------------------------------- helpers

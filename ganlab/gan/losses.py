@@ -5,12 +5,13 @@
 | `ns` | Goodfellow et al. 2014 (non-saturating), the tutorial's | BCE(D(x), 1 - label_smoothing) + BCE(D(G(z)), 0) | BCE(D(G(z)), 1) |
 | `hinge` | Lim & Ye 2017; Zhang et al. 2019 (SAGAN) | mean relu(1 - D(x)) + mean relu(1 + D(G(z))) | -mean D(G(z)) |
 | `lsgan` | Mao et al. 2017 (targets 0 and 1) | (mean (D(x) - 1)^2 + mean D(G(z))^2) / 2 | mean (D(G(z)) - 1)^2 / 2 |
-| `wgan_gp` | Gulrajani et al. 2017 | mean D(G(z)) - mean D(x) + gp_weight * GP | -mean D(G(z)) |
+| `wgan_gp` | Gulrajani et al. 2017 | mean D(G(z)) - mean D(x) + gp_weight * GP (D without dropout) | -mean D(G(z)) |
 
 D always ends in one unbounded output (a logit for `ns`: sigmoid + BCE is computed from
 logits, the same model as a sigmoid output and numerically safer). `d_output` turns it
 into what `d_real`/`d_fake` report: a probability for `ns`, the raw output otherwise.
-`n_critic` (in every loss's YAML) is the number of D steps per G step.
+`n_critic` (in every loss's YAML) is the number of D steps per G step. The paper's optimizer
+for `wgan_gp` is its own choice, `optimizer=wgan_gp` (ganlab.gan.optimizers).
 """
 
 from __future__ import annotations
@@ -127,11 +128,17 @@ def build_loss(loss_cfg, label_smoothing) -> GanLoss:
 
 def gradient_penalty(discriminator, real, fake, mix):
     """Gulrajani et al.'s penalty: mean over images of (||grad_x D(x)|| - 1)^2 at x = mix * real + (1 - mix) * fake,
-    `mix` uniform in [0, 1] per image (shaped to broadcast over the image's axes)."""
+    `mix` uniform in [0, 1] per image (shaped to broadcast over the image's axes).
+
+    The gradient is taken of the critic as the paper has it, without dropout (Gulrajani et al.
+    2017, Algorithm 1; their critics have none): D is called in inference mode, which here
+    switches off only its dropout (no D in ganlab.gan.models has batch normalisation). With
+    dropout on, the penalty would constrain the gradient of one random thinned net per image,
+    not of the critic that the Wasserstein estimate is read from."""
     mixed = mix * real + (1.0 - mix) * fake
     with tf.GradientTape() as tape:
         tape.watch(mixed)
-        outputs = discriminator(mixed, training=True)
+        outputs = discriminator(mixed, training=False)
     gradients = tf.reshape(tape.gradient(outputs, mixed), [tf.shape(mixed)[0], -1])
     norms = tf.sqrt(tf.reduce_sum(tf.square(gradients), axis=1) + 1e-12)  # the epsilon keeps d norm / d grad finite at 0
     return tf.reduce_mean(tf.square(norms - 1.0))

@@ -64,6 +64,10 @@ def dcgan(model_cfg, image_shape, random_dim: int, dropout: float, hidden: str) 
     if height % 4 or width % 4:
         raise InputError(f"model=dcgan: the data's images are {height}x{width}; this model needs a height and "
                          "width divisible by 4 (two stride-2 upsamplings), e.g. 28x28.")
+    if len(model_cfg.generator_filters) != 3:  # the base, a stride-1 and a stride-2 layer; the output layer upsamples last
+        raise InputError(f"model.generator_filters: got {list(model_cfg.generator_filters)}; model=dcgan takes exactly "
+                         "3 entries (the 7x7 base, then a stride-1 and a stride-2 Conv2DTranspose layer before the "
+                         "stride-2 output layer: two upsamplings to 28x28), e.g. [256, 128, 64].")
     slope, kernel = model_cfg.leaky_relu_slope, model_cfg.kernel_size
     base = (height // 4, width // 4, model_cfg.generator_filters[0])
     layers = keras.layers

@@ -18,11 +18,18 @@ tracking: it returns an `EpochRecord` per epoch.
 With `ema` set, the step also keeps an exponential moving average of G's weights (updated
 right after G's step, checkpointed with the rest of the state) for generating and saving
 through `ema_weights()`; it never changes what is trained, and without `ema` the step is
-exactly the plain one above.
+exactly the plain one above. With `ema_warmup` (on in the job whenever `ema` is set) the
+average's half-life grows with training, as Karras et al. 2020 (StyleGAN2-ADA, `ema_rampup`;
+also StudioGAN's `ema_rampup`) ramp it: at G step t the decay is 0.5 ** (1 / min(H, EMA_RAMPUP * t)),
+H = ln 0.5 / ln(ema) the half-life of `ema` in G steps. Early on the average follows the live
+weights instead of holding on to the random start (with ema=0.999, 63% of the average would
+still be the initial weights after one 469-step epoch); once EMA_RAMPUP * t reaches H, the
+decay is `ema` itself.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,8 +41,11 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from ganlab.core import scores
+from ganlab.core.data import unit_scaled
 from ganlab.core.errors import TrainingDiverged
 from ganlab.gan.losses import GanLoss, gradient_penalty
+
+EMA_RAMPUP = 0.05  # Karras et al. 2020's ema_rampup: the EMA's half-life is at most this share of the G steps so far
 
 
 @dataclass
@@ -98,6 +108,7 @@ class GanTrainer:
         batch_size: int,
         seed: int,
         ema: float | None = None,
+        ema_warmup: bool = False,
     ):
         if ema is not None and not (isinstance(ema, (float, np.floating)) and 0 < ema < 1):
             raise ValueError(f"ema must be None or a float in (0, 1), got {ema!r}")
@@ -108,7 +119,7 @@ class GanTrainer:
         self.random_dim = generator.input_shape[-1]
         self.image_shape = tuple(generator.output_shape[1:])  # the model's: (H*W,) for mlp, (H, W, 1) for dcgan
         # Held as uint8 and scaled per batch: a quarter of the memory, and the same float32
-        # values as scaling the whole set up front, (x - 127.5) / 127.5.
+        # values as scaling the whole set up front (ganlab.core.data.unit_scaled).
         if train_images.dtype != np.uint8:
             raise TypeError(f"train_images must be uint8 grey levels, got {train_images.dtype}")
         self.train_images = tf.constant(train_images.reshape(len(train_images), *self.image_shape))
@@ -119,6 +130,8 @@ class GanTrainer:
         self.epochs_done = 0
         # EMA of G's weights: plain copies of G's initial values (nothing random is drawn).
         self.ema = None if ema is None else float(ema)
+        self.ema_warmup = bool(ema_warmup) and self.ema is not None
+        self.ema_half_life = None if self.ema is None else math.log(0.5) / math.log(self.ema)  # in G steps
         self.ema_variables = [] if ema is None else [
             tf.Variable(variable.numpy(), trainable=False, name="ema_" + variable.path.replace("/", "_"))
             for variable in generator.variables
@@ -130,7 +143,7 @@ class GanTrainer:
         (`update_generator` is a Python bool: each value is its own traced graph.)"""
         batch = self.batch_size
         index = self.rng.uniform([batch], 0, tf.shape(self.train_images)[0], dtype=tf.int32)
-        real = (tf.cast(tf.gather(self.train_images, index), tf.float32) - 127.5) / 127.5
+        real = unit_scaled(tf.cast(tf.gather(self.train_images, index), tf.float32))
         fake = self.generator(self.rng.normal([batch, self.random_dim]), training=True)
         with tf.GradientTape() as tape:
             logits = self.discriminator(tf.concat([real, fake], axis=0), training=True)
@@ -152,11 +165,19 @@ class GanTrainer:
             g_vars = self.generator.trainable_variables
             self.g_optimizer.apply_gradients(zip(tape.gradient(g_loss, g_vars), g_vars))
             if self.ema is not None:  # decided when tracing: without EMA the step has no extra op
+                decay = self.ema_decay() if self.ema_warmup else self.ema
                 for average, variable in zip(self.ema_variables, self.generator.variables):
-                    average.assign(self.ema * average + (1 - self.ema) * variable.value)
+                    average.assign(decay * average + (1 - decay) * variable.value)
 
         return (d_loss, g_loss, tf.reduce_mean(self.loss.d_output(real_logits)),
                 tf.reduce_mean(self.loss.d_output(fake_logits)))
+
+    def ema_decay(self):
+        """The warmed-up decay after G's step t (G's optimizer counts its steps, so resume keeps the ramp):
+        0.5 ** (1 / min(H, EMA_RAMPUP * t)), never above `ema` (see the module's docstring)."""
+        steps = tf.cast(self.g_optimizer.iterations, tf.float32)
+        ramped = tf.minimum(tf.constant(self.ema_half_life, tf.float32), EMA_RAMPUP * tf.maximum(steps, 1.0))
+        return tf.minimum(tf.pow(tf.constant(0.5, tf.float32), 1.0 / ramped), self.ema)
 
     def state_variables(self) -> list:
         """Every variable that the next step depends on, in a fixed order, G's first (`restore_generator`)."""

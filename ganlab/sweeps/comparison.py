@@ -9,6 +9,18 @@ group a two-sample t-test would need to detect the observed difference with 80% 
 statistics are `ganlab.sweeps.seed_stats`). It writes the result as CSV, Markdown, a PNG per
 metric and one plain-English sentence per swept key (for a sweep's MLflow description).
 
+**What decides a verdict.** A difference is called clear only when its Benjamini–Hochberg q
+(Benjamini & Hochberg 1995, "Controlling the false discovery rate", JRSS B 57:289-300) is
+below FALSE_DISCOVERY_RATE, the p-values adjusted over the groups compared with the reference
+at the same metric and epoch. Every verdict (tables, sentences, the sweep's MLflow
+description, the published studies) reads `is_clear`, so none can disagree with another; the
+Welch intervals shown beside it are unadjusted, for the size of a difference.
+
+**Replicates are seeds only.** A group's values must differ only by seed: when the
+observations carry another key that varies inside a group (a dropout x label_smoothing grid
+grouped by dropout alone), `compare` refuses (PooledKeys) rather than count different
+settings as seed replicates; group by that key too.
+
 The default reference is the group at the config's defaults (conf/, the tutorial's
 setting; `ganlab.core.defaults`), never written here.
 
@@ -20,7 +32,7 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import astuple, dataclass, fields
+from dataclasses import astuple, dataclass, fields, replace
 from pathlib import Path
 
 import matplotlib
@@ -31,9 +43,15 @@ import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from ganlab.core.plots import _save, epoch_ticks, numeric_first  # noqa: E402
+from ganlab.core.markdown import table as markdown_table  # noqa: E402
 from ganlab.core.record import Observation  # noqa: E402
 from ganlab.sweeps.seed_stats import VarianceSplit, seeds_needed, summarize, welch  # noqa: E402
 
+FALSE_DISCOVERY_RATE = 0.05  # a difference is clear when its Benjamini–Hochberg q is below this
+
+
+class PooledKeys(ValueError):
+    """Observations of one group differ in a key other than the grouping keys and the seed."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +71,7 @@ class ComparisonRow:
     diff_ci_high: float | None
     p_value: float | None
     seeds_needed: int | None
+    q_value: float | None = None  # p_value adjusted by Benjamini–Hochberg within (metric, epoch): what decides
 
 
 CSV_HEADER = [field.name for field in fields(ComparisonRow)]
@@ -89,12 +108,13 @@ def compare(
     epochs: Sequence[int] | None = None,
 ) -> list[ComparisonRow]:
     """One row per (group, metric, epoch) that has values; groups are the distinct values of
-    the keys in `by`, and a group's replicates are its seeds together with the values of any
-    other keys the observations carry (grouping a dropout x label_smoothing grid by dropout
-    alone pools the label_smoothing values: three of them with three seeds give 9 replicates).
-    If one replicate has several values at one metric and epoch, the last one counts. Diff
-    fields compare each group with `reference` at the same metric and epoch; they are None for
-    the reference itself, when no reference is given, and where the reference has no values.
+    the keys in `by`, and a group's replicates are its seeds. Other keys the observations carry
+    may differ between groups (loss.n_critic with loss.name) but never inside one: that would
+    count other settings as seeds, so it raises PooledKeys naming the key (group by it too).
+    If one seed has several values at one metric and epoch, the last one counts. Diff fields
+    compare each group with `reference` at the same metric and epoch; they are None for the
+    reference itself, when no reference is given, and where the reference has no values;
+    `q_value` is `p_value` adjusted by Benjamini–Hochberg (`false_discovery_q`).
 
     Sorted by metric (as given, else first seen), epoch, then group (reference first).
     Raises ValueError if `reference` matches no group.
@@ -112,6 +132,7 @@ def compare(
         values.setdefault((key, observation.metric, int(observation.epoch)), {})[replicate] = observation.value
         if observation.metric not in seen_metrics:
             seen_metrics.append(observation.metric)
+    _refuse_pooling(observations, by)
 
     reference_key = None
     if reference is not None:
@@ -138,7 +159,32 @@ def compare(
                     needed = seeds_needed(difference.diff, summary.std, summarize(reference_values).std)
                     diff_fields = (*astuple(difference), needed)
                 rows.append(ComparisonRow(group_label(groups[key], by), metric, epoch, *astuple(summary), *diff_fields))
-    return rows
+    return [replace(row, q_value=q_value) for row, q_value in zip(rows, false_discovery_q(rows))]
+
+
+def _refuse_pooling(observations: Sequence[Observation], by: Sequence[str]) -> None:
+    """PooledKeys when a key outside `by` takes several values inside one group of `by`."""
+    seen: dict[tuple, dict[str, set]] = {}
+    for observation in observations:
+        key = tuple(observation.group.get(name) for name in by)
+        for name, value in observation.group.items():
+            if name not in by:
+                seen.setdefault(key, {}).setdefault(name, set()).add(value)
+    for key, values in seen.items():
+        for name, found in values.items():
+            if len(found) > 1:
+                shown = ", ".join(sorted((str(value) for value in found), key=numeric_first))
+                where = group_label(dict(zip(by, key)), by)
+                raise PooledKeys(
+                    f"the group {where} holds runs at {len(found)} values of {name} ({shown}); its runs would "
+                    f"count other settings as seed replicates. Group by {name} too "
+                    f"({', '.join([*by, name])}), or compare runs that share one value of it.")
+
+
+def is_clear(row: ComparisonRow) -> bool:
+    """The one verdict: the difference from the reference holds at the false discovery rate
+    FALSE_DISCOVERY_RATE (Benjamini & Hochberg 1995): its q is below it."""
+    return row.q_value is not None and not math.isnan(row.q_value) and row.q_value < FALSE_DISCOVERY_RATE
 
 
 def write_csv(rows: Iterable[ComparisonRow], path: str | Path) -> Path:
@@ -160,14 +206,16 @@ LEGEND = (
     "each seed at each of their values; **mean ± 95% CI** is the mean over those runs and the "
     "half-width of the 95% confidence interval of that mean (Student t; none with a single seed). "
     "**diff [95% CI]** is the group's mean minus the reference group's mean at the same epoch, "
-    "with its 95% interval from Welch's t-test (which does not assume equal spreads); **p** is "
-    "that test's p-value. A difference is **clear** at 95% when its interval excludes 0; "
-    "otherwise the data cannot tell it apart from seed noise. **seeds needed** is how many seeds "
-    "per group a t-test would need to detect a difference this size 80% of the time, given the "
-    "observed spreads (empty if it cannot be estimated or would exceed 1000). "
-    "**q** is the p-value adjusted for the number of groups compared at that metric and epoch "
-    "(Benjamini–Hochberg): among many comparisons some intervals exclude 0 by chance alone, and "
-    "the differences with q < 0.05 are those that hold at a 5% false discovery rate."
+    "with its 95% interval from Welch's t-test (which does not assume equal spreads; the interval "
+    "is not adjusted for the number of comparisons); **p** is that test's p-value. **q** is the "
+    "p-value adjusted for the number of groups compared at that metric and epoch (Benjamini & "
+    "Hochberg 1995): among many comparisons some intervals exclude 0 by chance alone. **q decides**: "
+    "a difference is **clear** when q < 0.05, so that the clear differences hold at a 5% false "
+    "discovery rate; otherwise the data cannot tell it apart from seed noise (also where the "
+    "unadjusted interval alone excludes 0, marked \"p < 0.05 alone\"). **seeds needed** is how many "
+    "seeds per group a t-test would need to detect a difference this size 80% of the time, given "
+    "the observed spreads (empty if it cannot be estimated or would exceed 1000). The runs of a "
+    "group differ only in their seed: other swept keys are grouped, never pooled."
 )
 
 
@@ -184,19 +232,19 @@ def write_markdown(
         reference = _reference_label(metric_rows)
         title = f"## {metric}" + (f" ({direction} is better)" if direction else "")
         lines += [title, "", f"Reference: {reference}." if reference else "No reference group.", ""]
-        lines += ["| group | epoch | n | mean ± 95% CI | diff [95% CI] | p | q | seeds needed | difference at 95% |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for row, q_value in zip(metric_rows, false_discovery_q(metric_rows)):
+        body = []
+        for row in metric_rows:
             spread = " ± n/a" if math.isnan(row.ci_high) else f" ± {_number((row.ci_high - row.ci_low) / 2)}"
             cells = [row.group, str(row.epoch), str(row.n), f"{_number(row.mean)}{spread}"]
             if row.diff is None:
                 cells += ["reference" if row.group == reference else "–", "", "", "", ""]
             else:
                 interval = "" if math.isnan(row.diff_ci_low) else f" [{_number(row.diff_ci_low)}, {_number(row.diff_ci_high)}]"
-                cells += [f"{_signed(row.diff)}{interval}", _p(row.p_value), _p(q_value),
+                cells += [f"{_signed(row.diff)}{interval}", _p(row.p_value), _p(row.q_value),
                           "" if row.seeds_needed is None else str(row.seeds_needed), _verdict(row, direction, bold=True)]
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
+            body.append(cells)
+        lines += [markdown_table(["group", "epoch", "n", "mean ± 95% CI", "diff [95% CI]", "p", "q", "seeds needed",
+                                  "difference (q < 0.05)"], body, padded=False), ""]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
@@ -277,7 +325,7 @@ def sentence(rows: Sequence[ComparisonRow], key: str, metric: str, epoch: int, d
         verdict = _verdict(row, better, bold=False)
         if index > 0:
             clauses.append(f"{name}: {verdict} ({numbers})")
-        elif _is_clear(row):
+        elif is_clear(row):
             clauses.append(f"at epoch {epoch}, {metric} is {verdict} with {name} than the reference {reference} ({numbers})")
         elif _has_interval(row):
             clauses.append(f"at epoch {epoch}, {metric} shows {verdict} between {name} and the reference {reference} ({numbers})")
@@ -291,15 +339,12 @@ def _has_interval(row: ComparisonRow) -> bool:
     return row.diff_ci_low is not None and not math.isnan(row.diff_ci_low)
 
 
-def _is_clear(row: ComparisonRow) -> bool:
-    """The Welch 95% interval of the difference excludes 0."""
-    return _has_interval(row) and (row.diff_ci_low > 0 or row.diff_ci_high < 0)
-
-
 def _verdict(row: ComparisonRow, better: str | None, bold: bool) -> str:
     if not _has_interval(row):
         return "too few seeds (or no spread) for an interval"
-    if not _is_clear(row):
+    if not is_clear(row):
+        if row.diff_ci_low > 0 or row.diff_ci_high < 0:
+            return "no clear difference (p < 0.05 alone)"
         return "no clear difference"
     side = "higher" if row.diff > 0 else "lower"
     quality = f" ({'better' if side == better else 'worse'})" if better else ""
@@ -312,6 +357,8 @@ def _sentence_numbers(row: ComparisonRow, first: bool) -> str:
         text += f", {'95% CI' if first else 'CI'} {_number(row.diff_ci_low)} to {_number(row.diff_ci_high)}"
     if not math.isnan(row.p_value):
         text += ", p" + ("" if _p(row.p_value).startswith("<") else "=") + _p(row.p_value)
+    if row.q_value is not None and not math.isnan(row.q_value):
+        text += ", q" + ("" if _p(row.q_value).startswith("<") else "=") + _p(row.q_value)
     return text
 
 
@@ -389,11 +436,10 @@ def variance_markdown(splits: Sequence[VarianceSplit]) -> str:
              "Each run's score is the mean of `eval.repeats` sample draws. Of the variance between a setting's runs, "
              "mean(sampling_std²) / repeats is what sampling alone explains; the rest is between-seed (training) "
              "variance.", "",
-             "| group | metric | runs | repeats | variance between runs | sampling part | training part | dominates |",
-             "|---|---|---|---|---|---|---|---|"]
-    for split in splits:
-        lines.append(f"| {split.group} | {split.metric} | {split.runs} | {split.repeats} | {_number(split.total)} | "
-                     f"{_number(split.sampling)} | {_number(split.training)} | {split.dominant} |")
+             markdown_table(["group", "metric", "runs", "repeats", "variance between runs", "sampling part", "training part", "dominates"],
+                            [[split.group, split.metric, split.runs, split.repeats, _number(split.total),
+                              _number(split.sampling), _number(split.training), split.dominant] for split in splits],
+                            padded=False)]
     known = [split for split in splits if split.dominant != "unknown"]
     if known:
         training = sum(split.dominant.startswith("training") for split in known)

@@ -38,7 +38,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from ganlab.core import config as ganlab_config
 from ganlab.core import scores
+from ganlab.sweeps import settle_plan, settle_report
 from ganlab.sweeps import summary as sweep_report
+from ganlab.tracking import run_lock
 from ganlab.tracking import store as tracking
 from ganlab.core.errors import InputError
 
@@ -48,7 +50,7 @@ SWEEP_FILE = "ganlab_sweep.json"
 LOST_JOBS_FILE = "ganlab_lost_jobs.json"  # {job number: why the launcher lost it}, written by a cluster launcher
 SUMMARY = "summary"  # the sweep summary's folder: in the sweep folder and among the parent run's artifacts
 RESUME_KEY = "sweep.resume"  # a sweep's parent run id (or folder) to continue
-OVERRIDES_TAG = "sweep.overrides"  # a parent's command-line overrides (without sweep.resume)
+PARENT_OVERRIDES_TAG = "sweep.overrides"  # a parent's command-line overrides (without sweep.resume)
 DIRECTION_RESOLVER = "ganlab.direction"  # ${ganlab.direction:${objective}} -> minimize / maximize
 
 if not OmegaConf.has_resolver(DIRECTION_RESOLVER):
@@ -62,14 +64,17 @@ def read_sweep_file(sweep_dir: Path) -> dict:
 
 
 def swept_keys(config: DictConfig) -> list[str]:
-    """Keys with several values: sweeps on the command line and the sweeper's `params`."""
+    """Keys with several values: sweeps on the command line and the sweeper's `params` (where a plain value
+    on the command line fixes a key), and `seed` for a sweeper that runs seeds itself (`hydra.sweeper.seeds`)."""
     params = OmegaConf.select(config, "hydra.sweeper.params") or {}
-    lines = [*config.hydra.overrides.task, *(f"{key}={value}" for key, value in params.items())]
-    keys = []
+    lines = [*(f"{key}={value}" for key, value in params.items()), *task_overrides(config)]
+    swept = {}
     for override in OverridesParser.create().parse_overrides(lines):
-        key = override.get_key_element().lstrip("+~")
-        if override.is_sweep_override() and key not in keys:
-            keys.append(key)
+        swept[override.get_key_element().lstrip("+~")] = override.is_sweep_override()
+    keys = [key for key, is_swept in swept.items() if is_swept]
+    seeds = OmegaConf.select(config, "hydra.sweeper.seeds")  # seeds per setting of sweeps/search.yaml
+    if isinstance(seeds, int) and seeds > 1 and "seed" not in keys:
+        keys.append("seed")
     return keys
 
 
@@ -79,32 +84,44 @@ class SweepTracking(Callback):
         self.run_id = None
         self.interrupted = False
         self.jobs_run_here = True  # the jobs are processes of this machine (every launcher but SLURM)
+        self.lock: run_lock.RunLock | None = None  # this process's hold on the parent run
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         from ganlab.core import config as config_checks
 
         config_checks.validate_tracking(config)
+        if OmegaConf.select(config, settle_plan.KEY) is not None:  # hydra/sweeper=settle: its question, before anything exists
+            try:
+                settle_plan.question(config, task_overrides(config))
+            except InputError as error:
+                print(f"error: {error}", file=sys.stderr, flush=True)
+                raise SystemExit(1) from None
         self.client, experiment_id = tracking.open_store(config.tracking.uri, config.tracking.experiment)
         sweep_dir = Path(config.hydra.sweep.dir)
         keys = swept_keys(config)
         overrides = sweep_overrides(config)
         resumed = OmegaConf.select(config, RESUME_KEY)
+        if resumed:
+            refuse_unresumable_sweeper(config)
         if resumed:  # checked before the sweep's folder exists: a refused resume leaves nothing behind
-            self.run_id = reopen_parent(self.client, experiment_id, str(resumed), overrides)
+            self.lock = reopen_parent(self.client, experiment_id, str(resumed), overrides)
+            self.run_id = self.lock.run_id
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if resumed:
             self.client.set_tag(self.run_id, "sweep.dir", str(sweep_dir.resolve()))
             print(f"ganlab: continuing sweep run {self.run_id}: finished jobs are skipped, the others resume "
                   "from their checkpoints", flush=True)
         else:
+            self.lock = run_lock.RunLock(self.client, "", "sweep")
             run = self.client.create_run(
                 experiment_id,
                 run_name=f"sweep {' x '.join(keys) or 'jobs'}",
-                tags={**tracking.environment_tags(), OVERRIDES_TAG: overrides,
+                tags={**tracking.environment_tags(), PARENT_OVERRIDES_TAG: overrides,
                       "sweep.dir": str(sweep_dir.resolve()), tracking.SWEEP_PARENT_TAG: "true",
-                      "mlflow.source.name": "ganlab.train -m", "mlflow.source.type": "LOCAL"},
+                      "mlflow.source.name": "ganlab.train -m", "mlflow.source.type": "LOCAL", **self.lock.tag()},
             )
-            self.run_id = run.info.run_id
+            self.run_id = self.lock.run_id = run.info.run_id
+            self.lock.claim()
         self.jobs_run_here = "slurm" not in str(OmegaConf.select(config, "hydra.launcher._target_") or "").lower()
         self._close_on_exit()
         (sweep_dir / SWEEP_FILE).write_text(json.dumps({"parent_run_id": self.run_id, "swept_keys": keys}))
@@ -127,9 +144,19 @@ class SweepTracking(Callback):
                 self.client.set_terminated(self.run_id, status)
             except Exception as error:  # noqa: BLE001
                 log.warning("could not close sweep run %s: %s", self.run_id, error)
+            self._release()
 
         signal.signal(signal.SIGTERM, note_interrupt)
         atexit.register(close_if_open)
+
+    def __getstate__(self) -> dict:
+        """A launcher's workers get a copy of the callbacks (joblib pickles them): the parent's hold stays here."""
+        return {**self.__dict__, "lock": None}
+
+    def _release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         if self.run_id is None:
@@ -150,14 +177,20 @@ class SweepTracking(Callback):
         if optimizer_report.exists():
             client.log_artifact(run_id, str(optimizer_report), SUMMARY)
         view_key = sweep_report.log_on_parent(client, run_id, summary, config.get("objective"))
+        if (folder / settle_report.MARKDOWN).is_file():  # a settle sweep: its verdicts first on the parent
+            settle_report.put_first(client, run_id, folder)
         jobs = len(children) + len(runless)
         lost = len(failed) + len(runless)
         status = "FAILED" if lost or not children else "FINISHED"
         client.set_tag(run_id, "sweep.jobs", f"{jobs - lost} of {jobs} finished")
         client.set_terminated(run_id, status)
+        self._release()
         self.run_id = None  # closed: nothing left for the exit handler
-        print(f"ganlab: sweep of {jobs} jobs ({lost} failed); summary (table, heatmap, samples) in {folder} "
+        print(f"ganlab: sweep of {jobs} jobs ({lost} failed); summary ({summary_contents(summary)}) in {folder} "
               f"and under {SUMMARY}/ of MLflow run {run_id}", flush=True)
+        best = best_line(summary)
+        if best:  # the answer, then where to look at it: the console's last lines
+            print(best, flush=True)
         print(tracking.ui_hint(config.tracking.uri, experiment_id, run_id, view_key=view_key), flush=True)
         if lost:
             # Hydra turns a callback's exception into a warning; the exit status must say it.
@@ -166,13 +199,68 @@ class SweepTracking(Callback):
             raise SystemExit(1)
 
 
+def summary_contents(summary) -> str:
+    """What the sweep's summary holds, as its files say (a heatmap only where one was drawn)."""
+    names = [Path(file).name for file in summary.files]
+    parts = ["table"]
+    parts += ["heatmap"] if any(name.startswith("sweep_heatmap") for name in names) else []
+    parts += ["samples"] if summary.montage is not None else []
+    parts += ["seed comparison"] if "comparison.csv" in names else []
+    return ", ".join(parts)
+
+
+def best_line(summary) -> str | None:
+    """`best setting: dropout=0.1 ls=0: fid 97.3 (95% interval 90.1 to 104.5 over 3 seeds; lower is better)`:
+    the best job's setting and the mean of its returned score over the setting's seeds (Student-t interval,
+    `seed_stats.summarize`); one run gives its value and says it has no interval. None without a best job."""
+    from ganlab.sweeps import seed_stats
+
+    best, metric = summary.best, summary.best_metric
+    if best is None or not metric or metric not in best.data.metrics:
+        return None
+    keys = [key for key in summary.keys if key != sweep_report.SEED_KEY]
+    values = [child.data.metrics[metric] for child in summary.ranked if child.info.status == "FINISHED"
+              and metric in child.data.metrics and all(child.data.params.get(k) == best.data.params.get(k) for k in keys)]
+    label = tracking.setting(best.data.params, keys) or "the default setting"
+    shown = lambda value: scores.format_value(metric, value)  # noqa: E731 - the score registry's precision
+    better = f"{scores.direction(metric)} is better" if scores.direction(metric) else ""
+    found = seed_stats.summarize(values)
+    if found.n > 1:
+        return (f"best setting: {label}: {metric} {shown(found.mean)} (95% interval {shown(found.ci_low)} to "
+                f"{shown(found.ci_high)} over {found.n} seeds; {better})")
+    return f"best setting: {label}: {metric} {shown(best.data.metrics[metric])} (one run, so no interval: sweep seed too; {better})"
+
+
 def sweep_overrides(config: DictConfig) -> str:
     """The sweep's command-line overrides as typed, without `sweep.resume` (which sweep goes on is not what it trains)."""
-    return " ".join(item for item in config.hydra.overrides.task if item.split("=", 1)[0].lstrip("+~") != RESUME_KEY)
+    return " ".join(item for item in task_overrides(config) if item.split("=", 1)[0].lstrip("+~") != RESUME_KEY)
 
 
-def reopen_parent(client, experiment_id: str, target: str, overrides: str) -> str:
-    """The parent run of the sweep `target` names (its run id or its folder), RUNNING again.
+def task_overrides(config: DictConfig) -> list[str]:
+    """The command line's overrides as typed: never resolved (`epochs=${oc.env:NOPE}` is its job's to refuse)."""
+    return [str(item) for item in OmegaConf.to_container(config.hydra.overrides.task, resolve=False)]
+
+
+def refuse_unresumable_sweeper(config: DictConfig) -> None:
+    """`sweep.resume` continues a grid by job number: Hydra's basic sweeper's or ganlab's own. Another
+    sweeper (Optuna's: its trials depend on the study's history) is refused in one line, exit 1."""
+    target = str(OmegaConf.select(config, "hydra.sweeper._target_") or "")
+    if target.endswith("BasicSweeper") or "ganlab" in target:
+        return
+    print(f"error: {RESUME_KEY}: continues sweeps of Hydra's basic sweeper (a grid) or ganlab's own, not of "
+          f"{target.rsplit('.', 1)[-1]} (hydra.sweeper._target_={target}), whose next trials depend on a history "
+          "it does not keep; start that sweep again without sweep.resume.", file=sys.stderr, flush=True)
+    raise SystemExit(1)
+
+
+def reopen_parent(client, experiment_id: str, target: str, overrides: str) -> run_lock.RunLock:
+    """The parent run of the sweep `target` names (its run id or its folder), held by this process and RUNNING again.
+
+    One live resume per sweep: the parent's owner tag is taken with a compare-and-set
+    (`ganlab.tracking.run_lock`, holding across machines), so a second resume, or a resume
+    while the sweep itself still runs, is refused in one line naming the process and host
+    that holds it. A FINISHED sweep (checked under that lock) has nothing left to do: one
+    line, exit 0, nothing created.
 
     The sweep must be continued with the overrides it started with: its jobs find their
     earlier runs by job number (`ganlab.training.checkpoint.earlier_attempt`). Bad input ends the
@@ -190,22 +278,29 @@ def reopen_parent(client, experiment_id: str, target: str, overrides: str) -> st
         if parent.data.tags.get(tracking.SWEEP_PARENT_TAG) != "true" or parent.info.experiment_id != experiment_id:
             raise InputError(f"{RESUME_KEY}: run {parent_id} is not the parent run of a sweep in this experiment; give "
                              "the id of a sweep's parent run (the `sweep ...` run whose children are the jobs).")
-        started_with = parent.data.tags.get(OVERRIDES_TAG, "")
+        started_with = parent.data.tags.get(PARENT_OVERRIDES_TAG, "")
         if started_with != overrides:
             raise InputError(f"{RESUME_KEY}: sweep {parent_id} started with the overrides {started_with!r}, not "
                              f"{overrides!r}; continue it with the same ones: python -m ganlab.train -m "
                              f"{started_with} {RESUME_KEY}={parent_id}")
+        lock = run_lock.RunLock(client, parent_id, f"{RESUME_KEY}: sweep")
+        parent = lock.take()
     except InputError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None  # not an Exception: Hydra would turn that into a warning and run the jobs
+    if parent.info.status == "FINISHED":
+        lock.release()
+        print(f"ganlab: sweep {parent_id} has finished ({parent.data.tags.get('sweep.jobs', 'all its jobs finished')}); "
+              "nothing to continue.", flush=True)
+        raise SystemExit(0)
     client.update_run(parent_id, status="RUNNING")
-    return parent_id
+    return lock
 
 
 def close_orphaned_jobs(client, parent_id: str) -> None:
     """A sweep that stops early: its job processes on this machine are stopped (SIGTERM, so each
-    closes its run; SIGKILL after a minute), then any child run still RUNNING, whose process is gone
-    (joblib kills its workers outright), is marked KILLED. Their checkpoints stay: `sweep.resume` continues them."""
+    closes its run; SIGKILL after a minute), then any child run still RUNNING that no live process
+    holds (`ganlab.tracking.run_lock`: joblib kills its workers outright) is marked KILLED. Their checkpoints stay: `sweep.resume` continues them."""
     import psutil
 
     jobs = psutil.Process().children(recursive=True)
@@ -218,8 +313,8 @@ def close_orphaned_jobs(client, parent_id: str) -> None:
             job.kill()
     experiment_id = client.get_run(parent_id).info.experiment_id
     _, children = tracking.sweep_children(client, experiment_id, parent_id)
-    for child in children:
-        if child.info.status == "RUNNING":
+    for child in children:  # a run another live process trains (another machine's, a resume's) stays as it is
+        if child.info.status == "RUNNING" and run_lock.closable(child):
             client.set_terminated(child.info.run_id, "KILLED")
 
 

@@ -23,10 +23,23 @@ import mlflow
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
+from ganlab.tracking.run_lock import AlreadyFinished, RunLock
+from ganlab.tracking.store import JOB_NUM_TAG
 from ganlab.tracking.store import (CLOSING_WAITS, DATASET_CONTEXT_TAG, DIGEST_LENGTH, PARENT_RUN_TAG, StoreError,
                              environment_tags, open_store, package_version, resolve_uri, store_call, store_failure)
 
 FAILURE_TAG = "failure_reason"
+# A run's colour in the UI's charts and runs table: MLflow 3.17 reads this run tag (a CSS colour) when it
+# loads runs. Every job of a sweep gets its own, by job number, so no two of its first 20 share one.
+RUN_COLOR_TAG = "mlflow.runColor"
+RUN_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+              "#17becf", "#0b3d6b", "#a65200", "#145a14", "#7a1212", "#4b2f73", "#4a2c25", "#a0196e", "#3a3a3a",
+              "#6b6b0c", "#0b6570")
+
+
+def run_color(job_num) -> str:
+    """The colour of a sweep's job `job_num` (0-based) in the UI's charts."""
+    return RUN_COLORS[int(job_num) % len(RUN_COLORS)]
 
 log = logging.getLogger("ganlab.tracking.store")
 
@@ -65,22 +78,44 @@ class JobRun:
         self._closers: list = []  # called first when the run ends (e.g. a system-metrics monitor)
         self._monitor = None
         self.marked: bool | None = None  # after closing: whether the run's end status was recorded
+        self.lock: RunLock | None = None  # this process's hold on the run (its owner tag)
 
     def __enter__(self) -> "JobRun":
         self.client, self.experiment_id = open_store(self.uri, self.experiment)
         tags = {**environment_tags(), **self.tags}
+        if JOB_NUM_TAG in tags and str(tags[JOB_NUM_TAG]).isdigit():  # a sweep's job: its own colour in the charts
+            tags.setdefault(RUN_COLOR_TAG, run_color(tags[JOB_NUM_TAG]))
         if self.resume_run_id:  # the same run goes on: params stay as first logged
+            self._take(self.resume_run_id)
             self.run_id = self.resume_run_id
             self._guarded(lambda: (self._store(lambda: self.client.update_run(self.run_id, status="RUNNING")),
                                    self.set_tags(tags), self._clear_failure_reason()))
             log.info("MLflow run %s resumed in %s", self.run_id, resolve_uri(self.uri))
         else:
+            self.lock = RunLock(self.client, "", "run")
+            tags.update(self.lock.tag())
             run = store_call(resolve_uri(self.uri), lambda: self.client.create_run(self.experiment_id, run_name=self.run_name, tags=tags))
-            self.run_id = run.info.run_id
+            self.run_id = self.lock.run_id = run.info.run_id
+            self.lock.claim()
             log.info("MLflow run %s (%s) in %s", self.run_id, self.run_name, resolve_uri(self.uri))
         if self.system_metrics:
             self._guarded(self._start_system_metrics)
         return self
+
+    def _take(self, run_id: str) -> None:
+        """Hold the run (its owner tag, compare-and-set: across machines) before it is reopened; a run
+        another live process holds is refused, and a FINISHED one (checked under the lock) is never reopened."""
+        lock = RunLock(self.client, run_id, "run")
+        run = self._store(lock.take)
+        if run.info.status == "FINISHED":
+            lock.release()
+            raise AlreadyFinished(f"run {run_id} has trained all {run.data.params.get('epochs', 'its')} epochs "
+                                  "already; nothing to resume (it stays as it was).")
+        self.lock = lock
+
+    def tag(self, name: str) -> str | None:
+        """The run's tag `name` as the store holds it now (None if absent)."""
+        return self._store(lambda: self.client.get_run(self.run_id)).data.tags.get(name)
 
     def _start_system_metrics(self) -> None:
         """MLflow's own sampler of CPU, memory, disk, network (and NVIDIA GPU, with nvidia-ml-py)
@@ -136,6 +171,15 @@ class JobRun:
         now = int(time.time() * 1000)
         items = [Metric(key, float(value), now, step) for key, value in metrics.items()]
         self._store(lambda: self.client.log_batch(self.run_id, metrics=items))
+
+    def log_series(self, series: dict[str, tuple], chunk: int = 1000) -> None:
+        """Many points of a few metrics, {key: (steps, values)}, in `log_batch` calls of at most `chunk`
+        points (MLflow's limit per batch): a training epoch's per-step losses in one or two calls."""
+        now = int(time.time() * 1000)
+        items = [Metric(key, float(value), now, int(step)) for key, (steps, values) in series.items()
+                 for step, value in zip(steps, values)]
+        for start in range(0, len(items), chunk):
+            self._store(lambda: self.client.log_batch(self.run_id, metrics=items[start : start + chunk]))
 
     def log_image(self, image, key: str, step: int) -> None:
         """An image (an array, or a PNG file) under `key` at `step`: the UI shows it with a step
@@ -199,6 +243,8 @@ class JobRun:
             return False
         failure = store_failure(resolve_uri(self.uri), error) if error is not None else None
         if failure is not None:
+            if self.lock is not None:
+                self.lock.stop_heartbeat(wait=False)  # its tag goes stale with its process; nothing waits on the store
             self._close_after_store_failure(failure)
             if not self.marked:
                 failure = StoreError(f"{failure} Run {self.run_id} could not be marked FAILED there, so it may still "
@@ -229,8 +275,12 @@ class JobRun:
         try:
             self._store(lambda: self.client.set_terminated(self.run_id, RunStatus.to_string(status)))
             self.marked = True
+            if self.lock is not None:
+                self.lock.release()  # after the status: an unheld run is never RUNNING with its process alive
         except Exception as closing:  # noqa: BLE001 - must not hide the error that ended the job
             self.marked = False
+            if self.lock is not None:
+                self.lock.stop_heartbeat(wait=False)
             log.warning("while closing the run: %s", closing)
             if error is None:  # the job itself went well: the store failing at the end is the one error
                 failure = store_failure(resolve_uri(self.uri), closing, os_errors=True) or StoreError(

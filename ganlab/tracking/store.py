@@ -13,7 +13,6 @@ them from anywhere. Calls to a tracking server are bounded in time (see
 
 from __future__ import annotations
 
-import fcntl
 import getpass
 import logging
 import os
@@ -28,7 +27,9 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from ganlab.core import filelock
 from ganlab.core.config import WHERE_KEYS
+from ganlab.core.defaults import flatten  # a run's params: the config with dotted keys
 from ganlab.core.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,10 @@ NOTE_TAG = "mlflow.note.content"  # a run's description, rendered as Markdown by
 SWEEP_PARENT_TAG = "sweep.parent"
 JOB_NUM_TAG = "sweep.job_num"  # a sweep child's job number in its sweep
 OVERRIDES_TAG = "hydra.overrides"  # a run's command-line overrides, as typed
+OUTPUT_DIR_TAG = "output_dir"  # the folder of a job's files and checkpoint
+SWEEP_ID_TAG = "sweep.id"  # a sweep child's sweep: its parent run id (or the sweep folder)
+DATA_SOURCE_TAG = "data.source"  # where a run's data came from, in words
+DATA_SHA_TAG = "data.sha256"  # the sha256 of the data a run trained on: written once, checked on resume
 DATASET_CONTEXT_TAG = "mlflow.data.context"  # the UI's badge beside a run's dataset
 DIGEST_LENGTH = 12  # a dataset digest as the UI shows it, like a short git hash (MLflow stores at most 36)
 PACKAGES = ("tensorflow", "keras", "mlflow", "hydra-core", "numpy", "scipy")
@@ -94,16 +99,23 @@ def resolve_uri(uri: str | None) -> str:
 
 
 ML_VIEW = "workflowType=machine_learning"  # MLflow 3's UI opens an experiment on its GenAI views without it
+# The experiment tag MLflow 3's UI reads to open an experiment (from its home page, its own links
+# included) in model-training mode rather than GenAI: set on every experiment ganlab writes to.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = {EXPERIMENT_KIND_TAG: "custom_model_development"}
 # An experiment tag holding a runs-table view (filter, sort, columns) as JSON: the UI applies it
 # when the URL names it with ?viewStateShareKey=<key> (the state MLflow's own "Share" button saves).
 SHARED_VIEW_TAG = "mlflow.sharedViewState."
 UI_PORT = 5000
 
 
-def run_link(experiment_id: str, run_id: str | None = None) -> str:
+def run_link(experiment_id: str, run_id: str | None = None, artifact: str | None = None) -> str:
     """The UI's address of a run (or of an experiment's runs) relative to the UI's root, in model-training mode:
-    a Markdown link in a run's description opens it in the UI as it is."""
+    a Markdown link in a run's description opens it in the UI as it is. With `artifact` (a path in the run's
+    artifacts), the run's Artifacts tab showing that file: MLflow 3.17 draws a picture there whole, at once."""
     path = f"#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    if run_id and artifact:
+        path += f"/artifacts/{artifact}"
     return f"{path}?{ML_VIEW}"
 
 
@@ -113,9 +125,10 @@ def view_link(experiment_id: str, view_key: str) -> str:
 
 
 def ui_hint(uri: str | None, experiment_id: str | None = None, run_id: str | None = None,
-            view_key: str | None = None) -> str:
-    """The `mlflow ui` command for this store (runnable as pasted) and the URL of the run (or experiment);
-    with `view_key`, a line with the URL of the runs table as that shared view sets it."""
+            view_key: str | None = None, artifact: str | None = None) -> str:
+    """The `mlflow ui` command for this store (runnable as pasted) and the URL of the run (or experiment;
+    with `artifact`, of that file of the run, e.g. its newest sample grid); with `view_key`, a line with
+    the URL of the runs table as that shared view sets it."""
     uri = resolve_uri(uri)
     if uri.startswith(("http://", "https://")):
         base, command = uri.rstrip("/"), None
@@ -128,9 +141,9 @@ def ui_hint(uri: str | None, experiment_id: str | None = None, run_id: str | Non
         # The port hint is a shell comment, so the line still runs as pasted.
         command = (f"{program} ui --backend-store-uri {shlex.quote(uri)} --port {UI_PORT}"
                    f"  # {UI_PORT} taken? --port N, and :N in the URLs")
-    # MLflow 3's UI shows an experiment as GenAI (traces) unless the URL or the browser's
-    # last choice in the sidebar says machine learning; an experiment tag does not decide it.
-    url = f"{base}/{run_link(experiment_id, run_id)}" if experiment_id else base
+    # The URL says machine learning too: the experiment's kind tag decides MLflow's home page and its
+    # own links, the URL a browser whose sidebar was last switched to GenAI.
+    url = f"{base}/{run_link(experiment_id, run_id, artifact)}" if experiment_id else base
     lines = ([f"look at it: {command}"] if command else []) + [f"then open {url}"]
     if experiment_id and view_key:
         lines.append(f"runs table, best first: {base}/{view_link(experiment_id, view_key)}")
@@ -145,6 +158,7 @@ def open_store(uri: str | None, experiment: str) -> tuple[MlflowClient, str]:
     checked first, so a server that does not answer fails fast with a clear message.
     """
     uri = resolve_uri(uri)
+    check_uri(uri)
     if uri.startswith(("http://", "https://")):
         check_server(uri)
     if not uri.startswith("sqlite:///"):
@@ -152,11 +166,11 @@ def open_store(uri: str | None, experiment: str) -> tuple[MlflowClient, str]:
     db_file = Path(uri.removeprefix("sqlite:///"))
     try:
         db_file.parent.mkdir(parents=True, exist_ok=True)
-        lock = open(db_file.parent / ".ganlab.lock", "a")
+        lock = open(filelock.lock_path(db_file.parent, ".ganlab.lock"), "a")
     except OSError as error:
         raise InputError(f"tracking.uri: cannot create the store {uri} ({error}); pick a writable folder.") from error
     with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        filelock.flock(lock)
         artifact_location = (db_file.parent / "artifacts" / experiment).as_uri()
         return store_call(uri, lambda: _get_or_create_experiment(MlflowClient(tracking_uri=uri), experiment, artifact_location))
 
@@ -164,6 +178,7 @@ def open_store(uri: str | None, experiment: str) -> tuple[MlflowClient, str]:
 def open_reader(uri: str | None, experiment: str | None = None, option: str = "--tracking-uri") -> tuple[MlflowClient, str | None]:
     """Client (and the experiment's id) of an existing store; never creates a store or an experiment."""
     uri = resolve_uri(uri)
+    check_uri(uri, option)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise InputError(
             f"{option}: the SQLite store {uri.removeprefix('sqlite:///')!r} does not exist. Run this command "
@@ -180,6 +195,33 @@ def open_reader(uri: str | None, experiment: str | None = None, option: str = "-
         names = sorted(e.name for e in store_call(uri, client.search_experiments, option))
         raise InputError(f"--experiment: no experiment {experiment!r} in {uri}; it holds: {', '.join(names) or 'none'}.")
     return client, found.experiment_id
+
+
+def check_uri(uri: str, option: str = "tracking.uri") -> None:
+    """Refuse, before anything is created, a SQLite path relative to the working folder that leaves it
+    (`sqlite:///../../x.db`; an absolute `sqlite:////...` may be anywhere) and a database URI whose
+    driver is not installed (`mysql://` needs mysqlclient, `mysql+pymysql://` PyMySQL, ...)."""
+    if uri.startswith("sqlite:///"):
+        path = uri.removeprefix("sqlite:///")
+        if not Path(path).is_absolute() and not Path(path).resolve().is_relative_to(Path.cwd().resolve()):
+            raise InputError(f"{option}: the SQLite path {path!r} is relative and leads out of the working folder "
+                             f"{str(Path.cwd())!r}; give an absolute one (four slashes: sqlite:////abs/path/mlflow.db) "
+                             "or a path inside this folder (sqlite:///mlruns/mlflow.db).")
+        return
+    if uri.startswith(("http://", "https://", "databricks")) or "://" not in uri:
+        return
+    import sqlalchemy
+
+    try:
+        sqlalchemy.engine.make_url(uri).get_dialect().import_dbapi()
+    except ImportError as error:
+        raise InputError(f"{option}: {uri.split('://', 1)[0]}:// stores need a database driver that is not installed "
+                         f"({error}); install it (e.g. pip install mysqlclient for mysql://, pymysql for "
+                         "mysql+pymysql://, psycopg2-binary for postgresql://) or use the default SQLite store "
+                         "(tracking.uri=null).") from None
+    except Exception as error:  # noqa: BLE001 - an unknown dialect or a malformed URL
+        raise InputError(f"{option}: {uri.split('@')[-1]!r} is not a database URI SQLAlchemy can open ({error}); "
+                         "expected e.g. postgresql://user:pass@host/db, or tracking.uri=null.") from None
 
 
 def store_call(uri: str, call, option: str = "tracking.uri"):
@@ -228,14 +270,22 @@ def store_failure(uri: str, error: BaseException, option: str = "tracking.uri", 
 def _get_or_create_experiment(client: MlflowClient, experiment: str, artifact_location: str | None):
     found = client.get_experiment_by_name(experiment)
     if found is not None:
+        _mark_model_training(client, found)
         return client, found.experiment_id
     try:
-        return client, client.create_experiment(experiment, artifact_location=artifact_location)
+        return client, client.create_experiment(experiment, artifact_location=artifact_location, tags=MODEL_TRAINING)
     except MlflowException:  # another process created it first
         found = client.get_experiment_by_name(experiment)
         if found is None:
             raise
+        _mark_model_training(client, found)
         return client, found.experiment_id
+
+
+def _mark_model_training(client: MlflowClient, experiment) -> None:
+    """An experiment ganlab writes to opens in MLflow's model-training mode (also one made before, or by others)."""
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING[EXPERIMENT_KIND_TAG]:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING[EXPERIMENT_KIND_TAG])
 
 
 def check_server(uri: str, option: str = "tracking.uri") -> None:
@@ -270,7 +320,7 @@ def sweep_children(client: MlflowClient, experiment_id: str, parent_id: str | No
         parent_id = parents[0].info.run_id
     children = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent_id}'",
                                   max_results=10000)
-    return parent_id, sorted(children, key=lambda child: int(child.data.tags.get("sweep.job_num", 0)))
+    return parent_id, sorted(children, key=lambda child: int(child.data.tags.get(JOB_NUM_TAG, 0)))
 
 
 def metric_histories(client: MlflowClient, run_id: str, names) -> dict[str, dict[int, float]]:
@@ -330,20 +380,9 @@ def _short_value(value: str) -> str:
         return value
 
 
-def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
-    """{'model': {'name': 'mlp'}} -> {'model.name': 'mlp'}; lists stay values."""
-    flat = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, prefix=f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-# Config keys that say where and how a job runs, not what it trains: kept in config.yaml, not params.
-NOT_PARAMS = ("tracking.", "resume", "checkpoint.", "sweep.")
+# Config keys that say where and how a job runs, not what it trains (data.download: how the data is found,
+# not which): kept in config.yaml, not params.
+NOT_PARAMS = ("tracking.", "resume", "checkpoint.", "sweep.", "settle.", "data.download")  # settle.: how a settle sweep spends seeds
 
 
 def run_params(config: dict) -> dict[str, Any]:

@@ -13,7 +13,7 @@
   step MLflow's image card opens on, so the card shows the newest picture without a click;
 - `BestEpoch`: the objective's best value so far (`<objective>_best`, `<objective>_best_epoch`)
   and the generator that reached it;
-- `log_epoch`: the epoch's metrics into the run and one console line.
+- `log_epoch`: the epoch's metrics into the run (and its per-step losses, `log_step_losses`) and one console line.
 The job (`ganlab.training.job.train_job`) writes the checkpoint between the last two, so a kill
 in between is mended on resume (which logs the checkpoint's epochs that the run lacks).
 """
@@ -88,6 +88,8 @@ class EpochScoring:
         self.sample_noise = outputs.fixed_noise(random_dim)
         self.d_images = None if dataset is None else d_gap_images(dataset.x_train, dataset.x_test, seed)
         self.grid_epoch = None  # the epoch of the last sample grid, so an evaluated epoch makes it once
+        self.grid_artifact = None  # the newest grid's artifact path (`samples/epoch_NNN.png`): the printed URL opens it
+        self.setting = getattr(run, "run_name", None)  # every picture names the run's setting and its epoch
         if evaluator is not None:
             run.set_tags({**evaluator.scoring_tags(), "eval.repeats": str(len(self.eval_noises))})
 
@@ -95,22 +97,21 @@ class EpochScoring:
         """The mean scores over the noise draws (the first draw's Evaluation for its pictures and table)."""
         results = [self.evaluator.evaluate(trainer.generate(noise, ema=ema) if ema else trainer.generate(noise))
                    for noise in self.eval_noises]
-        found = {}
-        for name in results[0].scores:
-            found[name], spread = metrics.mean_and_spread([result.scores[name] for result in results])
-            if name == scores.FID and len(results) > 1:
-                found[scores.sampling_std(name)] = spread
-        return found, results[0]
+        return metrics.mean_over_draws(results), results[0]
 
     def sample_grid(self, trainer, epoch: int) -> Path:
         """The fixed-noise sample grid of `epoch`: `samples/epoch_NNN.png` in the output folder and
         the run's artifacts, and the MLflow image `samples` (step = epoch, and the newest at `LATEST_STEP`)."""
         grid = trainer.generate(self.sample_noise)
-        picture = plots.save_sample_grid(grid, self.output_dir / SAMPLES_KEY / f"epoch_{epoch:03d}.png", title=f"epoch {epoch}")
+        picture = plots.save_sample_grid(grid, self.output_dir / SAMPLES_KEY / f"epoch_{epoch:03d}.png", title=self.title(epoch))
         self.run.log_artifact(picture, SAMPLES_KEY)
-        log_image_and_latest(self.run, plots.image_grid(grid), SAMPLES_KEY, epoch)
-        self.grid_epoch = epoch
+        log_image_and_latest(self.run, picture, SAMPLES_KEY, epoch)  # the titled picture: black on white, as every one
+        self.grid_epoch, self.grid_artifact = epoch, f"{SAMPLES_KEY}/{picture.name}"
         return picture
+
+    def title(self, epoch: int) -> str:
+        """A picture's title: the run's setting and the epoch (`dropout=0.1 ls=0, epoch 3`)."""
+        return f"{self.setting}, epoch {epoch}" if self.setting else f"epoch {epoch}"
 
     def __call__(self, trainer, epoch: int) -> dict[str, float]:
         """The scores of an evaluated epoch (and its sample grid, unless `sample_grid` made it already)."""
@@ -121,7 +122,7 @@ class EpochScoring:
         started = time.perf_counter()
         found, result = self.scores_of(trainer)
         histogram = plots.save_class_histogram(result.histogram, self.output_dir / "classes" / f"epoch_{epoch:03d}.png",
-                                               title=f"epoch {epoch}")
+                                               title=self.title(epoch))
         self.run.log_artifact(histogram, "classes")
         log_image_and_latest(self.run, histogram, "classes", epoch)
         if result.class_fid is not None:
@@ -129,7 +130,7 @@ class EpochScoring:
             self.run.log_artifact(table, CLASS_FID_DIR)
         if result.nearest_pairs is not None:
             nearest = plots.save_nearest_pairs(*result.nearest_pairs, self.output_dir / NEAREST_KEY / f"epoch_{epoch:03d}.png",
-                                               distances=result.nearest_distances, title=f"epoch {epoch}")
+                                               distances=result.nearest_distances, title=self.title(epoch))
             self.run.log_artifact(nearest, NEAREST_KEY)
             log_image_and_latest(self.run, nearest, NEAREST_KEY, epoch)
         if self.d_images is not None:
@@ -162,7 +163,8 @@ def discriminator_gap(trainer, train_images: np.ndarray, test_images: np.ndarray
 
 
 def save_class_fid(class_fid: np.ndarray, counts: np.ndarray, path: Path) -> Path:
-    """The per-class FID table: class, generated images the classifier assigns to it, FID (empty: too few)."""
+    """The per-class FID table: class, generated images the classifier assigns to it, FID (inf: too few
+    generated images of the class, the worst possible; empty: too few real ones to score it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as stream:
         writer = csv.writer(stream)
@@ -185,21 +187,46 @@ class BestEpoch:
                 self.value = record.metrics[scores.best(objective)]
                 self.epoch = int(record.metrics[scores.best_epoch(objective)])
 
-    def update(self, record, generator) -> dict[str, float]:
-        """`<objective>_best` and its epoch at epochs that measure the objective."""
+    def update(self, record, trainer) -> dict[str, float]:
+        """`<objective>_best` and its epoch at epochs that measure the objective. At a new best, saves the
+        generator whose score it is: the EMA weights for an EMA objective (`ema_fid`), else the live ones.
+        `trainer` is the GanTrainer (a bare generator is taken too, for a live-weights objective)."""
         value = record.summary().get(self.objective) if self.objective else None
         if value is None:
             return {}
         if scores.is_better(self.objective, value, self.value):
             self.value, self.epoch = value, record.epoch
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            generator.save(self.path)
+            if self.objective.startswith(scores.EMA_PREFIX):
+                if not hasattr(trainer, "ema_weights"):
+                    raise TypeError(f"objective {self.objective} chose the epoch by the EMA's score: pass the trainer, "
+                                    "so the EMA generator is the one saved")
+                with trainer.ema_weights() as generator:
+                    generator.save(self.path)
+            else:
+                getattr(trainer, "generator", trainer).save(self.path)
         return {scores.best(self.objective): self.value, scores.best_epoch(self.objective): self.epoch}
+
+
+# The per-step losses' MLflow keys, at the global step (epoch e's step i is (e - 1) * steps + i),
+# beside the epoch means (`d_loss`, `g_loss` at step = epoch), so a 1-epoch run has a curve too.
+D_LOSS_STEP, G_LOSS_STEP = f"{scores.D_LOSS}_step", f"{scores.G_LOSS}_step"
+
+
+def log_step_losses(run, record) -> None:
+    """The epoch's per-step D and G losses as MLflow metrics `d_loss_step`, `g_loss_step` at their
+    global steps, in `log_batch` chunks; G's only at the steps G moved (n_critic > 1: NaN elsewhere)."""
+    steps = len(record.d_losses)
+    global_steps = (record.epoch - 1) * steps + np.arange(1, steps + 1)
+    moved = np.isfinite(record.g_losses)
+    run.log_series({D_LOSS_STEP: (global_steps, record.d_losses),
+                    G_LOSS_STEP: (global_steps[moved], record.g_losses[moved])})
 
 
 def log_epoch(run, record, last_epoch: int) -> None:
     summary = record.summary()
     run.log_metrics(summary, step=record.epoch)
+    log_step_losses(run, record)
     shown = ", ".join(f"{name} {scores.format_value(name, summary[name])}" for name in summary if scores.lookup(name))
     log.info("epoch %d/%d [%s]: %s", record.epoch, last_epoch, run.run_name, shown)
 

@@ -1,8 +1,10 @@
-"""One training job, top to bottom: check, build, then the epoch loop, then save and report.
+"""One training job, top to bottom: its config, build, then the epoch loop, then save and report.
 
 `run_job(cfg, context)` is what the Hydra entry point calls; `context` holds the facts
 only Hydra knows (output folder, overrides, sweep, launcher threads), so nothing here
-imports Hydra. A job is one MLflow run (`ganlab.tracking.job_run.JobRun`), resumable from its last
+imports Hydra. Before the job starts, resume is looked up once (`ganlab.training.checkpoint.look_up`)
+and the config is read once (`ganlab.core.config.typed_config`) into the typed `JobConfig` the job reads;
+a refused key ends in a FAILED run. A job is one MLflow run (`ganlab.tracking.job_run.JobRun`), resumable from its last
 checkpoint (`ganlab.training.checkpoint`). `train_job` holds the whole loop in one screen: train
 an epoch, score it, track the best, checkpoint, log; those steps are small functions in
 `ganlab.training.epochs`, the model, loss and optimizer come from their registries by name, and
@@ -12,6 +14,7 @@ the files a finished job leaves are written by `ganlab.training.outputs`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import signal
 import threading
@@ -19,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ganlab.training import checkpoint
 from ganlab.core import config
@@ -28,6 +31,9 @@ from ganlab.training import outputs
 from ganlab.core import runtime
 from ganlab.tracking import store as tracking
 from ganlab.core.data import load_dataset
+from ganlab.core.errors import InputError
+from ganlab.core.job_config import JobConfig, TrackingConfig
+from ganlab.gan import choices
 from ganlab.tracking.job_run import JobRun
 
 log = logging.getLogger("ganlab.train")
@@ -49,33 +55,21 @@ class JobContext:
 
 
 def run_job(cfg: DictConfig, context: JobContext) -> float | None:
-    """Open the job's run and train; returns the objective for a sweeper."""
-    config.validate_tracking(cfg)  # a store must be usable before a run can record anything
-    explicit = context.overrides
-    if context.parent_run_id and not cfg.get("resume"):  # a requeued or resumed sweep job continues its own run
-        earlier = checkpoint.earlier_attempt(cfg, context.parent_run_id, context.tags.get(tracking.JOB_NUM_TAG),
-                                             context.overrides)
-        if earlier is not None:
-            cfg, explicit = cfg.copy(), []  # its checkpoint holds the config these overrides made
-            cfg.resume = earlier
-    resume = checkpoint.prepare_resume(cfg, explicit) if cfg.get("resume") else None
-    if resume is not None:
-        cfg = resume.config
-    print(f"ganlab: job outputs in {context.output_dir}", flush=True)
-    threads = cfg.threads if cfg.threads is not None else context.threads
-    tags = {**context.tags, **runtime_tags(threads)}
-    if resume is None:
-        tags["output_dir"] = str(context.output_dir)
-    else:
-        tags.update({"resumed_from_epoch": resume.checkpoint.epoch, "resumed_from": str(resume.checkpoint.folder)})
-    run = JobRun(cfg.tracking.uri, cfg.tracking.experiment, context.output_dir, context.run_name, tags,
-                 parent_run_id=context.parent_run_id, log_file=context.log_file,
-                 resume_run_id=resume.checkpoint.run_id if resume else None,
-                 system_metrics=cfg.tracking.system_metrics)
+    """Read the config in one pass, find what the job continues, open its run and train; returns the objective for a sweeper."""
     try:
-        with signals_as_interrupt() as now_closing, run:
+        job = config.typed_config(cfg, choices.registries())
+    except config.RefusedConfig as refused:  # recorded in a FAILED run: its tracking keys are good
+        with open_run(refused.tracking, context, None, context.threads):
+            raise
+    resume = checkpoint.look_up(cfg, context.parent_run_id, context.tags.get(tracking.JOB_NUM_TAG), context.overrides)
+    try:
+        if resume is not None:  # what was trained comes from the checkpoint (checked when it started), where from this command
+            job = JobConfig.of(OmegaConf.to_container(resume.config, resolve=True))
+            resume = dataclasses.replace(resume, config=job)
+        threads = job.threads if job.threads is not None else context.threads
+        with signals_as_interrupt() as now_closing, open_run(job.tracking, context, resume, threads) as run:
             try:
-                return train_job(cfg, context, run, threads, resume)
+                return train_job(job, context, run, threads, resume)
             finally:
                 now_closing()  # a signal from here on must not cut the run's closing short
     finally:
@@ -83,22 +77,32 @@ def run_job(cfg: DictConfig, context: JobContext) -> float | None:
             resume.lock.release()
 
 
-def train_job(cfg, context: JobContext, run: JobRun, threads: int | None, resume) -> float | None:
-    """Check, build, then the loop: train an epoch, score it, track the best, checkpoint, log. Returns the objective."""
+def open_run(where: TrackingConfig, context: JobContext, resume, threads: int | None) -> JobRun:
+    """The job's MLflow run: a new one, or the one it resumes. Says where the job's outputs go."""
+    print(f"ganlab: job outputs in {context.output_dir}", flush=True)
+    started_from = ({tracking.OUTPUT_DIR_TAG: str(context.output_dir)} if resume is None else
+                    {"resumed_from_epoch": resume.checkpoint.epoch, "resumed_from": str(resume.checkpoint.folder)})
+    tags = {**context.tags, **runtime_tags(threads), **started_from}
+    return JobRun(where.uri, where.experiment, context.output_dir, context.run_name, tags,
+                  parent_run_id=context.parent_run_id, log_file=context.log_file,
+                  resume_run_id=resume.checkpoint.run_id if resume else None, system_metrics=where.system_metrics)
+
+
+def train_job(cfg: JobConfig, context: JobContext, run: JobRun, threads: int | None, resume) -> float | None:
+    """Build, then the loop: train an epoch, score it, track the best, checkpoint, log. Returns the objective."""
     started = time.perf_counter()
-    config.validate(cfg)
     warn_about_slow_bf16(cfg.dtype)
     output_dir = context.output_dir
     with checkpoint.job_lock(output_dir, resume):  # no resume of this job while it runs
-        config_file = outputs.save_config(config.resolved(cfg), output_dir)
+        config_file = outputs.save_config(cfg.as_dict(), output_dir)
         if resume is None:  # a resumed run keeps the params it was started with
-            run.start(tracking.run_params({**config.resolved(cfg), "threads": threads}), config_file)
+            run.start(tracking.run_params({**cfg.as_dict(), "threads": threads}), config_file)
             checkpoint.write(output_dir, None, [], run, threads, cfg)  # resumable from here on
         runtime.configure_tensorflow(cfg.seed, threads, cfg.deterministic)  # TensorFlow loads only now
         dataset, steps = load_data(cfg, run, new_run=resume is None)
         trainer = build_trainer(cfg, dataset)
-        score = epochs.EpochScoring(build_evaluator(cfg, dataset), evaluation_noises(cfg), run, output_dir, cfg.random_dim,
-                                    dataset=dataset, seed=cfg.seed)
+        evaluator, noises = build_scoring(cfg, dataset)
+        score = epochs.EpochScoring(evaluator, noises, run, output_dir, cfg.random_dim, dataset=dataset, seed=cfg.seed)
         history = checkpoint.resume_into(trainer, resume, run, output_dir, threads) if resume else []
         best = epochs.BestEpoch(cfg.objective, output_dir, history)
         log.info("training %d epochs of %d steps (batch %d) on %s", cfg.epochs, steps, cfg.batch_size, dataset.source)
@@ -113,7 +117,7 @@ def train_job(cfg, context: JobContext, run: JobRun, threads: int | None, resume
             score.sample_grid(trainer, epoch)  # every epoch; the scores only at evaluated ones
             if epochs.is_evaluated(epoch, cfg.eval.every, cfg.epochs):
                 record.metrics.update(score(trainer, epoch))
-            record.metrics.update(best.update(record, trainer.generator))
+            record.metrics.update(best.update(record, trainer))  # the EMA generator for an EMA objective
             history.append(record)
             checkpoint.write(output_dir, trainer, history, run, threads, cfg)  # before logging: see ganlab.training.epochs
             epochs.log_epoch(run, record, cfg.epochs)
@@ -125,17 +129,21 @@ def train_job(cfg, context: JobContext, run: JobRun, threads: int | None, resume
     final = history[-1].summary() if history else untrained
     objective = epochs.objective_value(cfg.objective, cfg.objective_at, final, best)
     outputs.print_summary(history[resume.checkpoint.epoch if resume else 0:], final, objective, cfg.objective,
-                          time.perf_counter() - started, first_step_at - started, output_dir, run)
+                          time.perf_counter() - started, first_step_at - started, output_dir, run, picture=score.grid_artifact)
     return objective
 
 
-def load_data(cfg, run: JobRun, new_run: bool):
+def load_data(cfg: JobConfig, run: JobRun, new_run: bool):
     """The checked dataset and the resolved steps per epoch; records both on the run."""
-    dataset = load_dataset(cfg.data.name, cfg.data.path)
-    config.validate_against_data(cfg, len(dataset.x_train))
-    steps = config.steps_per_epoch(cfg, len(dataset.x_train))
+    dataset = load_dataset(cfg.data.name, cfg.data.path, download=cfg.data.download)
+    cfg.check_against_data(len(dataset.x_train))
+    steps = cfg.steps_for(len(dataset.x_train))
     digest = dataset.sha256()
-    run.set_tags({"data.source": dataset.source, "data.sha256": digest})
+    recorded = None if new_run else run.tag(tracking.DATA_SHA_TAG)
+    if recorded is not None and recorded != digest:  # checked on resume already; the file changed since
+        raise InputError(f"resume: data.path={cfg.data.path} now holds data with sha256 {digest}, but run "
+                         f"{run.run_id} trained on data with sha256 {recorded}; a resumed run goes on with the same data.")
+    run.set_tags({tracking.DATA_SOURCE_TAG: dataset.source, **({} if recorded else {tracking.DATA_SHA_TAG: digest})})
     if new_run:  # a resumed run has these from its start
         run.log_params({"steps_per_epoch": steps})
         run.log_dataset(dataset.name, digest, dataset.location(),  # the UI's Dataset column
@@ -158,7 +166,8 @@ def build_trainer(cfg, dataset):
     d_optimizer, g_optimizer = build_optimizers(cfg.optimizer)
     generator, discriminator = build_nets(cfg, dataset.x_train.shape[1:])
     return GanTrainer(generator, discriminator, dataset.x_train, loss=loss, d_optimizer=d_optimizer,
-                      g_optimizer=g_optimizer, batch_size=cfg.batch_size, seed=cfg.seed, ema=cfg.ema)
+                      g_optimizer=g_optimizer, batch_size=cfg.batch_size, seed=cfg.seed, ema=cfg.ema,
+                      ema_warmup=cfg.ema_warmup)
 
 
 def warn_about_slow_bf16(dtype: str) -> None:
@@ -170,24 +179,17 @@ def warn_about_slow_bf16(dtype: str) -> None:
                     machine.cpu_model(), " ".join(machine.isa_flags()) or "none")
 
 
-def build_evaluator(cfg, dataset):
-    """The scoring evaluator (None when evaluation is off). Built after G and D, so their
-    initial weights never depend on whether evaluation is on."""
+def build_scoring(cfg: JobConfig, dataset):
+    """The scoring evaluator and the noise draws (`eval.repeats` of them) every evaluation of this job
+    scores G on; (None, None) when evaluation is off. Built after G and D, so their initial weights
+    never depend on whether evaluation is on."""
     if not cfg.eval.enabled:
-        return None
+        return None, None
     from ganlab.evaluation import classifier
-    from ganlab.evaluation.evaluator import Evaluator
-
-    return Evaluator.from_dataset(dataset, classifier=classifier.load(cfg.eval.classifier, dataset=dataset.name))
-
-
-def evaluation_noises(cfg):
-    """The noise draws (`eval.repeats` of them) every evaluation of this job scores G on (None when evaluation is off)."""
-    if not cfg.eval.enabled:
-        return None
     from ganlab.evaluation import evaluator as evaluation
 
-    return evaluation.evaluation_noises(cfg.seed, cfg.eval.num_samples, cfg.random_dim, cfg.eval.get("repeats", 1))
+    scorer = evaluation.Evaluator.from_dataset(dataset, classifier=classifier.load(cfg.eval.classifier, dataset=dataset.name))
+    return scorer, evaluation.evaluation_noises(cfg.seed, cfg.eval.num_samples, cfg.random_dim, cfg.eval.repeats)
 
 
 def runtime_tags(threads: int | None) -> dict:

@@ -84,9 +84,9 @@ def log_generators(trainer, output_dir: Path, run, register_as: str | None, best
 
 
 def print_summary(trained: list, final: dict[str, float], objective: float | None, objective_name: str | None,
-                  total_seconds: float, startup_seconds: float, output_dir: Path, run) -> None:
+                  total_seconds: float, startup_seconds: float, output_dir: Path, run, picture: str | None = None) -> None:
     """The job's closing block: what ran (`trained`: this process's epoch records), how fast,
-    the main scores (`final`), and how to look at it."""
+    the main scores (`final`), and how to look at it (the URL opens `picture`, an artifact path, when given)."""
     steps = sum(len(record.d_losses) for record in trained)
     seconds = sum(record.seconds for record in trained)
     shown = ", ".join(f"{name} {scores.format_value(name, final[name])}" for name in scores.HEADLINE if name in final)
@@ -99,5 +99,5 @@ def print_summary(trained: list, final: dict[str, float], objective: float | Non
     if shown:
         lines.append(f"  scores: {shown}")
     lines.append(f"  outputs in {output_dir}")
-    lines += ["  " + line for line in tracking.ui_hint(run.uri, run.experiment_id, run.run_id).splitlines()]
+    lines += ["  " + line for line in tracking.ui_hint(run.uri, run.experiment_id, run.run_id, artifact=picture).splitlines()]
     print("\n".join(lines), flush=True)

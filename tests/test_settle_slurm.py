@@ -1,0 +1,26 @@
+"""A settle sweep on the one-node SLURM cluster (scripts/slurm-up.sh; skipped where it is not up, as
+tests/test_slurm.py is): the pilot and stage 2 each go to SLURM as a job array, and the verdict
+reads the scores the jobs logged from their nodes."""
+
+from __future__ import annotations
+
+from conftest import run_cli, store_client
+from ganlab.sweeps import settle, settle_report
+from ganlab.tracking import store as tracking
+from test_settle import settings_and_seeds, sweep_runs
+from test_slurm import SLURM, TINY, cluster, sweep_dir
+
+
+@cluster
+def test_a_settle_sweep_runs_its_pilot_and_stage_2_as_job_arrays(workdir):
+    done = run_cli([*SLURM, "hydra/sweeper=settle", "dropout=0.1,0.5", "settle.margin=0.001", "settle.pilot_seeds=2",
+                    "settle.max_seeds=3", *TINY, "epochs=1"], workdir, timeout=1500)  # 6 jobs in two arrays
+    assert done.returncode == 0, done.stderr[-3000:]
+    parent, jobs, _ = sweep_runs(workdir)
+    assert sorted(jobs) == list(range(6))  # 4 pilot jobs, then 2 in stage 2: max_seeds for both settings
+    assert settings_and_seeds(jobs.values()) == [(d, str(s)) for d in ("0.1", "0.5") for s in range(3)]
+    assert all(run.info.status == "FINISHED" for run in jobs.values())
+    assert parent.data.tags[f"{settle_report.VERDICT_TAG}dropout_0.5"] in (settle.UNDECIDED, settle.BETTER, settle.WORSE)
+    arrays = {path.name.split("_")[0] for path in sweep_dir(workdir).glob(".submitit/*_*") if path.is_dir()}
+    assert len(arrays) == 2  # one SLURM array per stage
+    assert store_client(workdir).get_run(parent.info.run_id).data.tags[tracking.NOTE_TAG].startswith("**Settled**")
