@@ -229,16 +229,23 @@ def test_the_sqlite_stores_disk_filling_up_mid_run_is_one_line_and_resume_mends_
 # ---------------------------------------------------------------------------- the entry point reads nothing unchecked
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("epochs=${oc.env:NOPE_NOT_SET}", "error: epochs: cannot be resolved (InterpolationResolutionError"),
-    ("+extra.key=1", "error: +extra.key=1: extra.key is not a ganlab knob"),
+@pytest.mark.parametrize("override, expected, failed_run", [
+    # a job value that cannot be resolved is the job's bad input: recorded as a FAILED run (issue: every
+    # unresolvable value is one line, a non-zero exit and a FAILED run where a run exists)
+    ("epochs=${oc.env:NOPE_NOT_SET}", "error: epochs: cannot be resolved (InterpolationResolutionError", True),
+    # a knob ganlab does not have is refused before anything is created
+    ("+extra.key=1", "error: +extra.key=1: extra.key is not a ganlab knob", False),
 ])
-def test_the_entry_point_refuses_unresolvable_and_unknown_keys_in_one_line(workdir, override, expected):
+def test_the_entry_point_refuses_unresolvable_and_unknown_keys_in_one_line(workdir, override, expected, failed_run):
     result = run_cli([*QUICK, override], workdir)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(expected)
-    assert not (workdir / "mlruns").exists() and not (workdir / "outputs").exists() or not list(workdir.glob("outputs/runs/*"))
+    if failed_run:
+        (run,) = all_runs(workdir)
+        assert run.info.status == "FAILED"
+    else:
+        assert not (workdir / "mlruns").exists() and not list(workdir.glob("outputs/runs/*"))
 
 
 def test_sigint_during_the_imports_is_one_line(workdir):

@@ -226,8 +226,9 @@ def save_labelled_montage(image_files: list[Path], labels: list[str], path: str 
     count = len(image_files)
     columns = min(count, 6, max(1, math.ceil(math.sqrt(count))))
     rows = math.ceil(count / columns)
-    # a tile about a grid's own size (280 px at 100 dpi: no resampling), two label lines above it
-    fig, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 3.7 * rows + (0.5 if title else 0)),
+    # a tile about a grid's own size (sample_grid's 600 px: 3.2 in at 200 dpi, less the margins), so the
+    # digits are not shrunk; two label lines above it
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.9 * rows + (0.5 if title else 0)),
                              squeeze=False, layout="constrained")  # constrained: labels never leave the canvas
     for ax in axes.flat:
         ax.axis("off")
@@ -238,4 +239,4 @@ def save_labelled_montage(image_files: list[Path], labels: list[str], path: str 
         ax.set_title(label, fontsize=15)
     if title:  # a narrow montage: its title on two or three lines, broken between phrases
         fig.suptitle("\n".join(fit_lines(title, 26 * columns)), fontsize=15)
-    return _save(fig, path, tight=False)  # laid out already (constrained)
+    return _save(fig, path, dpi=200, tight=False)  # laid out already (constrained)
