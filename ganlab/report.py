@@ -291,7 +291,7 @@ def run_from_record(path: Path, keys: list[str], reference_text: str | None, met
 
 # What a report writes into --out (globs): an earlier report's files, removed before a new one is written.
 REPORT_FILES = ("comparison.csv", "comparison.md", "comparison_*.png", sweep_report.RECORD, "scores.md", "scores.csv",
-                "sweep_summary.csv", "sweep_summary.md", "sweep_heatmap_*.png", sweep_report.MONTAGE,
+                "sweep_summary.csv", "sweep_summary.md", "sweep_heatmap_*.png", "sweep_curves_*.png", sweep_report.MONTAGE,
                 sweep_report.VARIANCE, "variance_split.md", "samples.png", "samples_*.png")
 
 

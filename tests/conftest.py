@@ -1,5 +1,6 @@
 """Shared test helpers: where real MNIST is, running the real CLI, reading the MLflow store, the
-2-job sweep that every test reading a sweep's results shares, and a tracking server that hangs or fails."""
+2-job sweep that every test reading a sweep's results shares, a tracking server that hangs or fails,
+and how the suite is shared out between pytest-xdist's workers (the end of this file)."""
 
 from __future__ import annotations
 
@@ -26,8 +27,13 @@ SHIPPED_MNIST = REPO / "ganlab" / "datasets" / "mnist.npz"  # the same arrays, s
 # The full set where it is beside the repo (as in CI), else the copy shipped with ganlab.
 MNIST_FILE = SHARED_MNIST if SHARED_MNIST.exists() else SHIPPED_MNIST
 
-# The real test-set statistics are computed once for the whole test session.
-EVAL_CACHE = Path(tempfile.mkdtemp(prefix="ganlab-test-cache-"))
+# The real test-set statistics are computed once for the whole test session, its parallel workers included:
+# the folder is made by the first process to load this file (pytest's main process, before it starts the
+# workers, which inherit the variable); the evaluator writes each statistics file atomically.
+CACHE_ENV = "GANLAB_TEST_SESSION_CACHE"
+if not os.environ.get(CACHE_ENV):
+    os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="ganlab-test-cache-")
+EVAL_CACHE = Path(os.environ[CACHE_ENV])
 
 # Small, fast jobs: a few steps, a small evaluation.
 QUICK = ["epochs=1", "steps_per_epoch=5", "eval.num_samples=300", f"data.path={MNIST_FILE}"]
@@ -228,3 +234,80 @@ class MlflowStub(http.server.ThreadingHTTPServer):
         self.release.set()
         self.shutdown()
         self.server_close()
+
+
+# ---------------------------------------------------------------------------- the suite on parallel workers (pytest-xdist)
+
+# Marks that say how pyproject.toml's `-n 3 --dist loadgroup` may share the suite out (registered there):
+SLURM_GROUP = "slurm"  # the one-node SLURM cluster: its tests never run at the same time on two workers
+HEAVY = "heavy"  # a test of about a minute or more (with its fixtures' set-up): handed out first
+HEAVY_S, LIGHT_S = 90, 8  # the guesses at a test's seconds that order the hand-out, longest first
+
+
+def _shared_groups(item: pytest.Item) -> list[tuple[int, str]]:
+    """The groups `item` must share a worker with, as (rank, name): its own xdist_group marks (rank 0), then
+    conftest's session fixtures it uses (rank 1, by the fixture's name) and its module's own module-scoped
+    fixtures (rank 2, by the module's name), directly or through other fixtures."""
+    groups = [(0, str(mark.args[0] if mark.args else mark.kwargs.get("name", "default")))
+              for mark in item.iter_markers("xdist_group")]
+    if isinstance(item, pytest.Function):
+        for name in item.fixturenames:
+            definitions = item._fixtureinfo.name2fixturedefs.get(name)  # pytest's own view of the fixture
+            if not definitions or not definitions[-1].baseid:  # a parameter, or one of pytest's own (tmp_path_factory)
+                continue
+            definition = definitions[-1]
+            if definition.scope == "session":
+                groups.append((1, name))
+            elif definition.scope in ("package", "module"):
+                groups.append((2, Path(definition.baseid.split("::")[0]).stem))
+    return groups
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks (xdist.remote)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test that shares a module- or session-scoped fixture with another goes to one xdist group with
+    it (groups that share a test merge), so each such fixture is set up once, on one worker: a
+    worker would otherwise set it up again for every stretch of its tests it is handed. On a worker, the
+    tests are then ordered longest group first (HEAVY tests counted long), so no long test waits for the end."""
+    parent: dict[tuple[int, str], tuple[int, str]] = {}
+
+    def root(group):
+        while parent.setdefault(group, group) != group:
+            group = parent[group]
+        return group
+
+    found = {item.nodeid: _shared_groups(item) for item in items}
+    for groups in found.values():
+        for group in groups[1:]:
+            first, other = root(groups[0]), root(group)
+            parent[max(first, other)] = min(first, other)  # the lowest rank names the merged group
+    for item in items:
+        groups = found[item.nodeid]
+        if not groups:
+            continue
+        named = {name for rank, name in groups if rank == 0}
+        merged = root(groups[0])[1]
+        if named - {merged}:
+            raise pytest.UsageError(f"{item.nodeid}: its xdist_group marks {sorted(named)} and the tests it shares "
+                                    f"fixtures with (group {merged!r}) must be one group: mark it {merged!r}")
+        if not named:
+            item.add_marker(pytest.mark.xdist_group(merged))
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # xdist hands tests out in this order (--no-loadscope-reorder)
+        units: dict[str, list[pytest.Item]] = {}
+        for item in items:
+            groups = found[item.nodeid]
+            units.setdefault(root(groups[0])[1] if groups else item.nodeid, []).append(item)
+        guess = {unit: sum(HEAVY_S if item.get_closest_marker(HEAVY) else LIGHT_S for item in tests)
+                 for unit, tests in units.items()}
+        order = sorted(units, key=lambda unit: -guess[unit])  # stable: collection order among equals
+        items[:] = [item for unit in order for item in units[unit]]
+
+
+@pytest.hookimpl(tryfirst=True)  # before the test's fixtures are set up
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """On a worker of `--dist loadgroup`, a grouped test xdist did not take up (it says nothing: with pytest 9.2's
+    node ids, pytest-xdist issue 1386) fails instead of running beside the rest of its group."""
+    if getattr(item.config.option, "loadgroup", False) and item.get_closest_marker("xdist_group") and "@" not in item.nodeid:
+        pytest.fail(f"pytest-xdist ignored this test's xdist_group: with pytest {pytest.__version__} it cannot keep a "
+                    "group on one worker; install the test extra's pytest (pip install -e '.[test]') or run in one "
+                    "process (-n 0)", pytrace=False)

@@ -36,17 +36,14 @@ def images() -> np.ndarray:
 
 
 def trainer_for(overrides, images):
-    from ganlab.training.job import build_trainer
+    from ganlab.gan.choices import build_trainer
     from ganlab.core.runtime import configure_tensorflow
 
     cfg = compose_train(overrides)
     config.validate(cfg)
     configure_tensorflow(cfg.seed, None, deterministic=True)
 
-    class Data:  # what build_trainer reads of a dataset
-        x_train = images
-
-    return build_trainer(cfg, Data)
+    return build_trainer(cfg, images)
 
 
 # ---------------------------------------------------------------------------- the registries

@@ -20,7 +20,7 @@ from ganlab.core.errors import InputError
 from ganlab.sweeps import sweep as sweep_tracking
 from ganlab.tracking import run_lock
 from ganlab.tracking import store as tracking
-from ganlab.tracking.job_run import JobRun
+from ganlab.tracking.job_run import FAILURE_TAG, JobRun, close_left_running
 from ganlab.training import checkpoint
 from ganlab.core import scores
 from test_resume import wait_for
@@ -131,6 +131,12 @@ def test_a_stopping_sweep_closes_only_the_runs_no_live_process_holds(store):
         sweep_tracking.close_orphaned_jobs(client, parent)
         assert client.get_run(held).info.status == "RUNNING"
         assert client.get_run(orphan).info.status == "KILLED"
+        assert f"sweep.resume={parent}" in client.get_run(orphan).data.tags[FAILURE_TAG]
+        assert not close_left_running(client, client.get_run(orphan), "FAILED", "again")  # closed runs stay closed
+        # SLURM says the job ended (a heartbeat may look fresh a while): the same closing, told its holder is gone.
+        assert close_left_running(client, client.get_run(held), "KILLED", "CANCELLED by SLURM", holder_ended=True)
+        closed = client.get_run(held)
+        assert closed.info.status == "KILLED" and closed.data.tags[FAILURE_TAG] == "CANCELLED by SLURM"
     finally:
         os.kill(pid, signal.SIGKILL)
 

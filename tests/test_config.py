@@ -97,12 +97,9 @@ def test_model_matches_the_tutorial_architecture():
 
 
 def _trainer(cfg, images):
-    from ganlab.training.job import build_trainer
+    from ganlab.gan.choices import build_trainer
 
-    class Data:  # what build_trainer reads of a dataset
-        x_train = images
-
-    return build_trainer(cfg, Data)
+    return build_trainer(cfg, images)
 
 
 def test_label_smoothing_sets_the_real_target_in_the_loss():

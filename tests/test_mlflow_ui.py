@@ -92,7 +92,10 @@ def test_parent_names_the_best_job_without_posing_as_one(sweep):
     best = min(children, key=lambda child: child.data.metrics[scores.FID])
     assert parent.data.tags["best.run_id"] == best.info.run_id
     assert float(parent.data.tags[f"best.{scores.FID}"]) == best.data.metrics[scores.FID]
-    assert parent.data.metrics == {} and parent.data.params == {}  # it never sorts among its children as a run
+    # its own metrics and params (`sweep.best.*`, `sweep.swept.*`, `sweep.fixed.*`) are no job's: it never sorts
+    # among its children as a run
+    assert parent.data.metrics and not any(scores.is_known(name) for name in parent.data.metrics)
+    assert parent.data.params and not set(parent.data.params) & set(best.data.params)
     description = parent.data.tags["mlflow.note.content"]
     assert f"/runs/{best.info.run_id}?workflowType=machine_learning" in description
     assert "dropout" in description

@@ -52,8 +52,10 @@ def test_hydra_is_imported_only_at_the_entry_points():
         if any(name == "hydra" or name.startswith("hydra.") for name in names):
             importing.append(wing_path(module))
     # Where Hydra calls ganlab: the entry point (and its misspelt-knob check, which composes the config before
-    # Hydra runs), the sweep callback, the SLURM launcher, and the sweepers' parsing of Hydra's sweep syntax.
-    edge = {"train.py", "core/knob_names.py", "sweeps/sweep.py", "sweeps/slurm.py", "sweeps/search.py", "sweeps/settle_plan.py"}
+    # Hydra runs), the sweep callback (and its pre-check, which composes every job's config as the launcher will),
+    # the SLURM launcher, and the sweepers' parsing of Hydra's sweep syntax.
+    edge = {"train.py", "core/knob_names.py", "sweeps/sweep.py", "sweeps/precheck.py", "sweeps/slurm.py",
+            "sweeps/search.py", "sweeps/settle_plan.py"}
     assert set(importing) <= edge, importing
 
 
@@ -152,12 +154,19 @@ def seeds_sweep(tmp_path_factory):
     return cwd, result, parent, children
 
 
+@pytest.mark.heavy
 def test_a_higher_is_better_objective_tags_the_highest_job(seeds_sweep):
     _, result, parent, children = seeds_sweep
     best = max(children, key=lambda child: child.data.metrics["classifier_score"])
     assert parent.data.tags["best.run_id"] == best.info.run_id
     assert float(parent.data.tags["best.classifier_score"]) == best.data.metrics["classifier_score"]
-    assert parent.data.metrics == {} and "dropout" not in parent.data.params  # never sorted among its jobs
+    assert "dropout" not in parent.data.params and not any(scores.is_known(name) for name in parent.data.metrics)
+    # its own metrics: the best setting's mean over its two seeds and that mean's 95% interval
+    setting = [child.data.metrics["classifier_score"] for child in children
+               if child.data.params["dropout"] == best.data.params["dropout"]]
+    low, mean, high = (parent.data.metrics[scores.sweep_best("classifier_score", bound)]
+                       for bound in (scores.INTERVAL_BOUNDS[0], None, scores.INTERVAL_BOUNDS[1]))
+    assert mean == pytest.approx(sum(setting) / len(setting)) and low < mean < high
     assert best.info.run_id in parent.data.tags["mlflow.note.content"]
     assert "mlflow ui --backend-store-uri" in result.stdout and parent.info.run_id in result.stdout
 

@@ -106,6 +106,7 @@ def test_two_sweeps_at_once_into_one_store(workdir):
 # ---------------------------------------------------------------------------- the store failing after the run exists
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("mode", ["hang", "fail"])
 def test_a_server_that_hangs_or_fails_before_or_after_the_run_exists_ends_the_job_with_one_line(workdir, mode):
     """Before the run exists (the store opened in-process, as a job opens it) the failure is a StoreError

@@ -50,6 +50,7 @@ def reproduction_parent(workdir: Path):
     return client, parents[0]
 
 
+@pytest.mark.heavy
 def test_record_holds_every_value_and_its_machine(reproduced):
     _, record, _ = reproduced
     with open(record / baseline.RUNS_CSV, newline="") as stream:

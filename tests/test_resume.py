@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from conftest import EVAL_CACHE, MNIST_FILE, QUICK, all_runs, run_cli, small_disk, store_client, store_is_ready
 from ganlab.training import checkpoint
+from ganlab.training.resume import RESUME_OVERRIDES, check_overrides, prepare_resume
 from ganlab.core.errors import InputError
 
 TINY_EPOCHS = ["steps_per_epoch=1", "eval.enabled=false", "objective=g_loss", f"data.path={MNIST_FILE}"]
@@ -97,10 +98,10 @@ def test_a_locked_checkpoint_cannot_be_resumed(tmp_path):
     cfg = OmegaConf.create({"resume": str(folder.parent), "tracking": {"uri": None}})
     try:
         with pytest.raises(InputError, match="in use by a running job"):
-            checkpoint.prepare_resume(cfg, [])
+            prepare_resume(cfg, [])
     finally:
         held.release()
-    resumed = checkpoint.prepare_resume(cfg, [])
+    resumed = prepare_resume(cfg, [])
     assert resumed.config.threads == 1 and resumed.config.tracking.uri == store
     resumed.lock.release()
 
@@ -121,6 +122,7 @@ def wait_for_line(process: subprocess.Popen, pattern: re.Pattern) -> str | None:
     return None
 
 
+@pytest.mark.heavy
 def test_kill_9_at_random_moments_then_resume_logs_every_epoch_exactly_once(workdir):
     """Three kill -9s, each at a random moment after training has started in that process (its
     "training ... epochs" line, printed just before the first step): mid-step, mid-checkpoint or while
@@ -186,9 +188,9 @@ def test_resume_refuses_changes_to_what_is_trained_and_to_the_experiment(finishe
     for override in ("dropout=0.5", "tracking.experiment=other", "epochs=3"):  # the check the CLI runs, key by key
         refused = "^resume: a resumed job trains with its checkpoint's config; .*" + re.escape(override)
         with pytest.raises(InputError, match=refused):
-            checkpoint.check_overrides([f"resume={run.info.run_id}", override])
-    allowed = [f"{key}=x" for key in checkpoint.RESUME_OVERRIDES]
-    assert set(checkpoint.check_overrides([f"resume={run.info.run_id}", *allowed])) == set(checkpoint.RESUME_OVERRIDES)
+            check_overrides([f"resume={run.info.run_id}", override])
+    allowed = [f"{key}=x" for key in RESUME_OVERRIDES]
+    assert set(check_overrides([f"resume={run.info.run_id}", *allowed])) == set(RESUME_OVERRIDES)
 
 
 @pytest.fixture(scope="module")
@@ -486,7 +488,7 @@ def test_a_partial_file_left_by_kill_9_is_removed_on_resume_and_on_the_next_writ
             "threads": 1, "config": {"epochs": 3}}
     checkpoint.save(folder, [np.zeros(2)], [], meta)
     (folder / ".checkpoint-killed.partial").write_bytes(b"half a checkpoint")
-    resumed = checkpoint.prepare_resume(OmegaConf.create({"resume": str(folder.parent), "tracking": {"uri": None}}), [])
+    resumed = prepare_resume(OmegaConf.create({"resume": str(folder.parent), "tracking": {"uri": None}}), [])
     resumed.lock.release()
     assert sorted(path.name for path in folder.iterdir()) == [checkpoint.FILE, checkpoint.LOCK_FILE]
     (folder / ".checkpoint-killed.partial").write_bytes(b"half a checkpoint")

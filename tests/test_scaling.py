@@ -109,6 +109,7 @@ def postgres():
         shutil.rmtree(data, ignore_errors=True)
 
 
+@pytest.mark.heavy
 def test_sweep_against_an_mlflow_server_on_postgresql(workdir, postgres):
     import psycopg
 

@@ -41,6 +41,7 @@ def settings_and_seeds(runs) -> list[tuple[str, str]]:
     return sorted((run.data.params["dropout"], run.data.params["seed"]) for run in runs)
 
 
+@pytest.mark.heavy
 def test_a_huge_margin_stops_after_the_pilot_and_a_second_sweep_reuses_its_seeds(workdir):
     done = run_cli([*SETTLE, "settle.margin=1000"], workdir)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -67,8 +68,20 @@ def test_a_huge_margin_stops_after_the_pilot_and_a_second_sweep_reuses_its_seeds
     assert sorted(run.data.tags[settle_store.REUSED_TAG] for run in copies) == sorted(run.info.run_id for run in jobs.values())
     assert second.data.tags[VERDICT] == settle.EQUIVALENT
     assert "Reused (already in the store, not rerun): dropout=0.1: seeds 0, 1; dropout=0.5: seeds 0, 1." in again.stdout
+    assert "sweep of 0 jobs trained, 4 seeds reused" in again.stdout  # copies are not counted as jobs
+
+    # The same scoring protocol: what the sweeper expects a job to tag is what the jobs tagged; a run whose
+    # data (its data sha256 tag) differs from what this sweep's jobs will read is not reused.
+    client, first = store_client(workdir), jobs[0]
+    protocol = settle_store.protocol({"data": {"name": "mnist", "path": str(MNIST_FILE)}, "eval": {"enabled": True}})
+    assert protocol == {key: first.data.tags[key] for key in (tracking.DATA_SHA_TAG, tracking.CLASSIFIER_SHA_TAG)}
+    expected = {key: value for key, value in first.data.params.items() if key != "seed"}
+    client.set_tag(first.info.run_id, tracking.DATA_SHA_TAG, "0" * 64)
+    found = settle_store.reusable(client, first.info.experiment_id, "a later sweep", expected, "fid", 1, protocol)
+    assert found[1].data.params["dropout"] == first.data.params["dropout"] and 0 not in found
 
 
+@pytest.mark.heavy
 def test_a_tiny_margin_runs_to_max_seeds_and_a_sweep_killed_in_stage_2_ends_with_every_seed_once(workdir):
     command = [*SETTLE, "settle.margin=0.001", "steps_per_epoch=5"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "GANLAB_CACHE_DIR": str(EVAL_CACHE)}
@@ -156,11 +169,13 @@ def test_seeds_an_earlier_sweep_trained_and_scored_alike_are_reused_and_copied_u
                 "threads": "2", "seed": "0"}
     study = client.create_run(experiment, tags={tracking.SWEEP_PARENT_TAG: "true"}).info.run_id
     settling = client.create_run(experiment, tags={tracking.SWEEP_PARENT_TAG: "true"}).info.run_id
+    protocol = {tracking.DATA_SHA_TAG: "d" * 64, tracking.CLASSIFIER_SHA_TAG: "c" * 64}  # what the sweep's jobs will use
 
-    def run(seed, parent=study, status="FINISHED", steps=(5, 10), **changed):
+    def run(seed, parent=study, status="FINISHED", steps=(5, 10), tags=protocol, **changed):
         # As the loss study logged them: one thread, and from before eval.repeats was recorded (its default, 1).
         params = {**{k: v for k, v in expected.items() if k != "eval.repeats"}, "threads": "1", "seed": str(seed), **changed}
-        made = client.create_run(experiment, run_name=f"loss=ns seed={seed}", tags={tracking.PARENT_RUN_TAG: parent})
+        made = client.create_run(experiment, run_name=f"loss=ns seed={seed}",
+                                 tags={tracking.PARENT_RUN_TAG: parent, **tags})
         for key, value in params.items():
             client.log_param(made.info.run_id, key, value)
         for step in steps:
@@ -173,9 +188,14 @@ def test_seeds_an_earlier_sweep_trained_and_scored_alike_are_reused_and_copied_u
     run(4, steps=(5,))  # never scored at epoch 10
     run(5, **{"eval.num_samples": "300"})  # scored otherwise
     run(6, **{"dropout": "0.5"})  # another setting
+    run(8, tags={**protocol, tracking.DATA_SHA_TAG: "e" * 64})  # trained on other data
+    run(9, tags={**protocol, tracking.CLASSIFIER_SHA_TAG: "f" * 64})  # scored by other classifier weights
+    run(10, tags={tracking.CLASSIFIER_SHA_TAG: "c" * 64})  # its data unknown
     run(7, parent=settling)  # the settle sweep's own job: found by its job number, not reused
-    found = settle_store.reusable(client, experiment, settling, expected, "fid", 10)
+    found = settle_store.reusable(client, experiment, settling, expected, "fid", 10, protocol)
     assert {seed: found[seed].info.run_id for seed in found} == reused
+    # One rule for equal params (ganlab.core.params.same_value, the comparison's too): None as MLflow stores it.
+    assert settle_store.same_setting({"ema": "None", "dropout": "0.30"}, {"ema": None, "dropout": "0.3"}, {})
     assert settle_store.score_at(client, reused[2], "fid", 10) == 112.0
 
     copy = client.get_run(settle_store.copy_as_child(client, found[1], settling, experiment))
@@ -184,5 +204,5 @@ def test_seeds_an_earlier_sweep_trained_and_scored_alike_are_reused_and_copied_u
     assert settle_store.artifacts_of(copy) == reused[1]  # its pictures are the reused run's
     assert set(settle_store.reused_children(client, experiment, settling)) == {reused[1]}
     # Another sweep later: the copy is not a second seed 1; the settle sweep's own job is a seed like any other.
-    later = settle_store.reusable(client, experiment, "another sweep", expected, "fid", 10)
+    later = settle_store.reusable(client, experiment, "another sweep", expected, "fid", 10, protocol)
     assert sorted(later) == [0, 1, 2, 7] and later[1].info.run_id == reused[1]

@@ -4,6 +4,8 @@ reads the scores the jobs logged from their nodes."""
 
 from __future__ import annotations
 
+import pytest
+
 from conftest import run_cli, store_client
 from ganlab.sweeps import settle, settle_report
 from ganlab.tracking import store as tracking
@@ -11,6 +13,7 @@ from test_settle import settings_and_seeds, sweep_runs
 from test_slurm import SLURM, TINY, cluster, sweep_dir
 
 
+@pytest.mark.heavy
 @cluster
 def test_a_settle_sweep_runs_its_pilot_and_stage_2_as_job_arrays(workdir):
     done = run_cli([*SLURM, "hydra/sweeper=settle", "dropout=0.1,0.5", "settle.margin=0.001", "settle.pilot_seeds=2",

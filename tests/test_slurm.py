@@ -26,7 +26,8 @@ import psutil
 import pytest
 from mlflow.exceptions import MlflowException
 
-from conftest import EVAL_CACHE, QUICK, all_runs, artifact_paths, ctrl_c_as_in_a_terminal, run_cli, store_client
+from conftest import (EVAL_CACHE, QUICK, SLURM_GROUP, all_runs, artifact_paths, ctrl_c_as_in_a_terminal, run_cli,
+                      store_client)
 from ganlab.sweeps import slurm_wait
 from ganlab.sweeps.slurm import ACTIVE_STATES
 from ganlab.tracking.job_run import FAILURE_TAG
@@ -43,7 +44,16 @@ def _cluster_problem() -> str | None:
 
 
 PROBLEM = _cluster_problem()
-cluster = pytest.mark.skipif(PROBLEM is not None, reason=str(PROBLEM))
+
+
+CLUSTER_TESTS: set[str] = set()  # the names of the tests marked @cluster
+
+
+def cluster(test):
+    """A test on the one-node cluster: skipped where it is not up, and never at the same time as another
+    (all run on one xdist worker, one after another)."""
+    CLUSTER_TESTS.add(test.__name__)
+    return pytest.mark.xdist_group(SLURM_GROUP)(pytest.mark.skipif(PROBLEM is not None, reason=str(PROBLEM))(test))
 
 # One CPU per job, so the two jobs of a sweep run at once on a two-core node; a job without a
 # result is lost after 10 s of SLURM saying it ended (120 s by default).
@@ -251,6 +261,20 @@ def test_lost_after_s_must_be_seconds(value):
     assert slurm_wait.check_lost_after(0) == 0.0
 
 
+def test_the_cluster_tests_are_one_xdist_group_and_the_shared_sweep_another(request):
+    """What keeps two cluster tests from running at once on parallel workers, and the shared sweep from
+    running once per worker: each is one xdist group (conftest), and on a worker xdist took the group up."""
+    on_worker = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+    cluster_tests = [item for item in request.session.items if item.name.split("[")[0] in CLUSTER_TESTS]
+    if not cluster_tests:
+        pytest.skip("it checks the cluster tests collected with it (run test_slurm.py whole)")
+    for item in request.session.items:
+        groups = {str(mark.args[0]) for mark in item.iter_markers("xdist_group")}
+        for group, member in ((SLURM_GROUP, item in cluster_tests), ("dropout_sweep", "dropout_sweep" in item.fixturenames)):
+            if member:
+                assert groups == {group} and (not on_worker or item.nodeid.endswith(f"@{group}")), item.nodeid
+
+
 @cluster
 def test_a_sweep_runs_as_a_job_array(workdir):
     result = run_cli([*SLURM, "dropout=0.1,0.3", *TINY, "epochs=2"], workdir)
@@ -306,6 +330,7 @@ def test_a_cancelled_job_is_reported_and_the_sweep_ends(workdir):
     assert "summary/sweep_summary.csv" in artifact_paths(store_client(workdir), parent.info.run_id)
 
 
+@pytest.mark.heavy
 @cluster
 def test_a_preempted_and_a_requeued_job_continue_their_own_runs(workdir):
     # Epochs long enough (steps) that the signal lands while training goes on.
@@ -333,6 +358,7 @@ def test_a_preempted_and_a_requeued_job_continue_their_own_runs(workdir):
     assert f"Requeued job {preempted}" in log  # submitit handled USR2 as a preemption
 
 
+@pytest.mark.heavy
 @cluster
 def test_a_drained_node_a_restarted_controller_and_a_failed_node_are_waited_for(workdir, cluster_restored):
     node, err_file = node_name(), workdir / "sweep.err"
@@ -367,6 +393,7 @@ def test_a_drained_node_a_restarted_controller_and_a_failed_node_are_waited_for(
     assert logged_epochs(workdir, 0) == list(range(1, 13))
 
 
+@pytest.mark.heavy
 @cluster
 def test_ctrl_c_of_the_sweep_cancels_its_jobs_and_sweep_resume_finishes_them(workdir):
     # 60 epochs take far longer than the Ctrl-C below needs to arrive; eval once, at the end.

@@ -41,6 +41,7 @@ def test_sweep_summary_is_on_the_parent(dropout_sweep, tmp_path):
     assert all(row["status"] == "FINISHED" for row in rows)
 
 
+@pytest.mark.heavy
 def test_eight_parallel_jobs_into_one_fresh_store_each_with_every_epoch(workdir):
     """The parallel launcher with eight jobs at once writing into a store none of them found: no lost
     write, every job FINISHED with every epoch, the cores shared out, and the summary's heatmap."""
@@ -120,39 +121,44 @@ def test_report_tables_a_sweep_by_group(dropout_sweep, tmp_path, capsys):
 
 
 FAULTS = '''
-"""Fault injection for one test: an unexpected error in two jobs of a sweep (by their dropout)."""
+"""Fault injection for one test: an unexpected error in two jobs of a sweep and a refusal the sweep's
+pre-check cannot foresee in a third (by their dropout)."""
 import os
 
 if os.environ.get("GANLAB_TEST_FAULTS"):
     import ganlab.core.config
-    import ganlab.training.job
+    import ganlab.gan.choices
 
-    checks, build = ganlab.core.config.validate_tracking, ganlab.training.job.build_trainer
+    checks, build = ganlab.core.config.validate_tracking, ganlab.gan.choices.build_trainer
 
     def validate_tracking(cfg):
         if cfg.dropout == 0.1:  # before the job's MLflow run exists
             raise RuntimeError("injected fault before the run")
         return checks(cfg)
 
-    def build_trainer(cfg, dataset):
+    def build_trainer(cfg, x_train):
         if cfg.dropout == 0.5:  # after the run exists
             raise RuntimeError("injected fault after the run")
-        return build(cfg, dataset)
+        if cfg.dropout == 0.2:  # bad input only the job finds (a file it reads, say): refused after the run exists
+            from ganlab.core.errors import InputError
 
-    ganlab.core.config.validate_tracking, ganlab.training.job.build_trainer = validate_tracking, build_trainer
+            raise InputError("injected refusal: the job found bad input")
+        return build(cfg, x_train)
+
+    ganlab.core.config.validate_tracking, ganlab.gan.choices.build_trainer = validate_tracking, build_trainer
 '''
 
 
 def test_failed_jobs_are_printed_counted_and_recorded_and_the_sweep_goes_on(workdir, tmp_path):
-    """Nothing silent, in one sweep of four jobs: a bad value (its run FAILED with the reason and
-    error.txt), an unexpected error before the job's run exists and one after it, and a job that
+    """Nothing silent, in one sweep of four jobs: bad input only the job can find (its run FAILED with
+    the reason and error.txt; a bad config value is refused before the sweep starts: test_sweep_precheck.py), an unexpected error before the job's run exists and one after it, and a job that
     finishes. Each failing job prints its error, and the parent counts the three among those that
     did not finish, ends FAILED and still holds the summary."""
     injected = tmp_path / "faults"
     injected.mkdir()
     (injected / "sitecustomize.py").write_text(FAULTS)
     env = {"GANLAB_TEST_FAULTS": "1", "PYTHONPATH": os.pathsep.join([str(injected), os.environ.get("PYTHONPATH", "")])}
-    result = run_cli(["-m", "dropout=0.1,1.5,0.3,0.5", *QUICK], workdir, env=env)
+    result = run_cli(["-m", "dropout=0.1,0.2,0.3,0.5", *QUICK], workdir, env=env)
     assert result.returncode == 1
     assert "RuntimeError: injected fault before the run" in result.stderr
     assert "RuntimeError: injected fault after the run" in result.stderr
@@ -160,9 +166,9 @@ def test_failed_jobs_are_printed_counted_and_recorded_and_the_sweep_goes_on(work
     assert "3 of 4 sweep jobs did not finish" in result.stderr
     parent, children = sweep_runs(workdir)
     assert [child.data.tags["sweep.job_num"] for child in children] == ["1", "2", "3"]  # job 0 never had a run
-    assert [child.data.params.get("dropout") for child in children[1:]] == ["0.3", "0.5"]  # a refused value logs none
+    assert [child.data.params.get("dropout") for child in children] == ["0.2", "0.3", "0.5"]
     assert [child.info.status for child in children] == ["FAILED", "FINISHED", "FAILED"]
-    assert "dropout: got 1.5" in children[0].data.tags["failure_reason"]
+    assert "injected refusal: the job found bad input" in children[0].data.tags["failure_reason"]
     client = store_client(workdir)
     assert "error.txt" in artifact_paths(client, children[0].info.run_id)
     assert "fid" in children[1].data.metrics

@@ -62,11 +62,42 @@ def test_the_parent_logs_a_montage_of_the_jobs_grids_at_every_epoch(sweep, tmp_p
 def test_the_parent_does_not_pose_as_a_run(sweep):
     _, _, parent, children = sweep
     best = children[0]
-    assert scores.FID not in parent.data.metrics and parent.data.metrics == {}  # sorts nowhere among its children
+    # its own metrics (no empty Metrics card) under names no job logs and no score resembles: it sorts nowhere
+    # among its children; one seed per setting, so the best job's value and no interval
+    assert parent.data.metrics == {scores.sweep_best(scores.FID): best.data.metrics[scores.FID]}
+    assert not any(scores.is_known(name) for name in parent.data.metrics)
     assert "dropout" not in parent.data.params
+    # its params (no empty Parameters card): what was swept, as typed, and what every job was given
+    assert parent.data.params[tracking.SWEEP_SWEPT_PARAM + "dropout"] == "0.1,0.3"
+    assert parent.data.params[tracking.SWEEP_FIXED_PARAM + "epochs"] == str(EPOCHS)
+    assert parent.data.params[tracking.SWEEP_FIXED_PARAM + "eval.num_samples"] == "300"
+    assert not set(parent.data.params) & set().union(*(child.data.params for child in children))
     assert parent.data.tags["best.run_id"] == best.info.run_id
     assert float(parent.data.tags[f"best.{scores.FID}"]) == best.data.metrics[scores.FID]
     assert "dropout=" in parent.data.tags["best.overrides"]
+
+
+def test_the_curves_name_every_job_best_first(sweep, tmp_path):
+    """The summary's overlaid curves of the objective: one line per job and a legend naming every job, best
+    first (marked), with the value it returned."""
+    from PIL import Image
+
+    from ganlab.sweeps import pictures
+
+    cwd, result, parent, children = sweep
+    client = store_client(cwd)
+    name = f"{SUMMARY}/sweep_curves_{scores.FID}.png"
+    assert name in artifact_paths(client, parent.info.run_id) and "curves" in result.stdout
+    with Image.open(client.download_artifacts(parent.info.run_id, name, str(tmp_path))) as picture:
+        assert picture.size[0] > picture.size[1]  # the plot, its legend beside it
+    summary = sweep_report.SweepSummary(keys=["dropout"], ranked=children, best=children[0], best_metric=scores.FID,
+                                        rank_metric=scores.FID)
+    lines = pictures.curve_lines(client, summary)
+    assert [label for label, _, _ in lines] == [
+        f"{sweep_report.BEST_MARK * (child is children[0])}{' ' * (child is children[0])}dropout="
+        f"{child.data.params['dropout']}: {scores.FID} {scores.format_value(scores.FID, child.data.metrics[scores.FID])}"
+        for child in children]
+    assert all(epochs == list(range(1, EPOCHS + 1)) and len(values) == EPOCHS for _, epochs, values in lines)
 
 
 def test_the_description_is_a_linked_table_best_first(sweep):

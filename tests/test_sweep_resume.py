@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from ganlab.core.errors import InputError
 from ganlab.tracking import store as tracking
 from ganlab.training import checkpoint
+from ganlab.training.resume import look_up
 from ganlab.core import scores
 from ganlab.training.job import signals_as_interrupt
 from test_resume import wait_for
@@ -46,6 +47,7 @@ def parent_and_children(cwd: Path):
     return parents[0], sorted(children, key=lambda run: int(run.data.tags["sweep.job_num"]))
 
 
+@pytest.mark.heavy
 def test_a_sweep_killed_half_way_goes_on_with_sweep_resume(workdir):
     sweep = start_sweep(SWEEP, workdir)
     # Job 0 has finished and job 1 is half way (job 2 has not started): kill -9 the whole sweep.
@@ -108,6 +110,7 @@ def test_sweep_resume_refuses_what_it_cannot_continue_and_skips_a_finished_sweep
     assert artifact_paths(client, parent.info.run_id) == artifacts  # no picture logged twice
 
 
+@pytest.mark.heavy
 def test_a_stopped_parallel_sweep_leaves_no_run_running_and_goes_on_with_sweep_resume(workdir):
     args = ["-m", "hydra/launcher=parallel", "dropout=0.1,0.3", *QUICK, "epochs=20", "eval.every=20"]
     sweep = start_sweep(args, workdir)
@@ -144,7 +147,7 @@ def test_a_refused_checkpoint_of_a_sweep_job_leaves_its_run_failed_not_running(t
                                                    tracking.OVERRIDES_TAG: "dropout=0.1", "output_dir": str(folder)})
     cfg = OmegaConf.create({"resume": None, "tracking": {"uri": uri, "experiment": "ganlab"}})
     with pytest.raises(InputError, match="cannot be read"):
-        checkpoint.look_up(cfg, parent, "0", ["dropout=0.1"])
+        look_up(cfg, parent, "0", ["dropout=0.1"])
     after = client.get_run(child.info.run_id)
     assert after.info.status == "FAILED" and "cannot be read" in after.data.tags["failure_reason"]
 

@@ -169,7 +169,7 @@ def record_sweep(folder: Path, uri: str | None, experiment: str, parent: str | N
     machine.update({
         "date": datetime.datetime.fromtimestamp(started / 1000, datetime.timezone.utc).strftime("%Y-%m-%d"),
         "data_source": first.data.tags.get(tracking.DATA_SOURCE_TAG, "unknown"),
-        "eval_classifier_sha256": first.data.tags.get("eval.classifier_sha256", "unknown"),
+        "eval_classifier_sha256": first.data.tags.get(tracking.CLASSIFIER_SHA_TAG, "unknown"),
         "overrides": record_overrides(first.data.tags.get(tracking.OVERRIDES_TAG, "")),
         "seeds": {dtype: sorted(found) for dtype, found in seeds.items()},
         "epochs": _as_int(first.data.params.get("epochs")),

@@ -29,6 +29,7 @@ CHOICE_GROUPS = ("model", "optimizer", "loss", "data")  # config groups whose op
 # Keys that say where a job runs and reads from, never what it computes: a resume may point
 # them elsewhere, and two runs differing only in them are the same experiment.
 WHERE_KEYS = ("data.path", "tracking.uri", "threads")
+SEED_KEY = "seed"  # the seed knob: a sweep's replicates differ only in it
 OBJECTIVE_AT_FINAL, OBJECTIVE_AT_BEST = "final", "best"  # which value of the objective a job returns
 OBJECTIVE_AT = (OBJECTIVE_AT_FINAL, OBJECTIVE_AT_BEST)
 CHECKPOINT_KEEP = ("last", "none")

@@ -133,6 +133,27 @@ def save_loss_curve(d_losses: np.ndarray, g_losses: np.ndarray, steps_per_epoch:
     return _save(fig, path)
 
 
+def save_run_curves(curves: list[tuple[str, list, list]], metric: str, path: str | Path, title: str) -> Path:
+    """Every run's `metric` against epoch on one axis, each run its own colour (and, past ten runs, dash), and a
+    legend beside the plot naming every run in the order given (the first drawn widest: the best)."""
+    fig, ax = plt.subplots(figsize=(8 + 3.5 * math.ceil(len(curves) / 24), 4.5))
+    colours = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20" if len(curves) <= 20 else "turbo")
+    dashes = ("-", "--", ":", "-.")
+    for index, (label, epochs, values) in enumerate(curves):
+        colour = colours(index) if len(curves) <= 20 else colours(index / max(1, len(curves) - 1))
+        ax.plot(epochs, values, "o", linestyle=dashes[(index // 10) % len(dashes)] if len(curves) > 10 else "-",
+                color=colour, markersize=3, linewidth=2.5 if index == 0 else 1.2, zorder=3 if index == 0 else 2,
+                label=label)
+    ax.set_xlabel("epoch")
+    epoch_ticks(ax, [epoch for _, epochs, _ in curves for epoch in epochs])
+    ax.ticklabel_format(axis="y", useOffset=False)
+    ax.set_ylabel(metric)
+    ax.set_title("\n".join(fit_lines(title, 70)), fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, ncol=math.ceil(len(curves) / 24), frameon=False)
+    return _save(fig, path)
+
+
 def _save(fig, path, dpi: int = 100, tight: bool = True) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

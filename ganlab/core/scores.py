@@ -120,6 +120,16 @@ def best_epoch(name: str) -> str:
     return name + BEST_EPOCH_SUFFIX
 
 
+SWEEP_BEST_PREFIX = "sweep.best."  # a sweep parent's own metrics: never a job's, never a known score (lookup: None)
+INTERVAL_BOUNDS = ("ci_low", "ci_high")  # the ends of a 95% interval over seeds
+
+
+def sweep_best(name: str, bound: str | None = None) -> str:
+    """A sweep parent's metric: its best setting's `name` (`sweep.best.fid`: the mean over the setting's seeds,
+    or its one job's value), or a bound of that mean's 95% interval (`sweep.best.fid.ci_low`, `.ci_high`)."""
+    return SWEEP_BEST_PREFIX + name + (f".{bound}" if bound else "")
+
+
 def lookup(name: str) -> Metric | None:
     """The registry entry for `name`, through the derived patterns; None if unknown."""
     for prefix in (EMA_PREFIX, RESCORE_PREFIX):

@@ -68,6 +68,16 @@ def evaluation_noises(seed: int, num_samples: int, random_dim: int, repeats: int
     return [evaluation_noise(seed, num_samples, random_dim), *extra]
 
 
+def for_job(eval_cfg, dataset: Dataset, seed: int, random_dim: int):
+    """A job's scoring: the evaluator of `dataset` with the classifier `eval_cfg.classifier`, and the
+    noise draws (`eval.repeats` of them) every evaluation of the job scores G on; (None, None) when
+    evaluation is off. `eval_cfg`: the job's `eval` group (`ganlab.core.job_config.EvalConfig`)."""
+    if not eval_cfg.enabled:
+        return None, None
+    scorer = Evaluator.from_dataset(dataset, classifier=load_classifier(eval_cfg.classifier, dataset=dataset.name))
+    return scorer, evaluation_noises(seed, eval_cfg.num_samples, random_dim, eval_cfg.repeats)
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("GANLAB_CACHE_DIR") or Path.home() / ".cache" / "ganlab")
 

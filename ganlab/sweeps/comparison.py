@@ -42,6 +42,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
+from ganlab.core.params import same_value  # noqa: E402 - one rule for equal params, None as MLflow stores it
 from ganlab.core.plots import _save, epoch_ticks, numeric_first  # noqa: E402
 from ganlab.core.markdown import table as markdown_table  # noqa: E402
 from ganlab.core.record import Observation  # noqa: E402
@@ -384,25 +385,13 @@ def _pairs(label: str) -> dict[str, str]:
 def _differs_only_in(pairs: dict[str, str], reference_pairs: dict[str, str], key: str) -> bool:
     if set(pairs) != set(reference_pairs):
         return True  # a label we cannot take apart: keep it rather than hide it
-    return all(_same_value(pairs[name], reference_pairs[name]) for name in pairs if name != key)
+    return all(same_value(pairs[name], reference_pairs[name]) for name in pairs if name != key)
 
 
 def _matches(group: dict[str, str], wanted: dict[str, str], by: Sequence[str]) -> bool:
     if set(wanted) != set(by):
         return False
-    return all(_same_value(group.get(key), wanted[key]) for key in by)
-
-
-def _same_value(a, b) -> bool:
-    """Equal as strings or as numbers ("0.30" and "0.3" are the same setting)."""
-    if a is None or b is None:
-        return a is b
-    if str(a) == str(b):
-        return True
-    try:
-        return float(a) == float(b)
-    except (TypeError, ValueError):
-        return False
+    return all(same_value(group.get(key), wanted[key]) for key in by)
 
 
 def _in_order(items: Iterable) -> list:

@@ -1,7 +1,10 @@
-"""What a sweep's parent run shows: its description, the best job's tags and the runs view of its children.
+"""What a sweep's parent run shows: its description, the best setting's metrics and the runs view of its children.
 
-The parent logs no metrics and no params of its own: the best job's values are `best.`
-tags, so the parent never sorts among its children as if it were one. Its description
+The parent's metrics are its best setting's value of the objective and, over seeds, its 95%
+interval, under names no job logs (`scores.sweep_best`: `sweep.best.fid`, `...ci_low`,
+`...ci_high`), so the parent never sorts among its children as if it were one; its params
+(`sweep.swept.*`, `sweep.fixed.*`) are logged when the sweep starts (`ganlab.sweeps.sweep`);
+the best job's own values are `best.` tags. Its description
 (Markdown, the UI's first view) names the best setting above a table of every job best
 first, each linked to its run; the runs view is an experiment tag the printed URL names.
 """
@@ -9,22 +12,22 @@ first, each linked to its run; the runs view is an experiment tag the printed UR
 from __future__ import annotations
 
 import json
+import math
 
 from ganlab.core import scores
 from ganlab.core.markdown import table as markdown_table
 from ganlab.sweeps.pictures import log_epoch_montages
-from ganlab.sweeps.ranking import SweepSummary, label_of
+from ganlab.sweeps.ranking import BEST_MARK, SweepSummary, best_setting, label_of
 from ganlab.tracking import store as tracking
 
 VIEW_KEY_PREFIX = "sweep-"  # a sweep's runs-table view: tracking.SHARED_VIEW_TAG + VIEW_KEY_PREFIX + <parent run id>
-BEST_MARK = "★"  # marks the best job's row in the parent's description
 UI_GAP = "&nbsp;&nbsp;"  # space between a description table's columns: the UI trims spaces, not this
 
 
 def log_on_parent(client, run_id: str, summary: SweepSummary, objective: str | None) -> str | None:
     """What the parent run shows of its sweep: the description; tags `best.run_id`, `best.overrides` and
-    `best.<metric>` (the value the best job was chosen on: `best.fid`, or `best.fid_best` for objective_at=best),
-    and no metrics or params of its own; an image `samples` per epoch (`log_epoch_montages`); and the runs-table
+    `best.<metric>` (the value the best job was chosen on: `best.fid`, or `best.fid_best` for objective_at=best);
+    the metrics `sweep.best.<metric>` and, over several seeds, its interval's bounds (`best_metrics`); an image `samples` per epoch (`log_epoch_montages`); and the runs-table
     view of its children, best first. Returns that view's key (`tracking.view_link`), None without one."""
     from mlflow.entities import RunTag
 
@@ -35,9 +38,27 @@ def log_on_parent(client, run_id: str, summary: SweepSummary, objective: str | N
         chosen_on = summary.best_metric or objective
         tags += [RunTag("best.run_id", best.info.run_id), RunTag(f"best.{chosen_on}", str(best.data.metrics[chosen_on])),
                  RunTag("best.overrides", best.data.tags.get(tracking.OVERRIDES_TAG, ""))]
-    client.log_batch(run_id, tags=tags)
+    client.log_batch(run_id, tags=tags, metrics=best_metrics(summary))
     log_epoch_montages(client, run_id, summary)
     return key
+
+
+def best_metrics(summary: SweepSummary) -> list:
+    """The parent's own metrics (step 0): its best setting's returned score (`sweep.best.fid`: the mean over
+    its seeds, or its one job's value) and, over several seeds, that mean's 95% interval bounds."""
+    import time
+
+    from mlflow.entities import Metric
+
+    found = best_setting(summary)
+    if found is None:
+        return []
+    values = {scores.sweep_best(found.metric): found.value}
+    if found.n > 1:
+        values.update({scores.sweep_best(found.metric, bound): value for bound, value
+                       in zip(scores.INTERVAL_BOUNDS, (found.ci_low, found.ci_high))})
+    now = int(time.time() * 1000)
+    return [Metric(name, float(value), now, 0) for name, value in values.items() if value is not None and math.isfinite(value)]
 
 def view_key(parent_id: str) -> str:
     return VIEW_KEY_PREFIX + parent_id

@@ -1,7 +1,8 @@
-"""A sweep's pictures: the montages of every job's sample grids, best first, and the heatmap.
+"""A sweep's pictures: the montages of every job's sample grids, its curves, best first, and the heatmap.
 
-`summarize` draws the final montage (sweep_samples.png) and the heatmap over two swept keys
-into the summary; `log_epoch_montages` gives the parent run an image `samples` per epoch,
+`summarize` draws the final montage (sweep_samples.png), every job's curve of the objective
+(sweep_curves_<metric>.png: one colour per job, a legend naming every job, best first) and the
+heatmap over two swept keys into the summary; `log_epoch_montages` gives the parent run an image `samples` per epoch,
 every job's grid of that epoch side by side, so the parent's image card with its step
 slider shows the settings side by side at any epoch.
 """
@@ -15,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from ganlab.core import scores
-from ganlab.sweeps.ranking import SweepSummary, label_of, returned_metric
+from ganlab.sweeps.ranking import BEST_MARK, SweepSummary, label_of, returned_metric
 from ganlab.sweeps.settle_store import artifacts_of  # a settle sweep's reused run keeps its pictures in its own run
 from ganlab.tracking import store as tracking
 from ganlab.training.epochs import LATEST_STEP, SAMPLES_KEY  # a job's sample grid: an image at each epoch, the latest at step 0
@@ -60,7 +61,8 @@ def log_epoch_montages(client, run_id: str, summary: SweepSummary) -> None:
     if not any(summary.grids.values()):
         return
     metric = summary.rank_metric  # the objective's own value at each epoch (fid, also with objective_at=best)
-    history = {child.info.run_id: tracking.metric_histories(client, child.info.run_id, [metric])[metric]
+    history = {child.info.run_id: summary.histories.get(child.info.run_id)
+               or tracking.metric_histories(client, child.info.run_id, [metric])[metric]
                for child in summary.ranked if metric and summary.grids.get(child.info.run_id)}
     with tempfile.TemporaryDirectory() as scratch:
         for epoch in epochs:
@@ -134,6 +136,43 @@ def latest_montage(client, summary: SweepSummary, path: Path) -> Path | None:
             return None
         what = f"final samples (epoch {epochs.pop()})" if len(epochs) == 1 else "final samples"
         return plots.save_labelled_montage(grids, labels, path, title=montage_title(what, summary))
+
+def curves(client, summary: SweepSummary, folder: Path) -> Path | None:
+    """sweep_curves_<metric>.png: every job's objective (the rank metric) per epoch, one colour each, the legend
+    naming every job best first (`curve_lines`); None without a metric or a value."""
+    from ganlab.core import plots  # matplotlib loads only when a picture is made
+
+    lines = curve_lines(client, summary)
+    if not lines:
+        return None
+    metric, returned_by = summary.rank_metric, summary.best_metric or summary.rank_metric
+    title = (f"{metric} of every job per epoch · legend best first by {returned_by} "
+             f"({scores.direction(returned_by)} is better)")
+    return plots.save_run_curves(lines, metric, folder / f"sweep_curves_{metric}.png", title)
+
+
+def curve_lines(client, summary: SweepSummary) -> list[tuple[str, list[int], list[float]]]:
+    """(legend label, epochs, values) of every job with a value of the rank metric, best first: its setting and
+    the value it returned (`★` before the best). Each job's history is fetched once, into `summary.histories`
+    (the epoch montages' labels read it too)."""
+    metric = summary.rank_metric
+    if not metric:
+        return []
+    returned_by = summary.best_metric or metric
+    lines = []
+    for child in summary.ranked:
+        if child.info.run_id not in summary.histories:
+            summary.histories[child.info.run_id] = tracking.metric_histories(client, child.info.run_id, [metric])[metric]
+        history = summary.histories[child.info.run_id]
+        if not history:
+            continue
+        returned = returned_metric(child, returned_by, summary.objective_at) if summary.best_metric else metric
+        label = tile_label(summary, child, returned, child.data.metrics.get(returned)).replace("\n", ": ")
+        best = summary.best is not None and child.info.run_id == summary.best.info.run_id
+        epochs = sorted(history)
+        lines.append((f"{BEST_MARK} {label}" if best else label, epochs, [history[epoch] for epoch in epochs]))
+    return lines
+
 
 def heatmap(rows, grid_keys, metric, folder: Path) -> Path:
     """sweep_heatmap_<metric>.png: each cell of the two keys' grid the mean over its jobs' final values."""

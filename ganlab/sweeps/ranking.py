@@ -17,6 +17,7 @@ from ganlab.core.config import OBJECTIVE_AT_BEST
 from ganlab.tracking import store as tracking
 from ganlab.tracking.job_run import FAILURE_TAG
 
+BEST_MARK = "★"  # marks the best job: its row in the parent's description, its line in the curves' legend
 OBJECTIVE_AT_KEY = "objective_at"  # a job's param: which value of the objective it returned (final or best)
 
 
@@ -35,6 +36,7 @@ class SweepSummary:
     objective_at: str | None = None
     grids: dict[str, dict[int, str]] = field(default_factory=dict)  # run id -> {epoch: its samples image artifact}
     montage: Path | None = None  # the final montage written by summarize (sweep_samples.png)
+    histories: dict[str, dict[int, float]] = field(default_factory=dict)  # run id -> {epoch: rank_metric}, fetched once
     parent_id: str | None = None  # the parent run of the children (their mlflow.parentRunId tag)
     experiment_id: str | None = None
 
@@ -90,6 +92,38 @@ def ranked(children, metric: str | None, objective_at: str | None = None) -> lis
         return child.info.status != "FINISHED", missing, 0.0 if missing else (value if lower else -value)
 
     return sorted(children, key=order)
+
+@dataclass(frozen=True)
+class BestSetting:
+    """The best job's setting and its returned `metric` over the setting's seeds: the mean and its 95% Student t
+    interval (`seed_stats.summarize`) for several, the one job's value (and no interval) for one."""
+
+    label: str
+    metric: str
+    value: float
+    n: int
+    ci_low: float | None = None
+    ci_high: float | None = None
+
+
+def best_setting(summary: SweepSummary) -> BestSetting | None:
+    """The best job's setting (its swept values but the seed) and its metric over the finished jobs of that
+    setting; None without a best job."""
+    from ganlab.core.config import SEED_KEY
+    from ganlab.sweeps import seed_stats
+
+    best, metric = summary.best, summary.best_metric
+    if best is None or not metric or metric not in best.data.metrics:
+        return None
+    keys = [key for key in summary.keys if key != SEED_KEY]
+    values = [child.data.metrics[metric] for child in summary.ranked if child.info.status == "FINISHED"
+              and metric in child.data.metrics and all(child.data.params.get(k) == best.data.params.get(k) for k in keys)]
+    label = tracking.setting(best.data.params, keys) or "the default setting"
+    found = seed_stats.summarize(values)
+    if found.n > 1:
+        return BestSetting(label, metric, found.mean, found.n, found.ci_low, found.ci_high)
+    return BestSetting(label, metric, best.data.metrics[metric], 1)
+
 
 def label_of(summary: SweepSummary, child) -> str:
     return tracking.setting(child.data.params, summary.keys) or f"job {child.data.tags.get(tracking.JOB_NUM_TAG, '?')}"

@@ -32,17 +32,18 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Transformer
 
 from ganlab.core import scores
+from ganlab.core.config import SEED_KEY  # the sweeper runs seeds 0 .. search.seeds - 1 itself
 from ganlab.core.errors import InputError
 from ganlab.sweeps import seed_stats
 
 KEY = "search"  # the config section of a search: search.seeds, search.prune_p
-SEED_KEY = "seed"  # the sweeper runs seeds 0 .. search.seeds - 1 itself
 STUDY_FILE = "optuna.db"  # the study's SQLite storage in the sweep folder, unless hydra.sweeper.storage names one
 RESULTS_FILE = "optimization_results.yaml"  # in the sweep folder; the sweep callback logs it under summary/
 INTERVAL = f"{seed_stats.CONFIDENCE:.0%} Student t interval of the seed mean (df = seeds - 1)"
 # Tags of the sweep's parent run: where its study is (sweep.resume continues it) and the best trial.
 STORAGE_TAG, STUDY_TAG = "search.storage", "search.study"
-BEST_TAGS = ("search.best.trial", "search.best.value", "search.best.interval", "search.best.overrides")
+BEST_TAGS = ("search.best.trial", "search.best.value", "search.best.interval", "search.best.overrides",
+             "search.best.seeds")
 TRIAL_TAG = "search.trial"  # a job's trial number (each trial is search.seeds jobs)
 
 
@@ -159,8 +160,26 @@ def results(trials: list[TrialRecord], best: TrialRecord | None, *, objective: s
 
 def best_tags(best: TrialRecord) -> dict[str, str]:
     summary = best.summary
-    values = (str(best.number), str(summary.mean), f"[{summary.ci_low}, {summary.ci_high}]", " ".join(best.overrides()))
+    values = (str(best.number), str(summary.mean), f"[{summary.ci_low}, {summary.ci_high}]", " ".join(best.overrides()),
+              str(summary.n))
     return dict(zip(BEST_TAGS, values))
+
+
+def closing_line(tags: dict[str, str], objective: str) -> str | None:
+    """The sweep's closing `best setting: ...` line for a search, from its parent's `search.best.*` tags: the best
+    complete trial, its seed mean and interval (the grid's line, `ganlab.sweeps.sweep.best_line`, would pick the
+    best single job, possibly of a pruned trial). None for a parent without them (not a search, or no trial done)."""
+    trial, value, interval, overrides, seeds = (tags.get(key) for key in BEST_TAGS)
+    if value is None:
+        return None
+    shown = lambda number: scores.format_value(objective, float(number))  # noqa: E731 - the registry's precision
+    low, _, high = (interval or "[nan, nan]").strip("[]").partition(", ")
+    metric = scores.lookup(objective)
+    better = f"; {metric.better} is better" if metric is not None and metric.better else ""
+    spread = (f"95% interval {shown(low)} to {shown(high)}" + (f" over {seeds} seeds" if seeds else "")
+              if "nan" not in (low, high)
+              else f"one seed, so no interval: raise {KEY}.seeds")
+    return f"best setting: {overrides}: {objective} {shown(value)} ({spread}{better}; trial {trial}, the seed mean)"
 
 
 def plain(value: float) -> float | None:

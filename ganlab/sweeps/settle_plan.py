@@ -25,11 +25,10 @@ from dataclasses import dataclass, field
 from omegaconf import DictConfig, OmegaConf
 
 from ganlab.core import scores
-from ganlab.core.config import param_key
+from ganlab.core.config import SEED_KEY, param_key
 from ganlab.core.errors import InputError
 
 KEY = "settle"  # the config section of hydra/sweeper=settle
-SEED_KEY = "seed"
 MARGIN_HELP = ("settle.margin: required: the smallest difference in settle.metric that matters to you, in the metric's "
                "units (a comparison whose interval lies inside +-margin is called equivalent), e.g. settle.margin=10 "
                "for fid.")

@@ -12,10 +12,13 @@ import csv
 import re
 from pathlib import Path
 
+from ganlab.core.markdown import table
+
 MARKDOWN, CSV = "settle.md", "settle.csv"
 VERDICT_TAG = "settle.verdict."  # + a setting's label: its verdict against the reference
 COLUMNS = ("setting", "verdict", "diff", "low", "high", "half_width", "seeds", "reference_seeds", "seeds_needed",
            "reference_seeds_needed", "fixed_seeds", "why")
+HEADER = ["setting", "verdict", "difference [interval]", "seeds (setting, reference)", "design asked", "fixed design"]
 
 
 def markdown(question, rows: list[dict], reused: dict[str, list[int]]) -> str:
@@ -23,17 +26,17 @@ def markdown(question, rows: list[dict], reused: dict[str, list[int]]) -> str:
     ref = question.label(question.reference)
     lines = [f"**Settled**: {question.metric} at epoch {question.epoch} against `{ref}`, margin {question.margin:g}, "
              f"all verdicts right together with probability >= {1 - question.alpha:g} (Chapman 1950 two-stage design, "
-             f"Bonferroni over {max(1, len(rows))} comparison(s)).", "",
-             "| setting | verdict | difference [interval] | seeds (setting, reference) | design asked | fixed design |",
-             "|---|---|---|---|---|---|"]
+             f"Bonferroni over {max(1, len(rows))} comparison(s)).", ""]
+    cells = []
     for row in rows:
         interval = ("-" if row["diff"] != row["diff"] else
                     f"{row['diff']:+.4g} [{row['low']:+.4g}, {row['high']:+.4g}]")
         asked = f"{row['seeds_needed']}, {row['reference_seeds_needed']}" if row["seeds_needed"] else "-"
         verdict = f"**{row['verdict']}**" + (f" ({row['why']})" if row["why"] else "")
-        lines.append(f"| {question.label(row['setting'])} | {verdict} | {interval} | {row['seeds']}, "
-                     f"{row['reference_seeds']} | {asked} | {row['fixed_seeds'] or '-'} |")
-    lines += ["", "difference: setting - reference (mean over its seeds); **better**/**worse**: the interval excludes 0; "
+        cells.append([question.label(row["setting"]), verdict, interval, f"{row['seeds']}, {row['reference_seeds']}",
+                      asked, row["fixed_seeds"] or "-"])
+    lines += [table(HEADER, cells, padded=False), "",
+              "difference: setting - reference (mean over its seeds); **better**/**worse**: the interval excludes 0; "
               f"**equivalent**: it lies inside +-{question.margin:g}; **undecided**: max_seeds ({question.max_seeds}) "
               "ran out. design asked: seeds the pilot says each needs; fixed design: seeds per setting a one-stage "
               "design would have needed with the variances known in advance."]

@@ -4,7 +4,10 @@ Seeds already run count: a FINISHED run of the same experiment (not of this swee
 a reused copy) with the same setting and the same scoring protocol is reused, not rerun.
 "The same" means every param the new job would log agrees, except `seed` and the keys that say
 where a job runs (`ganlab.core.config.WHERE_KEYS`, `ganlab.tracking.store.NOT_PARAMS`); a
-param an older run lacks counts as its default in conf/ (a knob added since). Each reused run
+param an older run lacks counts as its default in conf/ (a knob added since). Its data and its
+classifier must be the ones this sweep's jobs will use, too: the run's data sha256 and
+classifier-weights sha256 tags (`protocol`) equal theirs, so a run trained on another file
+passed as the same `data.path`, or scored with other weights, is never reused. Each reused run
 becomes a child of the settle sweep's parent (its params, tags and metric histories copied,
 tagged `settle.reused_from`), so the sweep's summary and `python -m ganlab.report` read it like
 any job of the sweep; its samples stay in its own run.
@@ -16,15 +19,15 @@ import logging
 
 from mlflow.entities import Metric, Param
 
-from ganlab.core.config import WHERE_KEYS
+from ganlab.core.config import SEED_KEY, WHERE_KEYS
 from ganlab.core.defaults import config_defaults
+from ganlab.core.params import same_value
 from ganlab.tracking import store as tracking
 
 log = logging.getLogger(__name__)
 
 REUSED_TAG = "settle.reused_from"  # a reused run's copy under the settle sweep: the id of the run it copies
-SEED = "seed"
-IGNORED = (*WHERE_KEYS, *tracking.NOT_PARAMS, SEED, "settle.")
+IGNORED = (*WHERE_KEYS, *tracking.NOT_PARAMS, SEED_KEY, "settle.")
 
 
 def same_setting(run_params: dict[str, str], expected: dict[str, str], defaults: dict[str, str]) -> bool:
@@ -33,13 +36,32 @@ def same_setting(run_params: dict[str, str], expected: dict[str, str], defaults:
         if key.startswith(IGNORED):
             continue
         have = run_params.get(key, defaults.get(key))
-        if have is None or not _equal(have, value):
+        if have is None or not same_value(have, value):
             return False
     return True
 
 
-def reusable(client, experiment_id: str, parent_id: str, expected: dict[str, str], metric: str, epoch: int) -> dict[int, object]:
-    """{seed: run} of FINISHED runs outside this sweep with the `expected` params (seed aside) and `metric` at `epoch`."""
+def protocol(config: dict) -> dict[str, str]:
+    """The data and classifier tags a job of the resolved `config` will set: the sha256 of its data (all four
+    arrays, as the job hashes them) and, with evaluation on, of its classifier's weights. InputError if either
+    cannot be read (the same paragraph the job would give)."""
+    from ganlab.core.data import load_dataset
+
+    data, evaluation = config.get("data", {}), config.get("eval", {})
+    dataset = load_dataset(data.get("name", "mnist"), data.get("path"), download=data.get("download"))
+    tags = {tracking.DATA_SHA_TAG: dataset.sha256()}
+    if evaluation.get("enabled", True):
+        from ganlab.evaluation import classifier
+
+        tags[tracking.CLASSIFIER_SHA_TAG] = classifier.check(evaluation.get("classifier"), dataset.name)[1]
+    return tags
+
+
+def reusable(client, experiment_id: str, parent_id: str, expected: dict[str, str], metric: str, epoch: int,
+             protocol_tags=None) -> dict[int, object]:
+    """{seed: run} of FINISHED runs outside this sweep with the `expected` params (seed aside), the tags of
+    its scoring protocol (`protocol_tags`, from `protocol`, or a function returning them, called only once a
+    run's params agree: a run without one of them is not known to match) and `metric` at `epoch`."""
     wanted = " and ".join(["attributes.status = 'FINISHED'",
                            *(f"params.`{key}` = '{value}'" for key, value in expected.items() if key == "epochs")])
     defaults = config_defaults()
@@ -49,12 +71,16 @@ def reusable(client, experiment_id: str, parent_id: str, expected: dict[str, str
         tags = run.data.tags
         if tags.get(tracking.SWEEP_PARENT_TAG) == "true" or REUSED_TAG in tags:
             continue
-        if tags.get(tracking.PARENT_RUN_TAG) == parent_id or SEED not in run.data.params:
+        if tags.get(tracking.PARENT_RUN_TAG) == parent_id or SEED_KEY not in run.data.params:
             continue
         if not same_setting(run.data.params, expected, defaults):
             continue
+        if callable(protocol_tags):
+            protocol_tags = protocol_tags()
+        if any(tags.get(key) != value for key, value in (protocol_tags or {}).items()):
+            continue
         try:
-            seed = int(run.data.params[SEED])
+            seed = int(run.data.params[SEED_KEY])
         except ValueError:
             continue
         if seed not in found and score_at(client, run.info.run_id, metric, epoch) is not None:
@@ -100,15 +126,6 @@ def own_children(client, experiment_id: str, parent_id: str) -> dict[int, object
     runs = client.search_runs([experiment_id], max_results=50000, filter_string=(
         f"tags.`{tracking.PARENT_RUN_TAG}` = '{parent_id}' and attributes.status = 'FINISHED'"))
     return {int(run.data.tags[tracking.JOB_NUM_TAG]): run for run in runs if tracking.JOB_NUM_TAG in run.data.tags}
-
-
-def _equal(left, right) -> bool:
-    if str(left) == str(right):
-        return True
-    try:
-        return float(left) == float(right)
-    except (TypeError, ValueError):
-        return False
 
 
 def artifacts_of(run) -> str:

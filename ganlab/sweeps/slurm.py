@@ -152,7 +152,7 @@ def close_left_run(sweep_dir: Path, job_num: int, why: str, tracking_uri: str | 
     else FAILED). True if a RUNNING run was closed."""
     from ganlab.sweeps import sweep
     from ganlab.tracking import store as tracking
-    from ganlab.tracking.job_run import FAILURE_TAG
+    from ganlab.tracking.job_run import close_left_running
 
     parent_id = sweep.read_sweep_file(sweep_dir).get("parent_run_id")
     if parent_id is None:
@@ -162,10 +162,9 @@ def close_left_run(sweep_dir: Path, job_num: int, why: str, tracking_uri: str | 
         client, experiment_id = tracking.open_store(tracking_uri, experiment)
         _, children = tracking.sweep_children(client, experiment_id, parent_id)
         for child in children:
-            if child.data.tags.get(tracking.JOB_NUM_TAG) == str(job_num) and child.info.status == "RUNNING":
-                client.set_tag(child.info.run_id, FAILURE_TAG, why)
-                client.set_terminated(child.info.run_id, status or ("KILLED" if "CANCELLED" in why else "FAILED"))
-                closed = True
+            if child.data.tags.get(tracking.JOB_NUM_TAG) == str(job_num):  # SLURM says its job has ended
+                closed |= close_left_running(client, child, status or ("KILLED" if "CANCELLED" in why else "FAILED"),
+                                             why, holder_ended=True)
     except Exception as error:  # noqa: BLE001 - the summary still counts the job as not finished
         log.warning("could not close the run of lost sweep job %d: %s", job_num, error)
     return closed

@@ -28,13 +28,13 @@ from ganlab.sweeps.parent import BEST_MARK, UI_GAP, log_on_parent, view_key  # n
 from ganlab.sweeps.pictures import IMAGES_DIR, MONTAGE, STEP_IMAGE, cell_means, heatmap  # noqa: F401,E402
 from ganlab.training.epochs import LATEST_STEP, SAMPLES_KEY  # noqa: F401,E402
 
-SEED_KEY = "seed"
+from ganlab.core.config import SEED_KEY  # noqa: E402 - the seed knob's name, here for the sweep modules
 RECORD = "runs.csv"  # the values behind comparison.csv, enough to compute it again
 VARIANCE = "variance_split.csv"  # per setting: the runs' variance split into training and sampling parts
 # How a run was scored: its scores compare with another run's only where all of these agree
 # (params or tags; a value a run lacks counts as its default, or as unknown where none is given).
-SCORING_KEYS = ("eval.num_samples", "eval.repeats", "eval.classifier_sha256", "eval.reference", "eval.num_real",
-                "data.name", "data.sha256")
+SCORING_KEYS = ("eval.num_samples", "eval.repeats", tracking.CLASSIFIER_SHA_TAG, "eval.reference", "eval.num_real",
+                "data.name", tracking.DATA_SHA_TAG)
 SCORING_DEFAULTS = {"eval.repeats": "1", "eval.reference": "test"}  # runs from before these were recorded
 REPEATS_KEY = "eval.repeats"
 
@@ -73,6 +73,9 @@ def summarize(client, children, keys: list[str], objective: str | None, folder: 
     heat_metric = next((name for name in (scores.FID, scores.G_LOSS) if name in metrics), None)
     if len(grid_keys) == 2 and heat_metric:
         summary.files.append(pictures.heatmap(rows, grid_keys, heat_metric, folder))
+    drawn = pictures.curves(client, summary, folder)  # every job's objective per epoch, the legend best first
+    if drawn is not None:
+        summary.files.append(drawn)
     summary.grids = {child.info.run_id: pictures.sample_grids(client, artifacts_of(child)) for child in children}
     summary.montage = pictures.latest_montage(client, summary, folder / MONTAGE)
     if summary.montage is not None:

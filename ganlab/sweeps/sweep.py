@@ -13,7 +13,7 @@ error FAILED: never RUNNING.
 
 `sweep.resume=<parent run id or sweep folder>`, given with the sweep's own overrides,
 continues a sweep instead of starting one: the parent is RUNNING again, and every job
-finds its earlier run by job number (`ganlab.training.checkpoint.earlier_attempt`): FINISHED ones
+finds its earlier run by job number (`ganlab.training.resume.earlier_attempt`): FINISHED ones
 are skipped, the others continue from their checkpoints, and jobs never started start.
 
 Importing this module also registers the OmegaConf resolver `ganlab.direction`:
@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ganlab.core import config as ganlab_config
 from ganlab.core import scores
-from ganlab.sweeps import settle_plan, settle_report
+from ganlab.sweeps import search, settle_report, settle_store
 from ganlab.sweeps import summary as sweep_report
 from ganlab.tracking import run_lock
 from ganlab.tracking import store as tracking
@@ -65,16 +65,17 @@ def read_sweep_file(sweep_dir: Path) -> dict:
 
 def swept_keys(config: DictConfig) -> list[str]:
     """Keys with several values: sweeps on the command line and the sweeper's `params` (where a plain value
-    on the command line fixes a key), and `seed` for a sweeper that runs seeds itself (`hydra.sweeper.seeds`)."""
+    on the command line fixes a key), and `seed` for a sweeper that runs seeds itself: one whose config
+    (conf/hydra/sweeper/: search's, settle's) has `seeds`, how many each setting gets (at least)."""
     params = OmegaConf.select(config, "hydra.sweeper.params") or {}
     lines = [*(f"{key}={value}" for key, value in params.items()), *task_overrides(config)]
     swept = {}
     for override in OverridesParser.create().parse_overrides(lines):
         swept[override.get_key_element().lstrip("+~")] = override.is_sweep_override()
     keys = [key for key, is_swept in swept.items() if is_swept]
-    seeds = OmegaConf.select(config, "hydra.sweeper.seeds")  # seeds per setting of sweeps/search.yaml
-    if isinstance(seeds, int) and seeds > 1 and "seed" not in keys:
-        keys.append("seed")
+    seeds = OmegaConf.select(config, "hydra.sweeper.seeds")
+    if isinstance(seeds, int) and seeds > 1 and sweep_report.SEED_KEY not in keys:
+        keys.append(sweep_report.SEED_KEY)
     return keys
 
 
@@ -87,16 +88,16 @@ class SweepTracking(Callback):
         self.lock: run_lock.RunLock | None = None  # this process's hold on the parent run
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        from ganlab.core import config as config_checks
+        from ganlab.sweeps import precheck
 
-        config_checks.validate_tracking(config)
-        if OmegaConf.select(config, settle_plan.KEY) is not None:  # hydra/sweeper=settle: its question, before anything exists
-            try:
-                settle_plan.question(config, task_overrides(config))
-            except InputError as error:
-                print(f"error: {error}", file=sys.stderr, flush=True)
-                raise SystemExit(1) from None
-        self.client, experiment_id = tracking.open_store(config.tracking.uri, config.tracking.experiment)
+        try:  # every job's config, data and store (and a settle sweep's question), before anything exists
+            ganlab_config.validate_tracking(config)
+            precheck.check_sweep(config, task_overrides(config))
+            self.client, experiment_id = tracking.open_store(config.tracking.uri, config.tracking.experiment)
+        except InputError as error:
+            # SystemExit, not an Exception: Hydra turns a callback's exception into a warning and runs the jobs
+            print(f"error: {error}", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
         sweep_dir = Path(config.hydra.sweep.dir)
         keys = swept_keys(config)
         overrides = sweep_overrides(config)
@@ -122,10 +123,20 @@ class SweepTracking(Callback):
             )
             self.run_id = self.lock.run_id = run.info.run_id
             self.lock.claim()
+            self._log_parent_params(config)
         self.jobs_run_here = "slurm" not in str(OmegaConf.select(config, "hydra.launcher._target_") or "").lower()
         self._close_on_exit()
         (sweep_dir / SWEEP_FILE).write_text(json.dumps({"parent_run_id": self.run_id, "swept_keys": keys}))
         log.info("MLflow sweep run %s; jobs appear as its children", self.run_id)
+
+    def _log_parent_params(self, config: DictConfig) -> None:
+        """The parent's Parameters card: what was swept and what every job was given (`parent_params`)."""
+        from mlflow.entities import Param
+
+        try:
+            self.client.log_batch(self.run_id, params=[Param(key, value) for key, value in parent_params(config).items()])
+        except Exception as error:  # noqa: BLE001 - the sweep's record of itself, never a reason to stop it
+            log.warning("could not log the sweep's settings on run %s: %s: %s", self.run_id, type(error).__name__, error)
 
     def _close_on_exit(self) -> None:
         """However the process ends before on_multirun_end, the parent is not left RUNNING."""
@@ -179,16 +190,18 @@ class SweepTracking(Callback):
         view_key = sweep_report.log_on_parent(client, run_id, summary, config.get("objective"))
         if (folder / settle_report.MARKDOWN).is_file():  # a settle sweep: its verdicts first on the parent
             settle_report.put_first(client, run_id, folder)
-        jobs = len(children) + len(runless)
+        reused = sum(settle_store.REUSED_TAG in child.data.tags for child in children)  # a settle sweep's copies
+        jobs = len(children) + len(runless) - reused
         lost = len(failed) + len(runless)
         status = "FAILED" if lost or not children else "FINISHED"
-        client.set_tag(run_id, "sweep.jobs", f"{jobs - lost} of {jobs} finished")
+        client.set_tag(run_id, "sweep.jobs", f"{jobs - lost} of {jobs} finished" + (f", {reused} seeds reused" if reused else ""))
         client.set_terminated(run_id, status)
         self._release()
         self.run_id = None  # closed: nothing left for the exit handler
-        print(f"ganlab: sweep of {jobs} jobs ({lost} failed); summary ({summary_contents(summary)}) in {folder} "
+        trained = f"{jobs} jobs trained, {reused} seeds reused" if reused else f"{jobs} jobs"
+        print(f"ganlab: sweep of {trained} ({lost} failed); summary ({summary_contents(summary)}) in {folder} "
               f"and under {SUMMARY}/ of MLflow run {run_id}", flush=True)
-        best = best_line(summary)
+        best = search.closing_line(client.get_run(run_id).data.tags, config.get("objective")) or best_line(summary)
         if best:  # the answer, then where to look at it: the console's last lines
             print(best, flush=True)
         print(tracking.ui_hint(config.tracking.uri, experiment_id, run_id, view_key=view_key), flush=True)
@@ -203,6 +216,7 @@ def summary_contents(summary) -> str:
     """What the sweep's summary holds, as its files say (a heatmap only where one was drawn)."""
     names = [Path(file).name for file in summary.files]
     parts = ["table"]
+    parts += ["curves"] if any(name.startswith("sweep_curves") for name in names) else []
     parts += ["heatmap"] if any(name.startswith("sweep_heatmap") for name in names) else []
     parts += ["samples"] if summary.montage is not None else []
     parts += ["seed comparison"] if "comparison.csv" in names else []
@@ -212,23 +226,41 @@ def summary_contents(summary) -> str:
 def best_line(summary) -> str | None:
     """`best setting: dropout=0.1 ls=0: fid 97.3 (95% interval 90.1 to 104.5 over 3 seeds; lower is better)`:
     the best job's setting and the mean of its returned score over the setting's seeds (Student-t interval,
-    `seed_stats.summarize`); one run gives its value and says it has no interval. None without a best job."""
-    from ganlab.sweeps import seed_stats
+    `ranking.best_setting`); one run gives its value and says it has no interval. None without a best job."""
+    from ganlab.sweeps.ranking import best_setting
 
-    best, metric = summary.best, summary.best_metric
-    if best is None or not metric or metric not in best.data.metrics:
+    found = best_setting(summary)
+    if found is None:
         return None
-    keys = [key for key in summary.keys if key != sweep_report.SEED_KEY]
-    values = [child.data.metrics[metric] for child in summary.ranked if child.info.status == "FINISHED"
-              and metric in child.data.metrics and all(child.data.params.get(k) == best.data.params.get(k) for k in keys)]
-    label = tracking.setting(best.data.params, keys) or "the default setting"
+    metric = found.metric
     shown = lambda value: scores.format_value(metric, value)  # noqa: E731 - the score registry's precision
     better = f"{scores.direction(metric)} is better" if scores.direction(metric) else ""
-    found = seed_stats.summarize(values)
     if found.n > 1:
-        return (f"best setting: {label}: {metric} {shown(found.mean)} (95% interval {shown(found.ci_low)} to "
+        return (f"best setting: {found.label}: {metric} {shown(found.value)} (95% interval {shown(found.ci_low)} to "
                 f"{shown(found.ci_high)} over {found.n} seeds; {better})")
-    return f"best setting: {label}: {metric} {shown(best.data.metrics[metric])} (one run, so no interval: sweep seed too; {better})"
+    return f"best setting: {found.label}: {metric} {shown(found.value)} (one run, so no interval: sweep seed too; {better})"
+
+
+def parent_params(config: DictConfig) -> dict[str, str]:
+    """The parent's params: `sweep.swept.<key>` (the values as typed, e.g. `0.1,0.3` or `interval(0.0, 0.6)`; for
+    `seed` run by the sweeper itself, how many) and `sweep.fixed.<key>` for every other value the command line or
+    the named sweep's `params` gives all jobs; never `sweep.resume` (which sweep goes on, not what it trains)."""
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    lines = [*(f"{key}={value}" for key, value in params.items()), *task_overrides(config)]
+    found: dict[str, str] = {}
+    for override in OverridesParser.create().parse_overrides(lines):
+        key = override.get_key_element().lstrip("+~")
+        if key == RESUME_KEY:
+            continue
+        for prefix in (tracking.SWEEP_SWEPT_PARAM, tracking.SWEEP_FIXED_PARAM):  # a later line for a key wins
+            found.pop(prefix + key, None)
+        prefix = tracking.SWEEP_SWEPT_PARAM if override.is_sweep_override() else tracking.SWEEP_FIXED_PARAM
+        found[prefix + key] = (override.input_line or "").partition("=")[2] or override.get_value_element_as_str()
+    seeds = OmegaConf.select(config, "hydra.sweeper.seeds")
+    if isinstance(seeds, int) and seeds > 1 and tracking.SWEEP_SWEPT_PARAM + sweep_report.SEED_KEY not in found:
+        found.pop(tracking.SWEEP_FIXED_PARAM + sweep_report.SEED_KEY, None)
+        found[tracking.SWEEP_SWEPT_PARAM + sweep_report.SEED_KEY] = f"by the sweeper (hydra.sweeper.seeds={seeds})"
+    return {key: value[:500] for key, value in found.items()}
 
 
 def sweep_overrides(config: DictConfig) -> str:
@@ -263,7 +295,7 @@ def reopen_parent(client, experiment_id: str, target: str, overrides: str) -> ru
     line, exit 0, nothing created.
 
     The sweep must be continued with the overrides it started with: its jobs find their
-    earlier runs by job number (`ganlab.training.checkpoint.earlier_attempt`). Bad input ends the
+    earlier runs by job number (`ganlab.training.resume.earlier_attempt`). Bad input ends the
     command here, before any job starts: one paragraph on stderr, exit 1.
     """
     try:
@@ -313,9 +345,11 @@ def close_orphaned_jobs(client, parent_id: str) -> None:
             job.kill()
     experiment_id = client.get_run(parent_id).info.experiment_id
     _, children = tracking.sweep_children(client, experiment_id, parent_id)
+    from ganlab.tracking.job_run import close_left_running
+
     for child in children:  # a run another live process trains (another machine's, a resume's) stays as it is
-        if child.info.status == "RUNNING" and run_lock.closable(child):
-            client.set_terminated(child.info.run_id, "KILLED")
+        close_left_running(client, child, "KILLED", f"KILLED: its sweep stopped before it ended; "
+                           f"sweep.resume={parent_id} continues it")
 
 
 def jobs_without_a_run(sweep_dir: Path, children) -> dict[str, tuple[str, str]]:

@@ -23,12 +23,14 @@ import mlflow
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
-from ganlab.tracking.run_lock import AlreadyFinished, RunLock
+from ganlab.core import machine
+from ganlab.tracking.run_lock import AlreadyFinished, RunLock, closable
 from ganlab.tracking.store import JOB_NUM_TAG
 from ganlab.tracking.store import (CLOSING_WAITS, DATASET_CONTEXT_TAG, DIGEST_LENGTH, PARENT_RUN_TAG, StoreError,
                              environment_tags, open_store, package_version, resolve_uri, store_call, store_failure)
 
 FAILURE_TAG = "failure_reason"
+MACHINE_TAG_PREFIX = "machine."  # the machine a run ran on: machine.cpu_model, machine.isa, machine.threads, ...
 # A run's colour in the UI's charts and runs table: MLflow 3.17 reads this run tag (a CSS colour) when it
 # loads runs. Every job of a sweep gets its own, by job number, so no two of its first 20 share one.
 RUN_COLOR_TAG = "mlflow.runColor"
@@ -40,6 +42,26 @@ RUN_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", 
 def run_color(job_num) -> str:
     """The colour of a sweep's job `job_num` (0-based) in the UI's charts."""
     return RUN_COLORS[int(job_num) % len(RUN_COLORS)]
+
+
+def machine_tags(threads: int | None) -> dict[str, str]:
+    """The machine a run runs on (`ganlab.core.machine`: its numbers are comparable only on the same kind) as tags."""
+    return {f"{MACHINE_TAG_PREFIX}{key}": value for key, value in machine.describe(threads).items()}
+
+
+LEFT_OPEN = ("RUNNING", "SCHEDULED")  # a run's states while its process works on it
+
+
+def close_left_running(client, run, status: str, reason: str, holder_ended: bool = False) -> bool:
+    """Close `run` (an MLflow Run) that a process which is gone left RUNNING: `status` (FAILED or KILLED)
+    and `reason` as its failure reason. A run that a live process holds stays as it is (`run_lock.closable`),
+    unless the caller knows its holder has ended (`holder_ended`: SLURM says the job is over, while its
+    heartbeat may look fresh for a while). True if the run was closed here."""
+    if run.info.status not in LEFT_OPEN or not (holder_ended or closable(run)):
+        return False
+    client.set_tag(run.info.run_id, FAILURE_TAG, str(reason)[:5000])
+    client.set_terminated(run.info.run_id, status)
+    return True
 
 log = logging.getLogger("ganlab.tracking.store")
 
@@ -62,7 +84,7 @@ class JobRun:
 
     def __init__(self, uri: str | None, experiment: str, output_dir: Path, run_name: str, tags: dict[str, Any],
                  parent_run_id: str | None = None, log_file: Path | None = None, resume_run_id: str | None = None,
-                 system_metrics: bool = False):
+                 system_metrics: bool = False, threads: int | None = None):
         self.uri, self.experiment = uri, experiment
         self.output_dir = Path(output_dir)
         self.run_name = run_name
@@ -72,6 +94,7 @@ class JobRun:
         self.log_file = log_file
         self.resume_run_id = resume_run_id
         self.system_metrics = system_metrics
+        self.threads = threads  # the job's thread count, among the machine's facts (`machine_tags`)
         self.client: MlflowClient | None = None
         self.experiment_id: str | None = None
         self.run_id: str | None = None
@@ -82,7 +105,7 @@ class JobRun:
 
     def __enter__(self) -> "JobRun":
         self.client, self.experiment_id = open_store(self.uri, self.experiment)
-        tags = {**environment_tags(), **self.tags}
+        tags = {**environment_tags(), **machine_tags(self.threads), **self.tags}
         if JOB_NUM_TAG in tags and str(tags[JOB_NUM_TAG]).isdigit():  # a sweep's job: its own colour in the charts
             tags.setdefault(RUN_COLOR_TAG, run_color(tags[JOB_NUM_TAG]))
         if self.resume_run_id:  # the same run goes on: params stay as first logged

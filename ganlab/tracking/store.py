@@ -46,8 +46,12 @@ JOB_NUM_TAG = "sweep.job_num"  # a sweep child's job number in its sweep
 OVERRIDES_TAG = "hydra.overrides"  # a run's command-line overrides, as typed
 OUTPUT_DIR_TAG = "output_dir"  # the folder of a job's files and checkpoint
 SWEEP_ID_TAG = "sweep.id"  # a sweep child's sweep: its parent run id (or the sweep folder)
+# A sweep parent's params (a job never logs a `sweep.` param: NOT_PARAMS), each followed by the key as typed:
+SWEEP_FIXED_PARAM = "sweep.fixed."  # a value the command (or the named sweep) gives every job, e.g. sweep.fixed.epochs
+SWEEP_SWEPT_PARAM = "sweep.swept."  # the values a key is swept over, as typed, e.g. sweep.swept.dropout = 0.1,0.3
 DATA_SOURCE_TAG = "data.source"  # where a run's data came from, in words
 DATA_SHA_TAG = "data.sha256"  # the sha256 of the data a run trained on: written once, checked on resume
+CLASSIFIER_SHA_TAG = "eval.classifier_sha256"  # the sha256 of the weights that scored a run (the evaluator's scoring_tags)
 DATASET_CONTEXT_TAG = "mlflow.data.context"  # the UI's badge beside a run's dataset
 DIGEST_LENGTH = 12  # a dataset digest as the UI shows it, like a short git hash (MLflow stores at most 36)
 PACKAGES = ("tensorflow", "keras", "mlflow", "hydra-core", "numpy", "scipy")

@@ -2,19 +2,19 @@
 
 `run_job(cfg, context)` is what the Hydra entry point calls; `context` holds the facts
 only Hydra knows (output folder, overrides, sweep, launcher threads), so nothing here
-imports Hydra. Before the job starts, resume is looked up once (`ganlab.training.checkpoint.look_up`)
+imports Hydra. Before the job starts, resume is looked up once (`ganlab.training.resume.look_up`)
 and the config is read once (`ganlab.core.config.typed_config`) into the typed `JobConfig` the job reads;
 a refused key ends in a FAILED run. A job is one MLflow run (`ganlab.tracking.job_run.JobRun`), resumable from its last
 checkpoint (`ganlab.training.checkpoint`). `train_job` holds the whole loop in one screen: train
 an epoch, score it, track the best, checkpoint, log; those steps are small functions in
-`ganlab.training.epochs`, the model, loss and optimizer come from their registries by name, and
+`ganlab.training.epochs`, the trainer is built by the gan wing (`ganlab.gan.choices.build_trainer`:
+model, loss and optimizer from their registries by name), the scoring by the evaluation wing, and
 the files a finished job leaves are written by `ganlab.training.outputs`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import signal
 import threading
@@ -22,9 +22,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from ganlab.training import checkpoint
+from ganlab.training.resume import look_up, resume_into
 from ganlab.core import config
 from ganlab.training import epochs
 from ganlab.training import outputs
@@ -61,11 +62,9 @@ def run_job(cfg: DictConfig, context: JobContext) -> float | None:
     except config.RefusedConfig as refused:  # recorded in a FAILED run: its tracking keys are good
         with open_run(refused.tracking, context, None, context.threads):
             raise
-    resume = checkpoint.look_up(cfg, context.parent_run_id, context.tags.get(tracking.JOB_NUM_TAG), context.overrides)
+    resume = look_up(cfg, context.parent_run_id, context.tags.get(tracking.JOB_NUM_TAG), context.overrides)
+    job = resume.config if resume is not None else job  # a resumed job trains what its checkpoint holds
     try:
-        if resume is not None:  # what was trained comes from the checkpoint (checked when it started), where from this command
-            job = JobConfig.of(OmegaConf.to_container(resume.config, resolve=True))
-            resume = dataclasses.replace(resume, config=job)
         threads = job.threads if job.threads is not None else context.threads
         with signals_as_interrupt() as now_closing, open_run(job.tracking, context, resume, threads) as run:
             try:
@@ -82,10 +81,10 @@ def open_run(where: TrackingConfig, context: JobContext, resume, threads: int | 
     print(f"ganlab: job outputs in {context.output_dir}", flush=True)
     started_from = ({tracking.OUTPUT_DIR_TAG: str(context.output_dir)} if resume is None else
                     {"resumed_from_epoch": resume.checkpoint.epoch, "resumed_from": str(resume.checkpoint.folder)})
-    tags = {**context.tags, **runtime_tags(threads), **started_from}
-    return JobRun(where.uri, where.experiment, context.output_dir, context.run_name, tags,
+    return JobRun(where.uri, where.experiment, context.output_dir, context.run_name, {**context.tags, **started_from},
                   parent_run_id=context.parent_run_id, log_file=context.log_file,
-                  resume_run_id=resume.checkpoint.run_id if resume else None, system_metrics=where.system_metrics)
+                  resume_run_id=resume.checkpoint.run_id if resume else None, system_metrics=where.system_metrics,
+                  threads=threads)
 
 
 def train_job(cfg: JobConfig, context: JobContext, run: JobRun, threads: int | None, resume) -> float | None:
@@ -100,10 +99,12 @@ def train_job(cfg: JobConfig, context: JobContext, run: JobRun, threads: int | N
             checkpoint.write(output_dir, None, [], run, threads, cfg)  # resumable from here on
         runtime.configure_tensorflow(cfg.seed, threads, cfg.deterministic)  # TensorFlow loads only now
         dataset, steps = load_data(cfg, run, new_run=resume is None)
-        trainer = build_trainer(cfg, dataset)
-        evaluator, noises = build_scoring(cfg, dataset)
+        trainer = choices.build_trainer(cfg, dataset.x_train)
+        from ganlab.evaluation import evaluator as evaluation  # after TensorFlow is configured: it imports Keras
+
+        evaluator, noises = evaluation.for_job(cfg.eval, dataset, cfg.seed, cfg.random_dim)
         score = epochs.EpochScoring(evaluator, noises, run, output_dir, cfg.random_dim, dataset=dataset, seed=cfg.seed)
-        history = checkpoint.resume_into(trainer, resume, run, output_dir, threads) if resume else []
+        history = resume_into(trainer, resume, run, output_dir, threads) if resume else []
         best = epochs.BestEpoch(cfg.objective, output_dir, history)
         log.info("training %d epochs of %d steps (batch %d) on %s", cfg.epochs, steps, cfg.batch_size, dataset.source)
         first_step_at = time.perf_counter()
@@ -151,23 +152,8 @@ def load_data(cfg: JobConfig, run: JobRun, new_run: bool):
     if cfg.eval.enabled:  # refuse altered weights or a classifier of another dataset before training
         from ganlab.evaluation import classifier
 
-        run.set_tags({"eval.classifier_sha256": classifier.check(cfg.eval.classifier, dataset.name)[1]})
+        run.set_tags({tracking.CLASSIFIER_SHA_TAG: classifier.check(cfg.eval.classifier, dataset.name)[1]})
     return dataset, steps
-
-
-def build_trainer(cfg, dataset):
-    """G and D, their loss and optimizers, each chosen by name from its registry, and the trainer."""
-    from ganlab.gan.trainer import GanTrainer
-    from ganlab.gan.losses import build_loss
-    from ganlab.gan.models import build_nets
-    from ganlab.gan.optimizers import build_optimizers
-
-    loss = build_loss(cfg.loss, cfg.label_smoothing)
-    d_optimizer, g_optimizer = build_optimizers(cfg.optimizer)
-    generator, discriminator = build_nets(cfg, dataset.x_train.shape[1:])
-    return GanTrainer(generator, discriminator, dataset.x_train, loss=loss, d_optimizer=d_optimizer,
-                      g_optimizer=g_optimizer, batch_size=cfg.batch_size, seed=cfg.seed, ema=cfg.ema,
-                      ema_warmup=cfg.ema_warmup)
 
 
 def warn_about_slow_bf16(dtype: str) -> None:
@@ -177,25 +163,6 @@ def warn_about_slow_bf16(dtype: str) -> None:
         log.warning("dtype=bf16 on a CPU without native bfloat16 (%s; ISA flags: %s): TensorFlow emulates bfloat16 "
                     "with float32 instructions here, so this job will be slower than dtype=fp32, not faster.",
                     machine.cpu_model(), " ".join(machine.isa_flags()) or "none")
-
-
-def build_scoring(cfg: JobConfig, dataset):
-    """The scoring evaluator and the noise draws (`eval.repeats` of them) every evaluation of this job
-    scores G on; (None, None) when evaluation is off. Built after G and D, so their initial weights
-    never depend on whether evaluation is on."""
-    if not cfg.eval.enabled:
-        return None, None
-    from ganlab.evaluation import classifier
-    from ganlab.evaluation import evaluator as evaluation
-
-    scorer = evaluation.Evaluator.from_dataset(dataset, classifier=classifier.load(cfg.eval.classifier, dataset=dataset.name))
-    return scorer, evaluation.evaluation_noises(cfg.seed, cfg.eval.num_samples, cfg.random_dim, cfg.eval.repeats)
-
-
-def runtime_tags(threads: int | None) -> dict:
-    from ganlab.core import machine
-
-    return {f"machine.{key}": value for key, value in machine.describe(threads).items()}
 
 
 @contextlib.contextmanager

@@ -1,6 +1,7 @@
 """The sweeper of `-cn search` (`hydra/sweeper=search`): an Optuna 4 study, each trial scored over seeds.
 
-Hydra instantiates sweepers only from the `hydra_plugins` namespace; what a search asks and
+Hydra instantiates sweepers only from the `hydra_plugins` namespace; its config (the knobs
+below and their defaults) is conf/hydra/sweeper/search.yaml, beside settle's; what a search asks and
 reports (the search space, a trial's mean and interval, the pruning test) is
 `ganlab.sweeps.search`'s. The sweeper drives Optuna's ask-and-tell interface:
 
@@ -11,8 +12,9 @@ reports (the search space, a trial's mean and interval, the pruning test) is
 - after each seed the trial reports that seed's score (step = seed index); a trial the
   WilcoxonPruner (Wilcoxon 1945, paired by seed with the best trial) finds clearly worse is
   told PRUNED and its remaining seeds never run; a trial with all its seeds is told the mean;
-- at the end the best complete trial goes to the console, to the parent run's `search.best.*`
-  tags and to `optimization_results.yaml` (logged under the parent's summary/), with its
+- at the end the best complete trial goes to the parent run's `search.best.*` tags (from which
+  the sweep callback prints it, once, as the sweep's closing `best setting` line) and to
+  `optimization_results.yaml` (logged under the parent's summary/), with its
   95% Student t interval.
 
 The study lives in RDB storage: `optuna.db` (SQLite) in the sweep folder unless
@@ -32,7 +34,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hydra.utils import instantiate
@@ -49,20 +50,6 @@ log = logging.getLogger(__name__)
 INSTALL = 'pip install -e ".[scale]"'
 JOB_ATTR = "ganlab.job."  # + seed index: the sweep job number of that seed of the trial (user attr)
 PARENT_ATTR = "ganlab.parent_run_id"  # the study's sweep (user attr of the study)
-
-ConfigStore.instance().store(group="hydra/sweeper", name="search", provider="ganlab", node={
-    "_target_": "hydra_plugins.ganlab_sweepers.search.SearchSweeper",
-    "_recursive_": False,     # the sampler is made once Optuna is known to be there
-    "direction": "minimize",  # sweeps/search.yaml: ${ganlab.direction:${objective}}
-    "seeds": 3,               # sweeps/search.yaml: ${search.seeds}
-    "prune_p": 0.3,           # sweeps/search.yaml: ${search.prune_p}
-    "n_trials": 20,
-    "n_jobs": 1,              # trials run at once (one seed of each per batch of jobs)
-    "study_name": "ganlab_search",
-    "storage": None,          # null: sqlite:///<sweep folder>/optuna.db
-    "sampler": {"_target_": "optuna.samplers.TPESampler", "seed": 0},
-    "params": {},
-})
 
 
 class SearchSweeper(Sweeper):
@@ -238,9 +225,8 @@ class SearchSweeper(Sweeper):
         if best is None:
             print("ganlab: search: no trial completed all its seeds", flush=True)
             return []
+        # The best trial's line closes the sweep once, before its URLs: the sweep callback reads these tags.
         self.client.log_batch(self.parent_id, tags=[_tag(key, value) for key, value in search.best_tags(best).items()])
-        print(f"ganlab: search: best {best.line(self.objective, self.seeds)}; values are seed means with their "
-              f"{search.INTERVAL}", flush=True)
         return [best.params]
 
 

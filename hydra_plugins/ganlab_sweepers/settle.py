@@ -32,10 +32,12 @@ log = logging.getLogger(__name__)
 
 
 class SettleSweeper(Sweeper):
-    def __init__(self, params: dict | None = None) -> None:
-        """`params`: a named sweep's grid (`hydra.sweeper.params`), read with the command line's by settle_plan."""
+    def __init__(self, params: dict | None = None, seeds: int | None = None) -> None:
+        """`params`: a named sweep's grid (`hydra.sweeper.params`), read with the command line's by settle_plan.
+        `seeds`: the pilot's seeds per setting (conf/hydra/sweeper/settle.yaml); it says, as a search's does, that
+        the sweeper runs seeds itself, so the sweep callback counts `seed` among the swept keys."""
         super().__init__()
-        self.params = params or {}
+        self.params, self.seeds = params or {}, seeds
         self.config = None
         self.launcher = None
         self.hydra_context = None
@@ -66,9 +68,6 @@ class SettleSweeper(Sweeper):
         if parent_id is None:
             raise SystemExit("error: hydra/sweeper=settle needs ganlab's sweep callback (conf/train.yaml's "
                              "hydra.callbacks.sweep_tracking): it reads the scores of the sweep's runs.")
-        if settle_plan.SEED_KEY not in found.get("swept_keys", []):  # seeds are replicates: in run names and the summary
-            found["swept_keys"] = [*found.get("swept_keys", []), settle_plan.SEED_KEY]
-            (sweep_dir / sweep_tracking.SWEEP_FILE).write_text(json.dumps(found))
         client, experiment_id = tracking.open_store(self.config.tracking.uri, self.config.tracking.experiment)
 
         scores, reused = self.reuse(client, experiment_id, parent_id, question)
@@ -125,14 +124,31 @@ class SettleSweeper(Sweeper):
     def reuse(self, client, experiment_id: str, parent_id: str, question):
         """({setting: {seed: score}}, {setting label: [seeds]}) of the seeds already run elsewhere, each copied
         under this sweep once (a resumed sweep finds its copies) and counted like its own."""
+        from ganlab.core.errors import InputError
         from ganlab.sweeps import settle_store
+        from ganlab.tracking import store as tracking
 
         copies = settle_store.reused_children(client, experiment_id, parent_id)
         scores: dict[tuple, dict[int, float]] = {setting: {} for setting in question.settings}
         reused: dict[str, list[int]] = {}
+        protocols: dict[str, dict[str, str]] = {}  # by data and classifier: each file is read once
+
+        def protocol(composed: dict) -> dict[str, str]:
+            where = json.dumps([composed.get("data"), composed.get("eval", {}).get("classifier")], sort_keys=True,
+                               default=str)
+            if where not in protocols:
+                protocols[where] = settle_store.protocol(composed)
+            return protocols[where]
+
         for setting in question.settings:
-            earlier = settle_store.reusable(client, experiment_id, parent_id, self.expected_params(question, setting),
-                                            question.metric, question.epoch)
+            composed = self.job_config(question, setting)
+            try:  # the data and the classifier are read only when a run in the store could be reused
+                earlier = settle_store.reusable(client, experiment_id, parent_id, tracking.run_params(composed),
+                                                question.metric, question.epoch,
+                                                protocol_tags=lambda composed=composed: protocol(composed))
+            except InputError as error:
+                print(f"error: {error}", file=sys.stderr, flush=True)
+                raise SystemExit(1) from None
             for seed, run in sorted(earlier.items()):
                 if run.info.run_id not in copies:
                     copies[run.info.run_id] = settle_store.copy_as_child(client, run, parent_id, experiment_id)
@@ -142,14 +158,12 @@ class SettleSweeper(Sweeper):
             log.info("settle: reused seeds already in the store: %s", reused)
         return scores, reused
 
-    def expected_params(self, question, setting) -> dict[str, str]:
-        """The params a job of `setting` logs (seed aside), from the config Hydra would compose for it."""
-        from ganlab.tracking import store as tracking
-
+    def job_config(self, question, setting) -> dict:
+        """The resolved config (without `hydra`) Hydra would compose for a job of `setting` (seed aside)."""
         from ganlab.sweeps import settle_plan
 
         composed = self.hydra_context.config_loader.load_sweep_config(
             self.config, settle_plan.job_overrides(question, setting, 0))
         own = OmegaConf.masked_copy(composed, [key for key in composed if key != "hydra"])
-        return {key: str(value) for key, value in tracking.run_params(OmegaConf.to_container(own, resolve=True)).items()}
+        return OmegaConf.to_container(own, resolve=True)
 
