@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -77,6 +78,14 @@ def test_summarize_matches_student_t_interval():
 def test_summarize_single_seed_has_no_spread():
     summary = seed_stats.summarize([7.5])
     assert summary.n == 1 and summary.mean == 7.5
+    assert math.isnan(summary.std) and math.isnan(summary.ci_low) and math.isnan(summary.ci_high)
+
+
+def test_summarize_an_infinite_seed_has_no_spread_and_no_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "invalid value" on inf - inf would be console noise
+        summary = seed_stats.summarize([3.0, math.inf, 5.0])
+    assert summary.n == 3 and summary.mean == math.inf
     assert math.isnan(summary.std) and math.isnan(summary.ci_low) and math.isnan(summary.ci_high)
 
 

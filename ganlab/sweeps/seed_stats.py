@@ -36,11 +36,12 @@ class Difference:
 
 def summarize(values: Iterable[float]) -> Summary:
     """Mean, sample std (ddof=1) and the 95% Student-t interval of the mean (df = n - 1).
-    With one value the spread is unknown: std and the interval are NaN."""
+    With one value, or an infinite one (`fid_class_worst` of a class never drawn), the spread is
+    unknown: std and the interval are NaN."""
     values = np.asarray(list(values), dtype=float)
     n = len(values)
     mean = float(values.mean()) if n else math.nan
-    if n < 2:
+    if n < 2 or not np.isfinite(values).all():
         return Summary(n, mean, math.nan, math.nan, math.nan)
     std = float(values.std(ddof=1))
     half_width = stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1) * std / math.sqrt(n)
