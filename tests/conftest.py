@@ -13,7 +13,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -178,7 +177,8 @@ class MlflowStub(http.server.ThreadingHTTPServer):
 
     def __init__(self, mode: str, run_exists: bool = True):
         assert mode in ("hang", "fail")
-        self.mode, self.run_exists, self.release, self.updates, self.hung_at = mode, run_exists, threading.Event(), [], None
+        self.mode, self.run_exists, self.release, self.updates = mode, run_exists, threading.Event(), []
+        self.hung = []  # the API paths of the requests left hanging, in order
         stub = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -207,8 +207,7 @@ class MlflowStub(http.server.ThreadingHTTPServer):
                 if stub.run_exists and path.endswith("/runs/create"):
                     return self.reply(200, {"run": stub.RUN})
                 if stub.mode == "hang":
-                    if stub.hung_at is None:
-                        stub.hung_at = time.monotonic()
+                    stub.hung.append(path)
                     stub.release.wait(600)  # until the test ends
                     return None
                 if stub.run_exists and path.endswith("/runs/get"):

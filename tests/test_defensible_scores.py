@@ -318,6 +318,9 @@ class NoArtifacts:
     def download_artifacts(self, run_id, path, folder):
         raise OSError("no artifacts here")
 
+    def get_metric_history(self, run_id, key):
+        return []  # nor histories: the summary draws no per-epoch curves
+
 
 def child(run_id, params, metrics=None, tags=None):
     return SimpleNamespace(info=SimpleNamespace(run_id=run_id, status="FINISHED", experiment_id="1"),

@@ -62,7 +62,7 @@ def test_a_job_with_no_best_value_returned_its_final_one():
 
 
 class FakeClient:
-    """The two MLflow calls summarize and log_on_parent make; `grids` maps run id -> PNG to 'download'."""
+    """The MLflow calls summarize and log_on_parent make; `grids` maps run id -> PNG to 'download'."""
 
     def __init__(self, grids: dict[str, Path]):
         self.grids, self.logged = grids, []
@@ -74,6 +74,9 @@ class FakeClient:
 
     def log_batch(self, run_id, metrics=(), params=(), tags=()):
         self.logged.append((run_id, list(metrics), list(params), list(tags)))
+
+    def get_metric_history(self, run_id, key):
+        return []  # runs without histories: the summary draws no per-epoch curves
 
 
 def test_a_sweep_with_objective_at_best_names_the_lowest_fid_best(tmp_path):

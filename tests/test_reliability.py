@@ -114,17 +114,16 @@ def test_a_server_that_hangs_or_fails_before_or_after_the_run_exists_ends_the_jo
     from ganlab.tracking.store import HANG_BOUND_S, StoreError, open_store
 
     with MlflowStub(mode, run_exists=False) as before:
-        started = time.monotonic()
         with pytest.raises(StoreError) as failed:
             open_store(before.uri, "ganlab")
-        assert time.monotonic() - started < HANG_BOUND_S  # MLflow's own default waits many minutes
+        if mode == "hang":  # one request and its one retry (MLflow's own default retries for many minutes)
+            assert len(before.hung) == 2 and before.hung[0] == before.hung[1], before.hung
     assert str(failed.value).startswith(f"tracking.uri: the MLflow store {before.uri} failed: ")
 
     with MlflowStub(mode) as server:
         uri = server.uri
         result = run_cli(["epochs=2", "steps_per_epoch=1", "eval.enabled=false", "objective=g_loss",
                           f"data.path={MNIST_FILE}", f"tracking.uri={uri}"], workdir, timeout=600)
-        ended = time.monotonic()
     assert result.returncode == 1 and "Traceback" not in result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"error: tracking.uri: the MLflow store {uri} failed: ")
@@ -136,7 +135,14 @@ def test_a_server_that_hangs_or_fails_before_or_after_the_run_exists_ends_the_jo
     if mode == "hang":
         assert "did not answer within MLFLOW_HTTP_REQUEST_TIMEOUT=10 s" in line  # the job's own bound
         assert "could not be marked FAILED" in line and "mlflow runs delete --run-id stubrun" in line
-        assert server.hung_at is not None and ended - server.hung_at < HANG_BOUND_S  # the documented bound
+        # The bound as events, not a clock (a loaded machine stretches the job's own work): the one request
+        # that hung, its one retry and the one short closing try, whose timeouts add up within the bound.
+        from ganlab.tracking.store import CLOSING_WAITS, SERVER_WAIT_DEFAULTS
+
+        assert len(server.hung) == 3 and server.hung[0] == server.hung[1], server.hung
+        tries = 1 + int(SERVER_WAIT_DEFAULTS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"])
+        waited = tries * int(SERVER_WAIT_DEFAULTS["MLFLOW_HTTP_REQUEST_TIMEOUT"]) + int(CLOSING_WAITS["MLFLOW_HTTP_REQUEST_TIMEOUT"])
+        assert waited < HANG_BOUND_S  # the documented bound leaves the job's own work 20 s
     else:
         assert "could not be marked" not in line
         assert [update.get("status") for update in server.updates] == ["FAILED"]

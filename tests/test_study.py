@@ -15,18 +15,21 @@ from ganlab import report
 
 STUDY = REPO / "docs" / "study"
 LOSS_STUDY = STUDY / "losses"
+SETTLE_STUDY = STUDY / "settle"
 # Each published comparison: its folder, its record, and the report options that made it.
 PUBLISHED = {
     ".": (STUDY, ["--by", "dropout,label_smoothing", "--reference", "dropout=0.3,label_smoothing=0.1"]),
     "losses": (LOSS_STUDY, ["--by", "loss", "--reference", "loss=ns"]),
+    "settle": (SETTLE_STUDY, ["--by", "loss", "--reference", "loss=ns"]),
 }
-PAGES = [REPO / "README.md", REPO / "docs" / "sweeps.md", STUDY / "README.md", LOSS_STUDY / "README.md"]
+PAGES = [REPO / "README.md", REPO / "docs" / "sweeps.md", STUDY / "README.md", LOSS_STUDY / "README.md",
+         SETTLE_STUDY / "README.md"]
 # A quoted difference as comparison.md writes it: "+12.3 [4.56, 20.1]"
 DIFFERENCE = re.compile(r"[+-]\d[\d.e+-]* \[-?\d[\d.e+-]*, -?\d[\d.e+-]*\]")
 
 
 def folder_of(name: str):
-    return STUDY if name == "." else LOSS_STUDY
+    return PUBLISHED[name][0]
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
@@ -70,7 +73,7 @@ def study_section(page) -> str:
     """The parts of a page about the studies: all of a study's README.md, elsewhere each part from
     a heading that names a study to the next heading of the same level or above."""
     text = page.read_text()
-    if page.parent in (STUDY, LOSS_STUDY):
+    if page.parent in (STUDY, LOSS_STUDY, SETTLE_STUDY):
         return text
     parts = []
     for match in re.finditer(r"^(#+) .*study.*$", text, flags=re.MULTILINE | re.IGNORECASE):
@@ -116,3 +119,27 @@ def test_every_published_verdict_is_decided_by_q():
             if "(p < 0.05 alone)" in line:
                 assert not line.split(" | ")[6].startswith("<") and float(line.split(" | ")[6]) >= 0.05, line
         assert all(row["q_value"] for row in rows.values() if row["p_value"] not in ("", "nan"))
+
+
+def test_the_settle_studys_verdicts_are_its_record():
+    """docs/study/settle/settle.csv is what Chapman's design (ganlab.sweeps.settle.compare) gives on the
+    record's fid at epoch 10, seeds in order (the first three the pilot), with the study's terms."""
+    from ganlab.core import record, scores
+    from ganlab.sweeps import settle
+
+    observations, _ = record.read_observations(SETTLE_STUDY / "runs.csv")
+    values: dict[str, dict[int, float]] = {}
+    for seen in observations:
+        if seen.metric == scores.FID and seen.epoch == 10:
+            values.setdefault(f"loss={seen.group['loss.name']}", {})[int(seen.seed)] = seen.value
+    in_seed_order = {setting: [by_seed[seed] for seed in sorted(by_seed)] for setting, by_seed in values.items()}
+    rows = settle.compare(in_seed_order, "loss=ns", margin=10, alpha=0.05, pilot_seeds=3, max_seeds=20,
+                          better=scores.direction(scores.FID))
+    with open(SETTLE_STUDY / "settle.csv") as stream:
+        published = {row["setting"]: row for row in csv.DictReader(stream)}
+    assert set(published) == {row["setting"] for row in rows} == {"loss=hinge", "loss=lsgan", "loss=wgan_gp"}
+    for row in rows:
+        shown = published[row["setting"]]
+        assert shown["verdict"] == row["verdict"] and int(shown["seeds"]) == row["seeds"] == 20, (shown, row)
+        assert float(shown["low"]) == row["low"] and float(shown["high"]) == row["high"], (shown, row)
+        assert int(shown["fixed_seeds"]) == row["fixed_seeds"], (shown, row)
