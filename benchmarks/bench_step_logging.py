@@ -32,7 +32,7 @@ from ganlab.core.machine import cpu_model  # noqa: E402
 from ganlab.tracking.job_run import JobRun  # noqa: E402
 from ganlab.tracking.store import default_tracking_uri  # noqa: E402
 from ganlab.training.epochs import log_step_losses  # noqa: E402
-from ganlab.training.job import build_trainer  # noqa: E402
+from ganlab.gan.choices import build_trainer  # noqa: E402
 
 
 def main() -> None:
@@ -43,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     dataset = load_dataset("mnist", args.data)
     keras.utils.set_random_seed(0)
-    trainer = build_trainer(composed([]), dataset)
+    trainer = build_trainer(composed([]), dataset.x_train)
     trainer.train_epoch(10, progress=False)  # warm-up: tracing
     trained, logged = [], []
     with tempfile.TemporaryDirectory() as folder, JobRun(default_tracking_uri(folder), "bench", Path(folder), "bench", {}) as run:

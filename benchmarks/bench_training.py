@@ -32,7 +32,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 import tutorial_loop  # noqa: E402
 from ganlab.core.config import steps_per_epoch  # noqa: E402
 from ganlab.core.data import load_dataset, to_unit_range  # noqa: E402
-from ganlab.training.job import build_trainer  # noqa: E402
+from ganlab.gan.choices import build_trainer  # noqa: E402
 from ganlab.gan.losses import LOSSES  # noqa: E402
 from ganlab.core.machine import cpu_model  # noqa: E402
 from ganlab.gan.models import MODELS  # noqa: E402
@@ -82,7 +82,7 @@ def time_steps(step, steps: int, warmup: int = 10) -> float:
 def ganlab_rate(dataset, steps: int, overrides: list[str]) -> tuple[float, object]:
     """(D steps/s, trainer) of ganlab's trainer built from conf/ with `overrides`."""
     keras.utils.set_random_seed(0)
-    trainer = build_trainer(composed(overrides), dataset)
+    trainer = build_trainer(composed(overrides), dataset.x_train)
     trainer.train_epoch(10, progress=False)  # warm-up: tracing
     start = time.perf_counter()
     trainer.train_epoch(steps, progress=False)

@@ -54,13 +54,20 @@ from ganlab.core.errors import InputError, report_or_refuse
 warnings.filterwarnings("ignore", message="Precision loss occurred in moment calculation")
 
 
+class DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in --help, once: an option whose help already says its default keeps its own words."""
+
+    def _get_help_string(self, action):
+        return action.help if "default" in (action.help or "") else super()._get_help_string(action)
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m ganlab.report", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=DefaultsShown)
     parser.add_argument("--experiment", default="ganlab", help="the MLflow experiment")
     parser.add_argument("--tracking-uri", default=None, help="default: sqlite:///<cwd>/mlruns/mlflow.db")
     parser.add_argument("--parent", default=None, help="the sweep's parent run id (default: the newest sweep with finished runs)")
-    parser.add_argument("--by", default="", help="comma-separated params that make the groups, e.g. dropout,label_smoothing")
+    parser.add_argument("--by", default="", help="comma-separated params that make the groups, e.g. dropout,label_smoothing (default: none: all finished runs are one group)")
     parser.add_argument("--reference", default=None,
                         help="the group others are compared with, KEY=VALUE[,KEY=VALUE] (default: the config's defaults)")
     parser.add_argument("--epochs", default="1,5,10,25,50", help="epochs for scores.md and the sample montage")
@@ -136,10 +143,12 @@ SAMPLES_DIR = "samples"  # a run's sample grid of each evaluated epoch, as epoch
 def write_sample_montages(client, groups, keys, epochs, out: Path) -> None:
     """Per group, its first run's sample grids at `epochs` side by side. Epochs the run did not
     evaluate have no grid and are skipped; a grid it has but that cannot be downloaded is
-    named in a warning and left out."""
+    named in a warning and left out. A settle sweep's copy of a reused run shows the reused run's grids."""
+    from ganlab.sweeps.settle_store import artifacts_of
+
     with tempfile.TemporaryDirectory() as scratch:
         for runs in groups.values():
-            run_id = runs[0].info.run_id
+            run_id = artifacts_of(runs[0])
             grids = []
             try:
                 logged = {item.path for item in client.list_artifacts(run_id, SAMPLES_DIR)}

@@ -87,6 +87,12 @@ def test_summarize_an_infinite_seed_has_no_spread_and_no_warning():
         summary = seed_stats.summarize([3.0, math.inf, 5.0])
     assert summary.n == 3 and summary.mean == math.inf
     assert math.isnan(summary.std) and math.isnan(summary.ci_low) and math.isnan(summary.ci_high)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        against = seed_stats.welch([3.0, math.inf, 5.0], [4.0, 6.0, 8.0])
+        both = seed_stats.welch([3.0, math.inf], [math.inf, 6.0])
+    assert against.diff == math.inf and math.isnan(against.ci_low) and math.isnan(against.p_value)
+    assert math.isnan(both.diff) and math.isnan(both.ci_high)
 
 
 def test_welch_matches_scipy():

@@ -180,3 +180,17 @@ def test_table_columns_keep_one_number_of_decimals():
     table = sweep_report.markdown_table(["setting", "fid"], [["a", "1.0"], ["longer one", "12.5"]], right={1})
     assert table.splitlines() == ["| setting    |  fid |", "|------------|-----:|", "| a          |  1.0 |",
                                   "| longer one | 12.5 |"]
+
+
+def test_a_description_longer_than_mlflow_keeps_is_cut_at_a_line_with_a_pointer():
+    """A sweep of 80 jobs writes a description of ~21,000 characters; MLflow would keep its first 8,000 and warn."""
+    from ganlab.core.markdown import cut
+
+    rows = [f"| job {number} | {number}.5 |" for number in range(800)]
+    text = "**Best job** ...\n\n" + "\n".join(rows)
+    shown = cut(text, tracking.NOTE_LIMIT, "summary/sweep_summary.md")
+    assert len(shown) <= tracking.NOTE_LIMIT and shown.startswith("**Best job**")
+    kept, _, last = shown.rpartition("\n\n")
+    assert kept.splitlines()[-1] in rows  # a whole row, never half of one
+    assert last == "*(cut to 8,000 characters, the most MLflow keeps: all of it is in summary/sweep_summary.md)*"
+    assert cut("short", tracking.NOTE_LIMIT, "x") == "short"

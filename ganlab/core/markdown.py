@@ -26,3 +26,13 @@ def table(header: list[str], rows: list[list[str]], right: set[int] = frozenset(
     rule = "|" + "|".join("-" * (width + 1) + ":" if index in right else "-" * (width + 2)
                           for index, width in enumerate(widths)) + "|"
     return "\n".join([line(header), rule, *(line(row) for row in rows)])
+
+
+def cut(text: str, limit: int, whole_at: str) -> str:
+    """`text` whole when it has at most `limit` characters, else its first lines that fit and a last line
+    saying where all of it is (`whole_at`, e.g. "summary/sweep_summary.md")."""
+    if len(text) <= limit:
+        return text
+    tail = f"\n\n*(cut to {limit:,} characters, the most MLflow keeps: all of it is in {whole_at})*"
+    kept = text[: limit - len(tail)]
+    return (kept[: kept.rfind("\n")] if "\n" in kept else kept) + tail

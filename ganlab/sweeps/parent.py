@@ -15,9 +15,9 @@ import json
 import math
 
 from ganlab.core import scores
-from ganlab.core.markdown import table as markdown_table
+from ganlab.core.markdown import cut, table as markdown_table
 from ganlab.sweeps.pictures import log_epoch_montages
-from ganlab.sweeps.ranking import BEST_MARK, SweepSummary, best_setting, label_of
+from ganlab.sweeps.ranking import BEST_MARK, SUMMARY_DIR, SUMMARY_TABLE, SweepSummary, best_setting, label_of
 from ganlab.tracking import store as tracking
 
 VIEW_KEY_PREFIX = "sweep-"  # a sweep's runs-table view: tracking.SHARED_VIEW_TAG + VIEW_KEY_PREFIX + <parent run id>
@@ -33,7 +33,7 @@ def log_on_parent(client, run_id: str, summary: SweepSummary, objective: str | N
 
     key = log_runs_view(client, summary) if summary.parent_id == run_id else None  # its children: their view
     best = summary.best
-    tags = [RunTag(tracking.NOTE_TAG, summary.description)]
+    tags = [RunTag(tracking.NOTE_TAG, cut(summary.description, tracking.NOTE_LIMIT, f"{SUMMARY_DIR}/{SUMMARY_TABLE}"))]
     if best is not None:
         chosen_on = summary.best_metric or objective
         tags += [RunTag("best.run_id", best.info.run_id), RunTag(f"best.{chosen_on}", str(best.data.metrics[chosen_on])),

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from ganlab.core import scores
+from ganlab.core.config import SEED_KEY
 from ganlab.sweeps.ranking import BEST_MARK, SweepSummary, label_of, returned_metric
 from ganlab.sweeps.settle_store import artifacts_of  # a settle sweep's reused run keeps its pictures in its own run
 from ganlab.tracking import store as tracking
@@ -167,7 +168,10 @@ def curve_lines(client, summary: SweepSummary) -> list[tuple[str, list[int], lis
         if not history:
             continue
         returned = returned_metric(child, returned_by, summary.objective_at) if summary.best_metric else metric
-        label = tile_label(summary, child, returned, child.data.metrics.get(returned)).replace("\n", ": ")
+        setting, _, value = tile_label(summary, child, returned, child.data.metrics.get(returned)).partition("\n")
+        if SEED_KEY not in summary.keys and SEED_KEY in child.data.params:  # a report grouped by setting: runs differ in seed
+            setting += f" {SEED_KEY}={child.data.params[SEED_KEY]}"
+        label = f"{setting}: {value}" if value else setting
         best = summary.best is not None and child.info.run_id == summary.best.info.run_id
         epochs = sorted(history)
         lines.append((f"{BEST_MARK} {label}" if best else label, epochs, [history[epoch] for epoch in epochs]))

@@ -17,6 +17,9 @@ from ganlab.core.config import OBJECTIVE_AT_BEST
 from ganlab.tracking import store as tracking
 from ganlab.tracking.job_run import FAILURE_TAG
 
+SUMMARY_DIR = "summary"  # the sweep summary's folder: in the sweep folder and among the parent run's artifacts
+SUMMARY_TABLE = "sweep_summary.md"  # in it: every job's row, best first
+
 BEST_MARK = "★"  # marks the best job: its row in the parent's description, its line in the curves' legend
 OBJECTIVE_AT_KEY = "objective_at"  # a job's param: which value of the objective it returned (final or best)
 

@@ -52,10 +52,15 @@ def welch(a_values: Iterable[float], b_values: Iterable[float]) -> Difference:
     """mean(a) - mean(b), its 95% interval with the Welch–Satterthwaite df, and the p-value of
     Welch's t-test (scipy.stats.ttest_ind, equal_var=False).
 
-    The interval and p-value are NaN when either group has fewer than 2 values or both
-    variances are zero (no noise estimate); the difference itself is NaN only if a group is empty.
+    The interval and p-value are NaN when either group has fewer than 2 values, holds an infinite
+    value, or both variances are zero (no noise estimate); the difference itself is NaN only if a
+    group is empty (or both means are infinite).
     """
     a, b = np.asarray(list(a_values), dtype=float), np.asarray(list(b_values), dtype=float)
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):  # an infinite score (a class never drawn): no test
+        with np.errstate(invalid="ignore"):
+            diff = float(a.mean() - b.mean()) if len(a) and len(b) else math.nan
+        return Difference(diff, math.nan, math.nan, math.nan)
     diff = float(a.mean() - b.mean()) if len(a) and len(b) else math.nan
     if len(a) < 2 or len(b) < 2:
         return Difference(diff, math.nan, math.nan, math.nan)

@@ -12,7 +12,8 @@ import csv
 import re
 from pathlib import Path
 
-from ganlab.core.markdown import table
+from ganlab.core.markdown import cut, table
+from ganlab.sweeps.ranking import SUMMARY_TABLE
 
 MARKDOWN, CSV = "settle.md", "settle.csv"
 VERDICT_TAG = "settle.verdict."  # + a setting's label: its verdict against the reference
@@ -71,6 +72,8 @@ def put_first(client, run_id: str, folder: Path) -> None:
     from ganlab.tracking import store as tracking
 
     described = client.get_run(run_id).data.tags.get(tracking.NOTE_TAG, "")
-    client.set_tag(run_id, tracking.NOTE_TAG, (folder / MARKDOWN).read_text() + ("\n" + described if described else ""))
+    verdicts_first = (folder / MARKDOWN).read_text() + ("\n" + described if described else "")
+    client.set_tag(run_id, tracking.NOTE_TAG, cut(verdicts_first, tracking.NOTE_LIMIT, f"{folder.name}/{MARKDOWN} and "
+                                                  f"{folder.name}/{SUMMARY_TABLE}"))
     for name in (MARKDOWN, CSV):
         client.log_artifact(run_id, str(folder / name), folder.name)

@@ -20,7 +20,7 @@ from ganlab.core.markdown import table as markdown_table
 from ganlab.sweeps import parent
 from ganlab.sweeps import pictures
 from ganlab.sweeps.settle_store import artifacts_of  # a settle sweep's reused run keeps its pictures in its own run
-from ganlab.sweeps.ranking import SweepSummary, best_job, job_rows, metric_columns, not_finished, ranked, returned_metric, varying_params
+from ganlab.sweeps.ranking import SUMMARY_TABLE, SweepSummary, best_job, job_rows, metric_columns, not_finished, ranked, returned_metric, varying_params
 from ganlab.tracking import store as tracking
 
 # The names callers read from here, whose homes are the modules beside this one.
@@ -61,8 +61,8 @@ def summarize(client, children, keys: list[str], objective: str | None, folder: 
     headline = [name for name in scores.HEADLINE if name in metrics] or [name for name in metrics if scores.direction(name)][:3]
     by_id = {row["run_id"]: row for row in rows}
     ranked_rows = [by_id[child.info.run_id] for child in summary.ranked]
-    (folder / "sweep_summary.md").write_text(_markdown(ranked_rows, [*keys, *headline, "status", "job"]) + "\n")
-    summary.files.append(folder / "sweep_summary.md")
+    (folder / SUMMARY_TABLE).write_text(_markdown(ranked_rows, [*keys, *headline, "status", "job"]) + "\n")
+    summary.files.append(folder / SUMMARY_TABLE)
 
     finished = [child for child in children if child.info.status == "FINISHED"]
     if objective:

@@ -39,6 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from ganlab.core import config as ganlab_config
 from ganlab.core import scores
 from ganlab.sweeps import search, settle_report, settle_store
+from ganlab.sweeps.ranking import SUMMARY_DIR
 from ganlab.sweeps import summary as sweep_report
 from ganlab.tracking import run_lock
 from ganlab.tracking import store as tracking
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 
 SWEEP_FILE = "ganlab_sweep.json"
 LOST_JOBS_FILE = "ganlab_lost_jobs.json"  # {job number: why the launcher lost it}, written by a cluster launcher
-SUMMARY = "summary"  # the sweep summary's folder: in the sweep folder and among the parent run's artifacts
+SUMMARY = SUMMARY_DIR  # the sweep summary's folder (ganlab.sweeps.ranking)
 RESUME_KEY = "sweep.resume"  # a sweep's parent run id (or folder) to continue
 PARENT_OVERRIDES_TAG = "sweep.overrides"  # a parent's command-line overrides (without sweep.resume)
 DIRECTION_RESOLVER = "ganlab.direction"  # ${ganlab.direction:${objective}} -> minimize / maximize
