@@ -286,7 +286,7 @@ def test_a_sample_grid_that_cannot_be_downloaded_is_named(tmp_path, capsys):
         def download_artifacts(self, run_id, path, folder):
             raise OSError(f"connection reset while fetching {path}")
 
-    run = SimpleNamespace(info=SimpleNamespace(run_id="run7"), data=SimpleNamespace(params={"dropout": "0.3"}))
+    run = SimpleNamespace(info=SimpleNamespace(run_id="run7"), data=SimpleNamespace(params={"dropout": "0.3"}, tags={}))
     report.write_sample_montages(Store(), {"dropout=0.3": [run]}, ["dropout"], [1, 5, 10], tmp_path)
     error = capsys.readouterr().err
     assert "warning: could not download artifact samples/epoch_001.png of run run7 (OSError: connection reset" in error

@@ -410,14 +410,19 @@ def test_ctrl_c_of_the_sweep_cancels_its_jobs_and_sweep_resume_finishes_them(wor
     out, err = sweep.communicate(timeout=200)
     assert sweep.returncode == 130, err[-3000:]
     assert f"cancelled its 2 unfinished SLURM job(s) {', '.join(jobs)}" in err
-    assert "ganlab: closed KILLED the run(s) of sweep job(s) 1: SLURM killed them before they could close" in err
+    closed_line = re.search(r"ganlab: closed KILLED the run\(s\) of sweep job\(s\) ([\d, ]+): SLURM killed them "
+                            r"before they could close", err)
+    assert closed_line, err[-3000:]
+    # job 1 never sees SIGTERM; job 0 closes its own run unless a loaded machine keeps it past KillWait (30 s)
+    closed_by_sweep = closed_line.group(1).split(", ")
+    assert "1" in closed_by_sweep and set(closed_by_sweep) <= {"0", "1"}, closed_line.group(0)
     assert "Traceback" not in out + err
     assert not ACTIVE_STATES & set(slurm_states(jobs).values())
     parent, children = parent_and_children(workdir)
     assert parent.info.status == "KILLED"
     assert [child.info.status for child in children] == ["KILLED", "KILLED"]
     assert "killed before it could close its run" in children[1].data.tags[FAILURE_TAG]  # closed by the sweep
-    assert "killed before" not in children[0].data.tags[FAILURE_TAG]  # closed by the job itself
+    assert ("killed before" in children[0].data.tags[FAILURE_TAG]) == ("0" in closed_by_sweep)  # else by itself
 
     again = run_cli([*args, f"sweep.resume={parent.info.run_id}"], workdir)
     assert again.returncode == 0, again.stderr[-3000:]

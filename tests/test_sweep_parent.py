@@ -98,6 +98,11 @@ def test_the_curves_name_every_job_best_first(sweep, tmp_path):
         f"{child.data.params['dropout']}: {scores.FID} {scores.format_value(scores.FID, child.data.metrics[scores.FID])}"
         for child in children]
     assert all(epochs == list(range(1, EPOCHS + 1)) and len(values) == EPOCHS for _, epochs, values in lines)
+    # grouped by a key the runs share (a report --by a setting): each run's label names its seed too
+    shared = sweep_report.SweepSummary(keys=["epochs"], ranked=children, best_metric=scores.FID, rank_metric=scores.FID)
+    labels = [label for label, _, _ in pictures.curve_lines(client, shared)]
+    assert labels == [f"epochs={EPOCHS} seed={child.data.params['seed']}: {scores.FID} "
+                      f"{scores.format_value(scores.FID, child.data.metrics[scores.FID])}" for child in children]
 
 
 def test_the_description_is_a_linked_table_best_first(sweep):

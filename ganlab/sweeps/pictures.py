@@ -13,6 +13,7 @@ import logging
 import math
 import re
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 from ganlab.core import scores
@@ -160,6 +161,7 @@ def curve_lines(client, summary: SweepSummary) -> list[tuple[str, list[int], lis
     if not metric:
         return []
     returned_by = summary.best_metric or metric
+    repeated = Counter(label_of(summary, child) for child in summary.ranked)  # settings of several runs name the seed
     lines = []
     for child in summary.ranked:
         if child.info.run_id not in summary.histories:
@@ -169,7 +171,7 @@ def curve_lines(client, summary: SweepSummary) -> list[tuple[str, list[int], lis
             continue
         returned = returned_metric(child, returned_by, summary.objective_at) if summary.best_metric else metric
         setting, _, value = tile_label(summary, child, returned, child.data.metrics.get(returned)).partition("\n")
-        if SEED_KEY not in summary.keys and SEED_KEY in child.data.params:  # a report grouped by setting: runs differ in seed
+        if repeated[label_of(summary, child)] > 1 and SEED_KEY in child.data.params:  # a report grouped by setting
             setting += f" {SEED_KEY}={child.data.params[SEED_KEY]}"
         label = f"{setting}: {value}" if value else setting
         best = summary.best is not None and child.info.run_id == summary.best.info.run_id
