@@ -197,5 +197,5 @@ def test_a_description_longer_than_mlflow_keeps_is_cut_at_a_line_with_a_pointer(
     assert len(shown) <= tracking.NOTE_LIMIT and shown.startswith("**Best job**")
     kept, _, last = shown.rpartition("\n\n")
     assert kept.splitlines()[-1] in rows  # a whole row, never half of one
-    assert last == "*(cut to 8,000 characters, the most MLflow keeps: all of it is in summary/sweep_summary.md)*"
+    assert last == "*(cut to 8,000 characters: all of it is in summary/sweep_summary.md)*"
     assert cut("short", tracking.NOTE_LIMIT, "x") == "short"

@@ -33,6 +33,6 @@ def cut(text: str, limit: int, whole_at: str) -> str:
     saying where all of it is (`whole_at`, e.g. "summary/sweep_summary.md")."""
     if len(text) <= limit:
         return text
-    tail = f"\n\n*(cut to {limit:,} characters, the most MLflow keeps: all of it is in {whole_at})*"
+    tail = f"\n\n*(cut to {limit:,} characters: all of it is in {whole_at})*"
     kept = text[: limit - len(tail)]
     return (kept[: kept.rfind("\n")] if "\n" in kept else kept) + tail

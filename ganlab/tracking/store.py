@@ -41,7 +41,7 @@ logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)  # logs ea
 
 PARENT_RUN_TAG = "mlflow.parentRunId"
 NOTE_TAG = "mlflow.note.content"  # a run's description, rendered as Markdown by the UI
-NOTE_LIMIT = 8000  # MLflow keeps a tag's first 8,000 characters and warns: a description is cut to it first (markdown.cut)
+NOTE_LIMIT = 8000  # MLflow keeps a tag's first 8,000 characters and warns: a description is cut to it first (core.markdown.cut)
 
 SWEEP_PARENT_TAG = "sweep.parent"
 JOB_NUM_TAG = "sweep.job_num"  # a sweep child's job number in its sweep
