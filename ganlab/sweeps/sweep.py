@@ -68,16 +68,26 @@ def swept_keys(config: DictConfig) -> list[str]:
     """Keys with several values: sweeps on the command line and the sweeper's `params` (where a plain value
     on the command line fixes a key), and `seed` for a sweeper that runs seeds itself: one whose config
     (conf/hydra/sweeper/: search's, settle's) has `seeds`, how many each setting gets (at least)."""
-    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
-    lines = [*(f"{key}={value}" for key, value in params.items()), *task_overrides(config)]
     swept = {}
-    for override in OverridesParser.create().parse_overrides(lines):
+    for override in given_overrides(config):
         swept[override.get_key_element().lstrip("+~")] = override.is_sweep_override()
     keys = [key for key, is_swept in swept.items() if is_swept]
-    seeds = OmegaConf.select(config, "hydra.sweeper.seeds")
-    if isinstance(seeds, int) and seeds > 1 and sweep_report.SEED_KEY not in keys:
+    if sweeper_seeds(config) and sweep_report.SEED_KEY not in keys:
         keys.append(sweep_report.SEED_KEY)
     return keys
+
+
+def given_overrides(config: DictConfig) -> list:
+    """The parsed overrides every job is given: the named sweep's `params`, then the command line's (a later one wins)."""
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    lines = [*(f"{key}={value}" for key, value in params.items()), *task_overrides(config)]
+    return OverridesParser.create().parse_overrides(lines)
+
+
+def sweeper_seeds(config: DictConfig) -> int | None:
+    """How many seeds a sweeper that runs seeds itself gives each setting (`hydra.sweeper.seeds`), else None."""
+    seeds = OmegaConf.select(config, "hydra.sweeper.seeds")
+    return seeds if isinstance(seeds, int) and seeds > 1 else None
 
 
 class SweepTracking(Callback):
@@ -246,10 +256,8 @@ def parent_params(config: DictConfig) -> dict[str, str]:
     """The parent's params: `sweep.swept.<key>` (the values as typed, e.g. `0.1,0.3` or `interval(0.0, 0.6)`; for
     `seed` run by the sweeper itself, how many) and `sweep.fixed.<key>` for every other value the command line or
     the named sweep's `params` gives all jobs; never `sweep.resume` (which sweep goes on, not what it trains)."""
-    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
-    lines = [*(f"{key}={value}" for key, value in params.items()), *task_overrides(config)]
     found: dict[str, str] = {}
-    for override in OverridesParser.create().parse_overrides(lines):
+    for override in given_overrides(config):
         key = override.get_key_element().lstrip("+~")
         if key == RESUME_KEY:
             continue
@@ -257,8 +265,8 @@ def parent_params(config: DictConfig) -> dict[str, str]:
             found.pop(prefix + key, None)
         prefix = tracking.SWEEP_SWEPT_PARAM if override.is_sweep_override() else tracking.SWEEP_FIXED_PARAM
         found[prefix + key] = (override.input_line or "").partition("=")[2] or override.get_value_element_as_str()
-    seeds = OmegaConf.select(config, "hydra.sweeper.seeds")
-    if isinstance(seeds, int) and seeds > 1 and tracking.SWEEP_SWEPT_PARAM + sweep_report.SEED_KEY not in found:
+    seeds = sweeper_seeds(config)
+    if seeds and tracking.SWEEP_SWEPT_PARAM + sweep_report.SEED_KEY not in found:
         found.pop(tracking.SWEEP_FIXED_PARAM + sweep_report.SEED_KEY, None)
         found[tracking.SWEEP_SWEPT_PARAM + sweep_report.SEED_KEY] = f"by the sweeper (hydra.sweeper.seeds={seeds})"
     return {key: value[:500] for key, value in found.items()}
