@@ -19,6 +19,17 @@ server and the browser:
                         with MLflow's Assistant panel open as on a first visit
     sample_grids.png    the chart view of the sweep's runs table: the `samples` image grid,
                         one column per run, at the latest epoch, run params hidden
+    sweep_curves.png    the parent's Artifacts tab on summary/sweep_curves_<metric>.png (3 clicks)
+    parent_page.png     the parent's page reached from MLflow's home page (http://127.0.0.1:PORT/)
+                        in a browser whose GenAI / Model training switch is on Model training:
+                        the description, the Metrics (sweep.best.*) and Parameters (sweep.swept.*,
+                        sweep.fixed.*) cards
+
+The home-page path runs in fresh browser profiles: one measures the switch on the home page;
+the other opens the experiment from the home page as a first visit does (MLflow's GenAI
+overview), switches there, then goes home -> experiment -> parent -> its montage, says
+whether any page on the way was a GenAI one, and counts the clicks that make the sweep's
+runs table by hand from the experiment's runs page.
 
 Needs Chromium (Debian: apt-get install chromium) and the websocket-client package. The
 clicks find MLflow 3.17's buttons by their labels; another MLflow version may need them
@@ -46,7 +57,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from ganlab.core import scores
 from ganlab.sweeps import summary as sweep_report
+from ganlab.sweeps.ranking import SUMMARY_DIR  # the parent's summary/ folder
 from ganlab.tracking import store as tracking  # noqa: E402
 
 SWEEP = ["-m", "dropout=0.1,0.3", "label_smoothing=0,0.2", "epochs=2", "eval.every=1", "steps_per_epoch=50",
@@ -80,6 +93,15 @@ def main() -> None:
             newest = max(item.path for item in client.list_artifacts(best_id, "samples"))
             shoot_printed_url(browser, f"{base}/{tracking.run_link(experiment_id, best_id, newest)}", args.out / "run_grid.png")
             shoot_sample_grids(browser, f"{base}/{runs_table}", args.out / "sample_grids.png")
+            curves = next(item.path for item in client.list_artifacts(parent_id, SUMMARY_DIR)
+                          if Path(item.path).name.startswith("sweep_curves_"))
+            shoot_curves(browser, parent_page, curves, args.out / "sweep_curves.png")
+            swept = [name.removeprefix(tracking.SWEEP_SWEPT_PARAM) for name in client.get_run(parent_id).data.params
+                     if name.startswith(tracking.SWEEP_SWEPT_PARAM)]
+            objective = next(name.removeprefix(scores.SWEEP_BEST_PREFIX) for name in client.get_run(parent_id).data.metrics
+                             if name.startswith(scores.SWEEP_BEST_PREFIX) and not name.endswith(scores.INTERVAL_BOUNDS))
+            shoot_home_path(base, Path(scratch), client.get_run(parent_id).info.run_name, [objective, *swept],
+                            args.out / "parent_page.png")
     print(f"screenshots in {args.out}")
 
 
@@ -201,6 +223,143 @@ def shoot_sample_grids(browser: Browser, url: str, path: Path) -> None:
                  "[...document.querySelectorAll('[role=dialog] img')].every(img => img.complete && img.naturalWidth > 0)")
     browser.screenshot(path)
     browser.set_size(WIDTH, HEIGHT)
+
+
+def shoot_curves(browser: Browser, url: str, artifact: str, path: Path) -> None:
+    """From the parent's page, its Artifacts tab, the summary folder, the curves picture (3 clicks)."""
+    browser.open(url, until_text="Best")
+    browser.click("[...document.querySelectorAll('[role=tab]')].find(tab => tab.innerText.trim() === 'Artifacts')")
+    for name in Path(artifact).parts:  # summary, then sweep_curves_<metric>.png
+        browser.wait(f"!!({tree_node(name)})")
+        browser.click(tree_node(name))
+    browser.wait("[...document.querySelectorAll('img')].some(i => i.complete && i.naturalWidth >= 800)")
+    time.sleep(1)
+    bottom = browser.js("Math.max(...[...document.querySelectorAll('img')].filter(i => i.naturalWidth >= 800)"
+                        ".map(i => i.getBoundingClientRect().bottom))")
+    browser.screenshot(path, height=bottom + 40)
+
+
+def tree_node(name: str) -> str:
+    """The artifact tree's entry `name` (the innermost element whose text it is)."""
+    return f"[...document.querySelectorAll('span,div')].filter(e => e.innerText && e.innerText.trim() === {json.dumps(name)}).pop()"
+
+
+# A GenAI page: its URL says so, or it is an experiment's GenAI view, or the sidebar is the GenAI one
+GENAI_PAGE = ("/[?&]workflowType=genai|#\\/experiments\\/[^/?]+\\/(overview|traces|chat-sessions)/.test(location.href) || "
+              "document.body.innerText.includes('Training runs')")
+
+
+def shoot_home_path(base: str, scratch: Path, parent_name: str, columns: list[str], path: Path) -> None:
+    """MLflow's home page to the sweep's best setting (the parent's page, `path`) and to its montage, counted
+    in a browser whose GenAI / Model training switch is on Model training. Fresh profiles: one measures the
+    switch on the home page; in the other the experiment opens from the home page as on a first visit (GenAI),
+    is switched there, and the path is walked from the home page, each page checked for GenAI."""
+    switch = "[...document.querySelectorAll('[role=button]')].find(e => e.innerText.trim() === 'Model training')"
+    switched = "localStorage.getItem('mlflow.workflowType_v1') === '\"machine_learning\"'"
+    experiment = "[...document.querySelectorAll('a')].find(a => a.innerText.trim() === 'ganlab')"
+    with Browser(scratch / "chromium-home") as browser:
+        browser.open(f"{base}/", until_text="Recent Experiments")
+        browser.click(switch)
+        browser.wait(switched)
+        print(f"  the switch on the home page: {browser.clicks} click (Model training)", flush=True)
+    with Browser(scratch / "chromium-first-visit") as browser:
+        browser.open(f"{base}/", until_text="Recent Experiments")
+        browser.click(experiment)
+        browser.wait("document.body.innerText.includes('Training runs')")  # the GenAI sidebar
+        time.sleep(2)
+        genai, before, clicked = browser.js("location.hash"), browser.clicks, []
+        if browser.js(f"!!({button_with_text('Got it')})"):  # the Detect Issues tip over the page takes a click
+            browser.click(button_with_text("Got it"))
+            clicked.append("Got it")
+        browser.click(switch)
+        browser.wait(switched)
+        print(f"  home -> ganlab, switch never set: {before} click to a GenAI page ({genai.split('?')[0]}); "
+              f"switched there in {browser.clicks - before} clicks: {', '.join(clicked + ['Model training'])}", flush=True)
+        browser.open(f"{base}/", until_text="Recent Experiments")
+        genai_pages = []
+        seen = lambda: genai_pages.extend([browser.js("location.hash")] if browser.js(GENAI_PAGE) else [])  # noqa: E731
+        seen()
+        browser.click(experiment)
+        browser.wait(f"document.body.innerText.includes({json.dumps(parent_name)})")
+        seen()
+        browser.click(f"[...document.querySelectorAll('a')].find(a => a.innerText.trim() === {json.dumps(parent_name)})")
+        browser.wait("document.body.innerText.includes('Best job') && document.body.innerText.includes('Parameters (')")
+        time.sleep(1)
+        seen()
+        browser.screenshot(path)
+        browser.click("[...document.querySelectorAll('[role=tab]')].find(tab => tab.innerText.trim() === 'Model metrics')")
+        shown = browser.shown_image("samples")
+        seen()
+        card = browser.clicks
+        browser.click(f"({SAMPLES_CARD}).querySelector('img')")  # the montage at full size
+        browser.wait("[...document.querySelectorAll('img')].some(i => !i.src.includes('compressed') && i.complete && "
+                     "i.naturalWidth > 0)")
+        seen()
+        print(f"  home -> the montage: {card} clicks to its card ({shown['src'].split('images/')[1][:20]}..., "
+              f"{shown['visible']:.0%} of it in the card), {browser.clicks} at full size; "
+              f"GenAI pages passed: {genai_pages or 'none'}", flush=True)
+        walk_to_montage_link(browser, base, parent_name, experiment)
+        browser.open(f"{base}/", until_text="Recent Experiments")
+        browser.click(experiment)
+        browser.wait(f"document.body.innerText.includes({json.dumps(parent_name)})")
+        shoot_table_by_hand(browser, columns)
+
+
+def walk_to_montage_link(browser: Browser, base: str, parent_name: str, experiment: str) -> None:
+    """Home -> the experiment -> the parent -> its description's "every job's samples" link: the final montage in
+    the parent's Artifacts tab, and how much of it the window shows. MLflow opens a description's links in a new
+    tab; the walk follows the link's address in this one and counts it as the click it is."""
+    browser.clicks, browser.typed = 0, []
+    browser.open(f"{base}/", until_text="Recent Experiments")
+    browser.click(experiment)
+    browser.wait(f"document.body.innerText.includes({json.dumps(parent_name)})")
+    browser.click(f"[...document.querySelectorAll('a')].find(a => a.innerText.trim() === {json.dumps(parent_name)})")
+    link = "[...document.querySelectorAll('a')].find(a => a.innerText.trim() === \"every job's samples\")"
+    browser.wait(f"!!({link})")
+    href = browser.js(f"({link}).href")
+    browser.clicks += 1
+    browser.call("Page.navigate", url=href)
+    # the picture MLflow draws (from a blob: its address does not name the file), the largest on the page
+    montage = ("[...document.querySelectorAll('img')].filter(i => i.complete && i.naturalWidth > 0 && "
+               "i.getBoundingClientRect().height > 0).sort((a, b) => b.naturalWidth - a.naturalWidth)[0]")
+    browser.wait(f"!!({montage}) && ({montage}).naturalWidth >= 1000")
+    box = browser.js(f"(b => [b.top, b.bottom, b.height])(({montage}).getBoundingClientRect())")
+    in_view = (min(box[1], HEIGHT) - max(box[0], 0)) / box[2]
+    genai = browser.js(GENAI_PAGE)
+    print(f"  home -> the montage by the description's link: {browser.clicks} clicks (ganlab, the parent, "
+          f"\"every job's samples\"), {in_view:.0%} of it in the {WIDTH} x {HEIGHT} window; a GenAI page: {genai}",
+          flush=True)
+
+
+def shoot_table_by_hand(browser: Browser, columns: list[str]) -> None:
+    """The runs table as the sweep's shared view sets it, made by hand from the experiment's runs table as it
+    opens: the parent's +, Columns and a tick for each of `columns` (the objective, the swept knobs), then the
+    objective's column header twice (descending, then ascending: fid's lower is better)."""
+    browser.clicks, browser.typed = 0, []
+    browser.click("document.querySelector('.ag-row button')")  # the parent's +: its jobs
+    browser.wait("document.querySelectorAll('.ag-row').length > 5")
+    menu_item = ("[...document.querySelectorAll('[role=menu] *, [role=dialog] *, [data-radix-popper-content-wrapper] *')]"
+                 ".filter(e => e.innerText && e.innerText.trim() === %s).pop()")
+    browser.click(button_with_text("Columns"))
+    for name in columns:
+        browser.wait(f"!!({menu_item % json.dumps(name)})")
+        browser.click(menu_item % json.dumps(name))
+    browser.key("Escape")
+    time.sleep(1)
+    header = f"[...document.querySelectorAll('.ag-header-cell')].find(e => e.innerText.trim() === {json.dumps(columns[0])})"
+    sorted_by = f"decodeURIComponent(location.href).includes('orderByKey=metrics.`{columns[0]}`&orderByAsc=%s')"
+    browser.click(header)  # the first click on a metric's header sorts descending, the second ascending
+    browser.wait(sorted_by % "false")
+    browser.click(header)
+    browser.wait(sorted_by % "true")
+    order = browser.js("decodeURIComponent(location.href.match(/orderByKey=[^&]*/)[0])")
+    time.sleep(2)
+    names = browser.js("[...document.querySelectorAll('.ag-pinned-left-cols-container .ag-row')]"
+                       ".sort((a, b) => a.getAttribute('row-index') - b.getAttribute('row-index'))"
+                       ".map(r => r.innerText.trim().split('\\n')[1])")
+    headers = browser.js("[...document.querySelectorAll('.ag-header-cell')].map(e => e.innerText.trim()).filter(Boolean)")
+    print(f"  the runs table by hand, from the experiment's runs page: {browser.clicks} clicks; {order} ascending; "
+          f"rows {names}; columns {headers}", flush=True)
 
 
 SAMPLES_CARD = ("[...document.querySelectorAll('[data-testid=experiment-view-compare-runs-card]')]"

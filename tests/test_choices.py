@@ -68,11 +68,25 @@ def test_the_default_is_the_tutorial():
     assert cfg.label_smoothing == 0.1
 
 
-# ---------------------------------------------------------------------------- every combination trains
+# ---------------------------------------------------------------------------- every pair of choices trains
 
 
-@pytest.mark.parametrize("model,loss,optimizer", list(itertools.product(MODELS.names(), LOSSES.names(), OPTIMIZERS.names())))
-def test_every_combination_trains_a_few_steps_with_finite_losses(images, model, loss, optimizer):
+def every_pair(models, losses, optimizers) -> list[tuple[str, str, str]]:
+    """Combinations in which every pair of choices (model and loss, model and optimizer, loss and optimizer)
+    trains together at least once: a pairwise covering set, 12 jobs where the full product is 24 (the
+    interactions that matter are between two choices: the penalty on a model's layers, a loss's critic
+    steps under an optimizer's betas)."""
+    rows = [(models[(i + j) % len(models)], loss, optimizer)
+            for i, loss in enumerate(losses) for j, optimizer in enumerate(optimizers)]
+    missed = [pair for a, b in itertools.combinations(range(3), 2)
+              for pair in itertools.product(*([models, losses, optimizers][k] for k in (a, b)))
+              if not any((row[a], row[b]) == pair for row in rows)]
+    assert not missed, f"add rows for {missed}"  # e.g. a third model beside two optimizers
+    return rows
+
+
+@pytest.mark.parametrize("model,loss,optimizer", every_pair(MODELS.names(), LOSSES.names(), OPTIMIZERS.names()))
+def test_every_pair_of_choices_trains_a_few_steps_with_finite_losses(images, model, loss, optimizer):
     trainer = trainer_for([f"model={model}", f"loss={loss}", f"optimizer={optimizer}", "batch_size=8"], images)
     record = trainer.train_epoch(steps=trainer.loss.n_critic, progress=False)
     assert np.isfinite(record.d_losses).all()

@@ -31,19 +31,26 @@ SWEEP = ["-m", "dropout=0.1,0.2,0.3", f"epochs={EPOCHS}", "steps_per_epoch=10", 
          "objective=g_loss", f"data.path={MNIST_FILE}"]
 
 
-def test_two_sweep_resumes_started_together_one_continues_the_other_names_it(workdir):
+def test_a_sweep_killed_half_way_goes_on_with_one_of_two_sweep_resumes_started_together(workdir):
+    """kill -9 of a sweep half way, then two `sweep.resume=<parent>` at once: one continues (the finished
+    job skipped, the interrupted one continued in its own run, the rest started), the other names it."""
     first = start_sweep(SWEEP, workdir)
     wait_for(lambda: checkpointed_epoch(workdir, 1) >= 1, first)  # job 0 done, job 1 half way, job 2 not started
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     parent, children = parent_and_children(workdir)
-    assert parent.info.status == "RUNNING" and len(children) == 2
+    assert parent.info.status == "RUNNING"  # nothing could close it
+    assert [child.info.status for child in children] == ["FINISHED", "RUNNING"]
+    first_runs = {child.data.tags["sweep.job_num"]: child.info.run_id for child in children}
 
     resumes = [start_sweep([*SWEEP, f"sweep.resume={parent.info.run_id}"], workdir) for _ in range(2)]
     outcomes = [resume.communicate(timeout=900) for resume in resumes]
     codes = sorted(resume.returncode for resume in resumes)
     assert codes == [0, 1], [(resume.returncode, err[-2000:]) for resume, (_, err) in zip(resumes, outcomes)]
     winner = next(resume for resume in resumes if resume.returncode == 0)
+    won, _ = outcomes[resumes.index(winner)]
+    assert f"continuing sweep run {parent.info.run_id}" in won
+    assert "sweep job 0 (dropout=0.1) finished in run" in won  # skipped, not trained again
     _, refused = outcomes[resumes.index(next(resume for resume in resumes if resume.returncode == 1))]
     lines = [line for line in refused.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in refused, refused[-3000:]
@@ -54,6 +61,10 @@ def test_two_sweep_resumes_started_together_one_continues_the_other_names_it(wor
     assert parent.info.status == "FINISHED" and run_lock.OWNER_TAG not in parent.data.tags
     assert [child.data.tags["sweep.job_num"] for child in children] == ["0", "1", "2"]  # one run per job
     assert [child.info.status for child in children] == ["FINISHED"] * 3
+    assert {child.data.tags["sweep.job_num"]: child.info.run_id for child in children[:2]} == first_runs  # kept
+    assert int(children[1].data.tags["resumed_from_epoch"]) >= 1 and "resumed_from_epoch" not in children[2].data.tags
+    assert parent.data.tags["sweep.jobs"] == "3 of 3 finished"
+    assert "sweep.resume" not in children[1].data.params and "sweep.resume" not in children[1].data.tags["hydra.overrides"]
     client = store_client(workdir)
     for child in children:
         assert run_lock.OWNER_TAG not in child.data.tags

@@ -158,6 +158,18 @@ def test_every_picture_is_black_on_white_the_sweep_montage_too(tmp_path):
             assert np.asarray(image.convert("L")).mean() > 240, picture  # white, a few dark letters
 
 
+@pytest.mark.parametrize("count", [2, 4, 9])
+def test_a_sweep_montage_is_never_taller_than_a_window_shows_it_whole(tmp_path, count):
+    from PIL import Image
+
+    grid = plots.save_sample_grid(np.zeros((100, 784)), tmp_path / "grid.png", title="a, epoch 1")
+    montage = plots.save_labelled_montage([grid] * count, ["a"] * count, tmp_path / "montage.png",
+                                          title="final samples (epoch 2) · best first by fid (lower is better)")
+    with Image.open(montage) as image:
+        assert image.height <= plots.MONTAGE_ASPECT * image.width, image.size
+        assert image.width <= 6 * 700  # at most six tiles of a grid's own size a row
+
+
 def one_value_per_group(epochs):
     return [Observation({"dropout": dropout}, "0", "fid", epoch, 100.0 - epoch + float(dropout))
             for dropout in ("0.1", "0.3") for epoch in epochs]

@@ -229,6 +229,29 @@ def test_a_job_is_lost_only_once_squeue_and_sacct_agree_for_lost_after_s():
     assert not watch.observe("7_2", None, "CANCELLED", now=501) and watch.observe("7_2", None, "CANCELLED", now=621)
 
 
+def test_a_lost_jobs_run_that_closed_itself_first_also_names_what_slurm_did(tmp_path):
+    """SLURM's SIGTERM may let the job close its own run before the launcher sees CANCELLED (or after it
+    closed the run): at the sweep's end the run names both, whichever came first."""
+    import json
+
+    from ganlab.sweeps import sweep
+    from ganlab.tracking import store as tracking
+
+    client, experiment_id = tracking.open_store(f"sqlite:///{tmp_path / 'mlflow.db'}", "ganlab")
+    runs = {}
+    for job_num, own in (("0", "interrupted (Ctrl-C or SIGTERM)"), ("1", "SLURM job 9_1 ended CANCELLED"), ("2", None)):
+        run = client.create_run(experiment_id, tags={tracking.JOB_NUM_TAG: job_num, **({FAILURE_TAG: own} if own else {})})
+        client.set_terminated(run.info.run_id, "KILLED")
+        runs[job_num] = run.info.run_id
+    (tmp_path / sweep.LOST_JOBS_FILE).write_text(json.dumps({num: f"SLURM job 9_{num} ended CANCELLED" for num in runs}))
+    children = [client.get_run(run_id) for run_id in runs.values()]
+    assert sweep.name_what_the_launcher_saw(client, tmp_path, children)
+    reasons = [client.get_run(run_id).data.tags[FAILURE_TAG] for run_id in runs.values()]
+    assert reasons == ["interrupted (Ctrl-C or SIGTERM) (SLURM job 9_0 ended CANCELLED)",
+                       "SLURM job 9_1 ended CANCELLED", "SLURM job 9_2 ended CANCELLED"]
+    assert not sweep.name_what_the_launcher_saw(client, tmp_path, [client.get_run(run_id) for run_id in runs.values()])
+
+
 def test_only_a_request_beyond_every_nodes_configuration_never_starts():
     drained, unknown = {**NODE, "state": "drained", "reason": "test"}, {**NODE, "state": "unknown"}
     for nodes in ([drained], [unknown], [{**NODE, "state": "completing"}], [{**NODE, "state": "down*"}]):
@@ -324,7 +347,7 @@ def test_a_cancelled_job_is_reported_and_the_sweep_ends(workdir):
     # once as it happens (the launcher), once in the sweep's closing list, from the run's recorded reason
     assert said[0] == f"ganlab: sweep job 1 (epochs=500) did not finish: SLURM job {job} ended CANCELLED", err[-3000:]
     assert len(said) == 2 and said[1].startswith("1 of 2 sweep jobs did not finish: job 1 (epochs=500 "), err[-3000:]
-    assert said[1].endswith(f"SLURM job {job} ended CANCELLED"), err[-3000:]
+    assert f"SLURM job {job} ended CANCELLED" in said[1], err[-3000:]  # beside the job's own reason, if it closed first
     assert "Traceback" not in out + err and "Bypassing sacct" not in out + err
     parent, children = parent_and_children(workdir)
     assert parent.info.status == "FAILED"

@@ -118,6 +118,9 @@ def test_the_description_is_a_linked_table_best_first(sweep):
         assert f"({tracking.run_link(child.info.experiment_id, child.info.run_id)})" in row
         assert f"dropout={child.data.params['dropout']}" in row
     assert sweep_report.BEST_MARK in rows[0] and not any(sweep_report.BEST_MARK in row for row in rows[1:])
+    # the final montage, whole in the parent's Artifacts tab, a link away
+    montage = tracking.run_link(parent.info.experiment_id, parent.info.run_id, f"{SUMMARY}/{sweep_report.MONTAGE}")
+    assert f"[every job's samples]({montage})" in description.split("\n")[0]
     links = re.findall(r"\]\(([^)]*)\)", description)
     assert links and all(link.endswith(f"?{tracking.ML_VIEW}") or f"&{tracking.ML_VIEW}" in link for link in links)
     fids = [cell.strip() for cell in (row.split("|")[2].replace(sweep_report.UI_GAP, "") for row in rows)]

@@ -241,15 +241,31 @@ def numeric_first(value):
         return (1, 0.0, str(value))
 
 
+# A tile about a sample grid's own size (sample_grid's 600 px: 3.2 in at 200 dpi, less the margins), so the
+# digits are not shrunk, with two label lines above it; a montage's title takes half an inch.
+TILE_INCHES, TITLE_INCHES = (3.2, 3.9), 0.5
+# The tallest montage (height / width) shown whole where MLflow draws a picture: its Artifacts tab, beside the
+# file tree and the assistant's panel, has about 695 x 790 px of a 1600 x 1000 window.
+MONTAGE_ASPECT = 1.1
+
+
+def montage_columns(count: int, titled: bool) -> int:
+    """The fewest columns (at most 6) that keep a montage of `count` tiles within MONTAGE_ASPECT."""
+    width, height = TILE_INCHES
+    for columns in range(1, 7):
+        if (height * math.ceil(count / columns) + (TITLE_INCHES if titled else 0)) / (width * columns) <= MONTAGE_ASPECT:
+            return min(count, columns)
+    return min(count, 6)
+
+
 def save_labelled_montage(image_files: list[Path], labels: list[str], path: str | Path, title: str | None = None) -> Path:
-    """Pictures side by side in a near-square grid (at most 6 a row), each under its label (a line or two)
-    in a font that reads at the picture's size."""
+    """Pictures side by side (at most 6 a row, in as few columns as keep it from being taller than a
+    window shows: `montage_columns`), each under its label (a line or two) in a font that reads at the
+    picture's size."""
     count = len(image_files)
-    columns = min(count, 6, max(1, math.ceil(math.sqrt(count))))
+    columns = montage_columns(count, bool(title))
     rows = math.ceil(count / columns)
-    # a tile about a grid's own size (sample_grid's 600 px: 3.2 in at 200 dpi, less the margins), so the
-    # digits are not shrunk; two label lines above it
-    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.9 * rows + (0.5 if title else 0)),
+    fig, axes = plt.subplots(rows, columns, figsize=(TILE_INCHES[0] * columns, TILE_INCHES[1] * rows + (TITLE_INCHES if title else 0)),
                              squeeze=False, layout="constrained")  # constrained: labels never leave the canvas
     for ax in axes.flat:
         ax.axis("off")

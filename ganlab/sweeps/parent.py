@@ -93,6 +93,9 @@ def description(summary: SweepSummary, columns: list[str], objective: str | None
         links = f"[its run]({tracking.run_link(best.info.experiment_id, best.info.run_id)})"
         if summary.parent_id:
             links += f", [all runs best first]({tracking.view_link(summary.experiment_id, view_key(summary.parent_id))})"
+            if summary.montage is not None:  # the Artifacts tab draws it whole, where the image card shows part of it
+                montage = tracking.run_link(summary.experiment_id, summary.parent_id, f"{SUMMARY_DIR}/{summary.montage.name}")
+                links += f", [every job's samples]({montage})"
         value = scores.format_value(chosen_on, best.data.metrics[chosen_on])
         lines.append(f"**Best job** for `{chosen_on}` ({scores.direction(chosen_on)} is better): {BEST_MARK} "
                      f"{label_of(summary, best)} ({chosen_on} {value}), {links}.")

@@ -12,7 +12,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+
+
+def _stats():
+    """scipy.stats, imported on first use: it takes seconds, and every job's process imports this module
+    (through the sweep callback) while only a sweep's end uses it."""
+    from scipy import stats
+
+    return stats
 
 CONFIDENCE = 0.95
 
@@ -44,7 +51,7 @@ def summarize(values: Iterable[float]) -> Summary:
     if n < 2 or not np.isfinite(values).all():
         return Summary(n, mean, math.nan, math.nan, math.nan)
     std = float(values.std(ddof=1))
-    half_width = stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1) * std / math.sqrt(n)
+    half_width = _stats().t.ppf(0.5 + CONFIDENCE / 2, n - 1) * std / math.sqrt(n)
     return Summary(n, mean, std, float(mean - half_width), float(mean + half_width))
 
 
@@ -71,6 +78,7 @@ def welch(a_values: Iterable[float], b_values: Iterable[float]) -> Difference:
     df = (var_a_of_mean + var_b_of_mean) ** 2 / (
         var_a_of_mean**2 / (len(a) - 1) + var_b_of_mean**2 / (len(b) - 1)
     )
+    stats = _stats()
     half_width = stats.t.ppf(0.5 + CONFIDENCE / 2, df) * standard_error
     p_value = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
     return Difference(diff, float(diff - half_width), float(diff + half_width), p_value)
@@ -102,6 +110,7 @@ def _t_test_power(effect_size: float, n_per_group: np.ndarray, alpha: float) -> 
     """Power of the two-sided two-sample t-test with n per group, for Cohen's d = `effect_size`."""
     df = 2 * n_per_group - 2
     noncentrality = effect_size * np.sqrt(n_per_group / 2)
+    stats = _stats()
     critical = stats.t.ppf(1 - alpha / 2, df)
     with np.errstate(all="ignore"):  # nct warns on far tails that are simply ~0
         return stats.nct.sf(critical, df, noncentrality) + stats.nct.cdf(-critical, df, noncentrality)

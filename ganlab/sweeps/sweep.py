@@ -43,6 +43,7 @@ from ganlab.sweeps.ranking import SUMMARY_DIR
 from ganlab.sweeps import summary as sweep_report
 from ganlab.tracking import run_lock
 from ganlab.tracking import store as tracking
+from ganlab.tracking.job_run import FAILURE_TAG
 from ganlab.core.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -186,6 +187,8 @@ class SweepTracking(Callback):
         run_id, client = self.run_id, self.client
         experiment_id = client.get_run(run_id).info.experiment_id
         _, children = tracking.sweep_children(client, experiment_id, run_id)
+        if name_what_the_launcher_saw(client, Path(config.hydra.sweep.dir), children):
+            _, children = tracking.sweep_children(client, experiment_id, run_id)
         failed = [child for child in children if child.info.status != "FINISHED"]
         runless = jobs_without_a_run(Path(config.hydra.sweep.dir), children)
         swept = [ganlab_config.param_key(key) for key in read_sweep_file(Path(config.hydra.sweep.dir)).get("swept_keys", [])]
@@ -359,6 +362,22 @@ def close_orphaned_jobs(client, parent_id: str) -> None:
     for child in children:  # a run another live process trains (another machine's, a resume's) stays as it is
         close_left_running(client, child, "KILLED", f"KILLED: its sweep stopped before it ended; "
                            f"sweep.resume={parent_id} continues it")
+
+
+def name_what_the_launcher_saw(client, sweep_dir: Path, children) -> bool:
+    """A job the launcher lost (LOST_JOBS_FILE: SLURM cancelled it, say) whose run the job closed itself, as
+    the signal reached it, says both on its run: the job's own reason, then the launcher's (which job
+    closed first is a matter of timing, so the record never depends on it). True if a tag changed."""
+    lost_file = Path(sweep_dir) / LOST_JOBS_FILE
+    lost = json.loads(lost_file.read_text()) if lost_file.is_file() else {}
+    changed = False
+    for child in children:
+        why = lost.get(child.data.tags.get(tracking.JOB_NUM_TAG))
+        own = child.data.tags.get(FAILURE_TAG, "")
+        if why and child.info.status != "FINISHED" and why not in own:
+            client.set_tag(child.info.run_id, FAILURE_TAG, f"{own} ({why})" if own else why)
+            changed = True
+    return changed
 
 
 def jobs_without_a_run(sweep_dir: Path, children) -> dict[str, tuple[str, str]]:
