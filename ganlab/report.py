@@ -37,7 +37,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
 from ganlab.sweeps import comparison
@@ -49,9 +48,6 @@ from ganlab.core import scores
 from ganlab.sweeps import summary as sweep_report
 from ganlab.tracking import store as tracking
 from ganlab.core.errors import InputError, report_or_refuse
-
-# scipy's note on near-equal values in a comparison: nothing a reader can act on (the numbers stand)
-warnings.filterwarnings("ignore", message="Precision loss occurred in moment calculation")
 
 
 class DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):

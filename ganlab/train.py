@@ -50,10 +50,8 @@ try:
     runtime.quiet_console()  # before anything imports TensorFlow
     import warnings
 
-    # Warnings no user can act on: joblib's note as its worker pool winds down after a parallel sweep,
-    # and scipy's on near-equal values in a seed comparison (its numbers stand).
+    # A warning no user can act on: joblib's note as its worker pool winds down after a parallel sweep.
     warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given to the executor")
-    warnings.filterwarnings("ignore", message="Precision loss occurred in moment calculation")
 
     import hydra
     from hydra.core.hydra_config import HydraConfig

@@ -104,6 +104,13 @@ def test_welch_matches_scipy():
     assert 0 < difference.ci_low < 10 < difference.ci_high
 
 
+def test_welch_on_nearly_identical_seeds_warns_nothing():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scipy's "Precision loss occurred" would reach the console
+        difference = seed_stats.welch([1.0, 1.0 + 2e-16, 1.0], [2.0, 3.0, 4.0])
+    assert 0 < difference.p_value < 1
+
+
 def test_welch_is_nan_without_a_noise_estimate():
     one_seed = seed_stats.welch([5.0], REFERENCE)
     assert one_seed.diff == pytest.approx(-7.0)

@@ -120,11 +120,31 @@ def test_only_the_first_stop_interrupts_a_job_a_later_one_cannot_cut_its_closing
             os.kill(os.getpid(), signal.SIGTERM)
             signal.sigtimedwait([], 0)  # never reached: the handler raises as the signal arrives
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    with signals_as_interrupt() as now_closing:
-        now_closing()
+    with signals_as_interrupt() as stop:
+        stop.now_closing()
         os.kill(os.getpid(), signal.SIGTERM)  # noted and ignored
         os.kill(os.getpid(), signal.SIGINT)
+        stop.raise_if_requested()  # nothing to raise: the closing had begun
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before  # the old handlers are back
+
+
+class SignalledWhileDeleted:
+    """Sends SIGTERM to this process from its `__del__`, so the handler raises where Python drops the exception."""
+
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(10_000):  # the handler runs in here, at the loop's first check
+            pass
+
+
+def test_a_stop_signal_swallowed_by_a_del_method_still_ends_the_job_at_the_epochs_end(monkeypatch):
+    swallowed = []
+    monkeypatch.setattr(sys, "unraisablehook", swallowed.append)  # where Python sends what it ignores
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        with signals_as_interrupt() as stop:
+            SignalledWhileDeleted()  # deleted at once
+            assert [type(unraisable.exc_value) for unraisable in swallowed] == [KeyboardInterrupt]
+            stop.raise_if_requested()  # what the epoch loop asks after every epoch
 
 
 def test_sweep_resume_of_a_sweeper_that_cannot_continue_is_refused_in_one_line(capsys):
@@ -140,3 +160,13 @@ def test_sweep_resume_of_a_sweeper_that_cannot_continue_is_refused_in_one_line(c
     for resumable in ("hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
                       "hydra_plugins.ganlab_sweepers.settle.SettleSweeper"):
         refuse_unresumable_sweeper(OmegaConf.create({"hydra": {"sweeper": {"_target_": resumable}}}))  # no exit
+
+
+def test_a_sweep_that_got_sigterm_between_jobs_starts_no_further_job():
+    from ganlab.sweeps.sweep import SweepTracking
+
+    callback = SweepTracking()
+    callback.on_job_start(config=OmegaConf.create({}))  # nothing received: the job starts
+    callback.interrupted = True  # as the sweep's SIGTERM handler notes it, even where its raise was dropped
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        callback.on_job_start(config=OmegaConf.create({}))

@@ -347,13 +347,17 @@ def worst(values: np.ndarray, better: str = "lower") -> float:
 
 def mean_and_spread(values) -> tuple[float, float]:
     """(mean, sample standard deviation, ddof=1) of repeated draws of a score; one draw is
-    returned unchanged, bit for bit, with a NaN spread."""
+    returned unchanged, bit for bit, with a NaN spread, and so is the spread of draws of which one
+    is infinite (`fid_class_worst` of a class never drawn)."""
     values = [float(value) for value in values]
     if not values:
         raise ValueError("mean_and_spread needs at least one value.")
     if len(values) == 1:
         return values[0], math.nan
     array = np.asarray(values, np.float64)
+    if not np.isfinite(array).all():
+        with np.errstate(invalid="ignore"):  # inf - inf: a NaN mean, said by the value itself
+            return float(array.mean()), math.nan
     return float(array.mean()), float(array.std(ddof=1))
 
 

@@ -99,6 +99,12 @@ class SweepTracking(Callback):
         self.jobs_run_here = True  # the jobs are processes of this machine (every launcher but SLURM)
         self.lock: run_lock.RunLock | None = None  # this process's hold on the parent run
 
+    def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        """A SIGTERM between two jobs whose KeyboardInterrupt Python dropped (it lands in the last job's
+        `__del__` methods as its nets are freed) still stops the sweep before the next job."""
+        if self.interrupted:
+            raise KeyboardInterrupt("signal SIGTERM")
+
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         from ganlab.sweeps import precheck
 

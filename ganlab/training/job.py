@@ -66,11 +66,11 @@ def run_job(cfg: DictConfig, context: JobContext) -> float | None:
     job = resume.config if resume is not None else job  # a resumed job trains what its checkpoint holds
     try:
         threads = job.threads if job.threads is not None else context.threads
-        with signals_as_interrupt() as now_closing, open_run(job.tracking, context, resume, threads) as run:
+        with signals_as_interrupt() as stop, open_run(job.tracking, context, resume, threads) as run:
             try:
-                return train_job(job, context, run, threads, resume)
+                return train_job(job, context, run, threads, resume, stop)
             finally:
-                now_closing()  # a signal from here on must not cut the run's closing short
+                stop.now_closing()  # a signal from here on must not cut the run's closing short
     finally:
         if resume is not None:
             resume.lock.release()
@@ -87,7 +87,8 @@ def open_run(where: TrackingConfig, context: JobContext, resume, threads: int | 
                   threads=threads)
 
 
-def train_job(cfg: JobConfig, context: JobContext, run: JobRun, threads: int | None, resume) -> float | None:
+def train_job(cfg: JobConfig, context: JobContext, run: JobRun, threads: int | None, resume,
+              stop: StopRequest) -> float | None:
     """Build, then the loop: train an epoch, score it, track the best, checkpoint, log. Returns the objective."""
     started = time.perf_counter()
     warn_about_slow_bf16(cfg.dtype)
@@ -122,6 +123,7 @@ def train_job(cfg: JobConfig, context: JobContext, run: JobRun, threads: int | N
             history.append(record)
             checkpoint.write(output_dir, trainer, history, run, threads, cfg)  # before logging: see ganlab.training.epochs
             epochs.log_epoch(run, record, cfg.epochs)
+            stop.raise_if_requested()
 
         outputs.save_outputs(trainer, history, steps, output_dir, run, register_as=cfg.tracking.register_model,
                              best_epoch=best.epoch)
@@ -165,34 +167,48 @@ def warn_about_slow_bf16(dtype: str) -> None:
                     machine.cpu_model(), " ".join(machine.isa_flags()) or "none")
 
 
+class StopRequest:
+    """The stop signal a job received (`signals_as_interrupt` yields it). The handler raises at once,
+    but Python drops an exception raised inside a `__del__` or a weakref callback ("Exception ignored
+    in ..."; TensorFlow's variables and tqdm's bars have such methods): so the epoch loop also asks here,
+    and a signal that was swallowed still ends the job, at the end of its epoch."""
+
+    def __init__(self):
+        self.received: list[str] = []  # the signals' names; "closing" once the run is being closed
+
+    def now_closing(self) -> None:
+        self.received.append("closing")
+
+    def raise_if_requested(self) -> None:
+        if self.received and self.received[0] != "closing":
+            raise KeyboardInterrupt(f"signal {self.received[0]}")
+
+
 @contextlib.contextmanager
 def signals_as_interrupt():
     """While a job runs, SIGTERM (a scheduler's or `kill`'s stop) ends it like Ctrl-C, so its
     run is marked KILLED instead of being left RUNNING. Only the first signal interrupts: one
     that arrives while the run is being closed (SLURM follows a requeue with SIGTERM, an
     impatient user presses Ctrl-C twice) is noted and ignored, so the closing always ends.
-    It yields the function that says the closing has begun. The old handlers return afterwards."""
-    stopping = []
+    It yields the `StopRequest`, which says when the closing has begun. The old handlers return afterwards."""
+    stop = StopRequest()
 
     def interrupt(signum, frame):
         name = signal.Signals(signum).name
-        if stopping:
-            log.warning("%s while the run is being closed: ignored until it is closed", name)
+        if stop.received:
+            log.warning("%s while the job is already stopping: ignored, so its run's closing is not cut short", name)
             return
-        stopping.append(name)
+        stop.received.append(name)
         raise KeyboardInterrupt(f"signal {name}")
 
-    def now_closing():
-        stopping.append("closing")
-
     if threading.current_thread() is not threading.main_thread():
-        yield now_closing
+        yield stop
         return
     # A signal the process was told to ignore (SIGINT under nohup or `&`) stays ignored.
     stops = [number for number in (signal.SIGTERM, signal.SIGINT) if signal.getsignal(number) is not signal.SIG_IGN]
     previous = {number: signal.signal(number, interrupt) for number in stops}
     try:
-        yield now_closing
+        yield stop
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
