@@ -93,16 +93,32 @@ def test_the_curves_name_every_job_best_first(sweep, tmp_path):
     summary = sweep_report.SweepSummary(keys=["dropout"], ranked=children, best=children[0], best_metric=scores.FID,
                                         rank_metric=scores.FID)
     lines = pictures.curve_lines(client, summary)
+    shown = scores.format_column(scores.FID, [child.data.metrics[scores.FID] for child in children])
     assert [label for label, _, _ in lines] == [
         f"{sweep_report.BEST_MARK * (child is children[0])}{' ' * (child is children[0])}dropout="
-        f"{child.data.params['dropout']}: {scores.FID} {scores.format_value(scores.FID, child.data.metrics[scores.FID])}"
-        for child in children]
+        f"{child.data.params['dropout']}: {scores.FID} {value}" for child, value in zip(children, shown)]
     assert all(epochs == list(range(1, EPOCHS + 1)) and len(values) == EPOCHS for _, epochs, values in lines)
     # grouped by a key the runs share (a report --by a setting): each run's label names its seed too
     shared = sweep_report.SweepSummary(keys=["epochs"], ranked=children, best_metric=scores.FID, rank_metric=scores.FID)
     labels = [label for label, _, _ in pictures.curve_lines(client, shared)]
-    assert labels == [f"epochs={EPOCHS} seed={child.data.params['seed']}: {scores.FID} "
-                      f"{scores.format_value(scores.FID, child.data.metrics[scores.FID])}" for child in children]
+    assert labels == [f"epochs={EPOCHS} seed={child.data.params['seed']}: {scores.FID} {value}"
+                      for child, value in zip(children, shown)]
+
+
+def test_the_labels_of_one_picture_give_a_score_one_number_of_decimals():
+    from types import SimpleNamespace
+
+    from ganlab.sweeps import pictures
+
+    def job(dropout, status="FINISHED"):
+        return SimpleNamespace(info=SimpleNamespace(run_id=dropout, status=status),
+                               data=SimpleNamespace(params={"dropout": dropout}, tags={}, metrics={}))
+
+    summary = sweep_report.SweepSummary(keys=["dropout"])
+    tiles = [(job("0.3"), scores.FID, 318.16), (job("0.1"), scores.FID, 324.04), (job("0.2", "FAILED"), scores.FID, None),
+             (job("0.5"), scores.PRECISION, 0.5)]
+    assert pictures.tile_labels(summary, tiles) == [
+        "dropout=0.3\nfid 318.2", "dropout=0.1\nfid 324.0", "dropout=0.2 (FAILED)", "dropout=0.5\nprecision 0.500"]
 
 
 def test_the_description_is_a_linked_table_best_first(sweep):

@@ -68,7 +68,7 @@ def log_epoch_montages(client, run_id: str, summary: SweepSummary) -> None:
                for child in summary.ranked if metric and summary.grids.get(child.info.run_id)}
     with tempfile.TemporaryDirectory() as scratch:
         for epoch in epochs:
-            files, labels = [], []
+            files, tiles = [], []
             for child in summary.ranked:
                 path = summary.grids.get(child.info.run_id, {}).get(epoch)
                 if path is None:
@@ -80,11 +80,10 @@ def log_epoch_montages(client, run_id: str, summary: SweepSummary) -> None:
                                 epoch, child.info.run_id, path, type(error).__name__, error)
                     continue
                 files.append(local.rename(Path(scratch) / f"epoch_{epoch}_{len(files)}.png"))
-                score = history.get(child.info.run_id, {}).get(epoch)
-                labels.append(tile_label(summary, child, metric, score))
+                tiles.append((child, metric, history.get(child.info.run_id, {}).get(epoch)))
             if not files:
                 continue
-            picture = plots.save_labelled_montage(files, labels, Path(scratch) / f"montage_{epoch}.png",
+            picture = plots.save_labelled_montage(files, tile_labels(summary, tiles), Path(scratch) / f"montage_{epoch}.png",
                                             title=montage_title(f"epoch {epoch}", summary, final=False))
             _log_picture(client, run_id, picture, epoch)
             for file in files:
@@ -98,12 +97,21 @@ def _log_picture(client, run_id: str, picture: Path, step: int) -> None:
     with Image.open(picture) as image:
         client.log_image(run_id, image.convert("RGB"), key=SAMPLES_KEY, step=step)
 
-def tile_label(summary: SweepSummary, child, metric: str | None, value) -> str:
-    """Two lines: the job's setting (its status unless FINISHED), and its `metric` value where it has one."""
-    name = label_of(summary, child)
-    if child.info.status != "FINISHED":
-        name += f" ({child.info.status})"
-    return name + (f"\n{metric} {scores.format_value(metric, value)}" if metric and value is not None else "")
+def tile_labels(summary: SweepSummary, tiles: list[tuple]) -> list[str]:
+    """The labels of one picture's (child, metric, value) tiles, each two lines: the job's setting (its status
+    unless FINISHED), and its `metric` value where it has one, the values of a metric all with one number of
+    decimals (`scores.format_column`: 324.0 beside 318.2, never 324)."""
+    shown = {}
+    for metric in {metric for _, metric, value in tiles if metric and value is not None}:
+        where = [index for index, (_, named, value) in enumerate(tiles) if named == metric and value is not None]
+        shown.update(zip(where, scores.format_column(metric, [tiles[index][2] for index in where])))
+    labels = []
+    for index, (child, metric, _) in enumerate(tiles):
+        name = label_of(summary, child)
+        if child.info.status != "FINISHED":
+            name += f" ({child.info.status})"
+        labels.append(name + (f"\n{metric} {shown[index]}" if index in shown else ""))
+    return labels
 
 def montage_title(what: str, summary: SweepSummary, final: bool = True) -> str:
     """`what`, and how the tiles are ordered: by the value each job returned, best first."""
@@ -119,7 +127,7 @@ def latest_montage(client, summary: SweepSummary, path: Path) -> Path | None:
 
     metric = summary.best_metric or summary.rank_metric
     with tempfile.TemporaryDirectory() as scratch:  # the downloaded grids are not part of the summary
-        grids, labels, epochs = [], [], set()
+        grids, tiles, epochs = [], [], set()
         for child in summary.ranked:
             logged = summary.grids.get(child.info.run_id)
             artifact = logged[max(logged)] if logged else SAMPLES_ARTIFACT
@@ -132,12 +140,12 @@ def latest_montage(client, summary: SweepSummary, path: Path) -> Path | None:
                 continue
             grids.append(Path(local).rename(Path(scratch) / f"grid_{len(grids)}.png"))
             returned = returned_metric(child, metric, summary.objective_at) if metric else None
-            labels.append(tile_label(summary, child, returned, child.data.metrics.get(returned) if returned else None))
+            tiles.append((child, returned, child.data.metrics.get(returned) if returned else None))
             epochs.add(str(max(logged)) if logged else child.data.params.get("epochs"))
         if not grids:
             return None
         what = f"final samples (epoch {epochs.pop()})" if len(epochs) == 1 else "final samples"
-        return plots.save_labelled_montage(grids, labels, path, title=montage_title(what, summary))
+        return plots.save_labelled_montage(grids, tile_labels(summary, tiles), path, title=montage_title(what, summary))
 
 def curves(client, summary: SweepSummary, folder: Path) -> Path | None:
     """sweep_curves_<metric>.png: every job's objective (the rank metric) per epoch, one colour each, the legend
@@ -162,15 +170,19 @@ def curve_lines(client, summary: SweepSummary) -> list[tuple[str, list[int], lis
         return []
     returned_by = summary.best_metric or metric
     repeated = Counter(label_of(summary, child) for child in summary.ranked)  # settings of several runs name the seed
-    lines = []
+    drawn = []
     for child in summary.ranked:
         if child.info.run_id not in summary.histories:
             summary.histories[child.info.run_id] = tracking.metric_histories(client, child.info.run_id, [metric])[metric]
+        if summary.histories[child.info.run_id]:
+            drawn.append(child)
+    returned = [returned_metric(child, returned_by, summary.objective_at) if summary.best_metric else metric
+                for child in drawn]
+    labels = tile_labels(summary, [(child, name, child.data.metrics.get(name)) for child, name in zip(drawn, returned)])
+    lines = []
+    for child, tile in zip(drawn, labels):
         history = summary.histories[child.info.run_id]
-        if not history:
-            continue
-        returned = returned_metric(child, returned_by, summary.objective_at) if summary.best_metric else metric
-        setting, _, value = tile_label(summary, child, returned, child.data.metrics.get(returned)).partition("\n")
+        setting, _, value = tile.partition("\n")
         if repeated[label_of(summary, child)] > 1 and SEED_KEY in child.data.params:  # a report grouped by setting
             setting += f" {SEED_KEY}={child.data.params[SEED_KEY]}"
         label = f"{setting}: {value}" if value else setting
