@@ -88,7 +88,7 @@ def test_a_sweep_with_objective_at_best_names_the_lowest_fid_best(tmp_path):
     out.mkdir()
     summary = sweep_report.summarize(client, children, ["dropout"], FID, out)  # each job says objective_at=best
     assert summary.best.info.run_id == "b" and summary.best_metric == FID_BEST
-    assert summary.description.startswith(f"**Best job** for `{FID_BEST}` (lower is better): ★ dropout=b ({FID_BEST} 5)")
+    assert summary.description.startswith(f"**Best job** for `{FID_BEST}` (lower is better): ★ dropout=b ({FID_BEST} 5.000)")  # as its column: 9.000 and 5.000
     sweep_report.log_on_parent(client, "parent", summary, FID)
     tags = {tag.key: tag.value for _, _, _, batch in client.logged for tag in batch}
     assert tags["best.run_id"] == "b" and tags[f"best.{FID_BEST}"] == "5.0"

@@ -125,6 +125,8 @@ def test_the_description_is_a_linked_table_best_first(sweep):
     _, _, parent, children = sweep
     description = parent.data.tags[tracking.NOTE_TAG]
     assert f"`{scores.FID}` (lower is better)" in description
+    column = scores.format_column(scores.FID, [child.data.metrics[scores.FID] for child in children])
+    assert f"({scores.FID} {column[0]})" in description.splitlines()[0]  # the best line prints it as its table does
     table = [line for line in description.splitlines() if line.startswith("|")]
     assert len(table) == 2 + len(children)
     assert re.fullmatch(r"\|[-:|]+\|", table[1])  # the alignment row

@@ -96,7 +96,9 @@ def description(summary: SweepSummary, columns: list[str], objective: str | None
             if summary.montage is not None:  # the Artifacts tab draws it whole, where the image card shows part of it
                 montage = tracking.run_link(summary.experiment_id, summary.parent_id, f"{SUMMARY_DIR}/{summary.montage.name}")
                 links += f", [every job's samples]({montage})"
-        value = scores.format_value(chosen_on, best.data.metrics[chosen_on])
+        # as the table prints the column (324.0 beside 318.2), so the line and its table agree
+        ranked = summary.ranked if best in summary.ranked else [best]
+        value = scores.format_column(chosen_on, [child.data.metrics.get(chosen_on) for child in ranked])[ranked.index(best)]
         lines.append(f"**Best job** for `{chosen_on}` ({scores.direction(chosen_on)} is better): {BEST_MARK} "
                      f"{label_of(summary, best)} ({chosen_on} {value}), {links}.")
         lines.append("")
