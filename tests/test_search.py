@@ -85,8 +85,8 @@ def test_a_killed_search_goes_on_in_its_study_and_stops_a_clearly_worse_trial_ea
     assert [trial.state for trial in report.trials] == ["complete", "pruned"]
     assert report.best_run_ids == [child.info.run_id for child in children[:3]]
     # The best trial closes the sweep once, before its URLs: its seed mean and interval, at the registry's precision.
-    closing = (f"best setting: optimizer.lr={float(GOOD_LR)}: fid {scores.format_value(scores.FID, expected.mean)} "
-               f"(95% interval {scores.format_value(scores.FID, expected.ci_low)} to ")
+    mean, low, high = scores.format_column(scores.FID, [expected.mean, expected.ci_low, expected.ci_high])
+    closing = f"best setting: optimizer.lr={float(GOOD_LR)}: fid {mean} (95% interval {low} to {high}"
     assert again.stdout.count("best setting:") == 1 and closing in again.stdout, again.stdout[-2000:]
     assert again.stdout.index(closing) > again.stdout.index("ganlab: sweep of 5 jobs")
 

@@ -25,8 +25,9 @@ def test_the_best_setting_with_its_interval_over_seeds():
             job("b0", "0.3", "0", 150.0)]
     summary = SweepSummary(best=runs[0], best_metric="fid", keys=["dropout", "seed"], ranked=runs)
     found = seed_stats.summarize([100.0, 110.0, 105.0])
-    assert best_line(summary) == (f"best setting: dropout=0.1: fid 105 (95% interval {found.ci_low:.4g} to "
-                                  f"{found.ci_high:.4g} over 3 seeds; lower is better)")
+    assert 100 < found.ci_high < 1000  # so the line gives all three numbers one decimal, as fid's 4 digits do there
+    assert best_line(summary) == (f"best setting: dropout=0.1: fid 105.0 (95% interval {found.ci_low:.1f} to "
+                                  f"{found.ci_high:.1f} over 3 seeds; lower is better)")
 
 
 def test_one_run_says_it_has_no_interval_and_no_best_no_line():

@@ -68,10 +68,8 @@ class TrialRecord:
     def line(self, objective: str, seeds: int) -> str:
         """`trial 3: fid 123 [110, 136] (3 seeds; lr=...)`, or `... pruned after 2 of 3 seeds`."""
         summary = self.summary
-        value = f"{objective} {scores.format_value(objective, summary.mean)}"
-        if summary.n > 1:
-            value += (f" [{scores.format_value(objective, summary.ci_low)}, "
-                      f"{scores.format_value(objective, summary.ci_high)}]")
+        mean, low, high = scores.format_column(objective, [summary.mean, summary.ci_low, summary.ci_high])
+        value = f"{objective} {mean}" + (f" [{low}, {high}]" if summary.n > 1 else "")
         how = {"complete": f"{summary.n} seeds", "pruned": f"pruned after {summary.n} of {seeds} seeds: worse than "
                "the best trial so far, paired by seed", "failed": f"failed after {summary.n} of {seeds} seeds"}
         return f"trial {self.number}: {value} ({how.get(self.state, self.state)}; {' '.join(self.overrides())})"
@@ -172,14 +170,15 @@ def closing_line(tags: dict[str, str], objective: str) -> str | None:
     trial, value, interval, overrides, seeds = (tags.get(key) for key in BEST_TAGS)
     if value is None:
         return None
-    shown = lambda number: scores.format_value(objective, float(number))  # noqa: E731 - the registry's precision
     low, _, high = (interval or "[nan, nan]").strip("[]").partition(", ")
+    # the registry's precision, one number of decimals for the mean and its interval (as the grid's line)
+    shown_value, shown_low, shown_high = scores.format_column(objective, [float(value), float(low), float(high)])
     metric = scores.lookup(objective)
     better = f"; {metric.better} is better" if metric is not None and metric.better else ""
-    spread = (f"95% interval {shown(low)} to {shown(high)}" + (f" over {seeds} seeds" if seeds else "")
+    spread = (f"95% interval {shown_low} to {shown_high}" + (f" over {seeds} seeds" if seeds else "")
               if "nan" not in (low, high)
               else f"one seed, so no interval: raise {KEY}.seeds")
-    return f"best setting: {overrides}: {objective} {shown(value)} ({spread}{better}; trial {trial}, the seed mean)"
+    return f"best setting: {overrides}: {objective} {shown_value} ({spread}{better}; trial {trial}, the seed mean)"
 
 
 def plain(value: float) -> float | None:

@@ -253,12 +253,13 @@ def best_line(summary) -> str | None:
     if found is None:
         return None
     metric = found.metric
-    shown = lambda value: scores.format_value(metric, value)  # noqa: E731 - the score registry's precision
+    # the score registry's precision, one number of decimals for the value and its interval (as the parent's table)
+    value, low, high = scores.format_column(metric, [found.value, found.ci_low, found.ci_high])
     better = f"{scores.direction(metric)} is better" if scores.direction(metric) else ""
     if found.n > 1:
-        return (f"best setting: {found.label}: {metric} {shown(found.value)} (95% interval {shown(found.ci_low)} to "
-                f"{shown(found.ci_high)} over {found.n} seeds; {better})")
-    return f"best setting: {found.label}: {metric} {shown(found.value)} (one run, so no interval: sweep seed too; {better})"
+        return (f"best setting: {found.label}: {metric} {value} (95% interval {low} to {high} over {found.n} seeds; "
+                f"{better})")
+    return f"best setting: {found.label}: {metric} {value} (one run, so no interval: sweep seed too; {better})"
 
 
 def parent_params(config: DictConfig) -> dict[str, str]:
