@@ -136,10 +136,9 @@ def record_lost(sweep_dir: Path, job_dir: Path, job_num: int, overrides: list[st
         if not (job_dir / ".hydra" / "overrides.yaml").exists():
             (job_dir / ".hydra").mkdir(parents=True, exist_ok=True)
             OmegaConf.save(OmegaConf.create(list(overrides)), job_dir / ".hydra" / "overrides.yaml")
-        lost_file = sweep_dir / sweep.LOST_JOBS_FILE
-        lost = json.loads(lost_file.read_text()) if lost_file.exists() else {}
+        lost = sweep.lost_jobs(sweep_dir)
         lost[str(job_num)] = why
-        lost_file.write_text(json.dumps(lost, indent=1))
+        (sweep_dir / sweep.LOST_JOBS_FILE).write_text(json.dumps(lost, indent=1))
     except OSError as error:
         log.warning("could not record lost sweep job %d in %s: %s", job_num, sweep_dir, error)
     close_left_run(sweep_dir, job_num, why, tracking_uri, experiment)

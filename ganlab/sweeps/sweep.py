@@ -371,12 +371,17 @@ def close_orphaned_jobs(client, parent_id: str) -> None:
                            f"sweep.resume={parent_id} continues it")
 
 
+def lost_jobs(sweep_dir: Path) -> dict[str, str]:
+    """{job number: why the launcher lost it}, from the sweep folder's LOST_JOBS_FILE; {} without one."""
+    lost_file = Path(sweep_dir) / LOST_JOBS_FILE
+    return json.loads(lost_file.read_text()) if lost_file.is_file() else {}
+
+
 def name_what_the_launcher_saw(client, sweep_dir: Path, children) -> bool:
     """A job the launcher lost (LOST_JOBS_FILE: SLURM cancelled it, say) whose run the job closed itself, as
     the signal reached it, says both on its run: the job's own reason, then the launcher's (which job
     closed first is a matter of timing, so the record never depends on it). True if a tag changed."""
-    lost_file = Path(sweep_dir) / LOST_JOBS_FILE
-    lost = json.loads(lost_file.read_text()) if lost_file.is_file() else {}
+    lost = lost_jobs(sweep_dir)
     changed = False
     for child in children:
         why = lost.get(child.data.tags.get(tracking.JOB_NUM_TAG))
@@ -392,8 +397,7 @@ def jobs_without_a_run(sweep_dir: Path, children) -> dict[str, tuple[str, str]]:
     lost by the launcher before they ran (the reason it gave, in LOST_JOBS_FILE), or failed
     before their run was created (their log holds the traceback)."""
     with_run = {child.data.tags.get(tracking.JOB_NUM_TAG) for child in children}
-    lost_file = Path(sweep_dir) / LOST_JOBS_FILE
-    lost = json.loads(lost_file.read_text()) if lost_file.is_file() else {}
+    lost = lost_jobs(sweep_dir)
     found = {}
     for overrides in sorted(Path(sweep_dir).glob("*/.hydra/overrides.yaml")):
         job_num = overrides.parent.parent.name
