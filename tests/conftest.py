@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -94,6 +95,60 @@ def small_disk(folder: Path, size: str):
         yield folder
     finally:
         subprocess.run(["umount", "--lazy", str(folder)], check=True)  # the test's process may still hold files open
+
+
+# ---------------------------------------------------------------------------- holding a job still
+
+def job_holding(checkpoint_folder: Path):
+    """The process training the job whose checkpoint folder is `checkpoint_folder` (it holds the folder's
+    lock file open for its life), or None."""
+    import psutil
+
+    from ganlab.training import checkpoint
+
+    lock = str((Path(checkpoint_folder) / checkpoint.LOCK_FILE).resolve())
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if "python" in " ".join(process.info["cmdline"] or [])[:200] and any(
+                    opened.path == lock for opened in process.open_files()):
+                return process
+        except psutil.Error:
+            continue
+    return None
+
+
+def signal_pending(pid: int, signum: int) -> bool:
+    """True if `signum` waits, undelivered, for process `pid` (its /proc status: a stopped process keeps it there)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    pending = 0
+    for line in status.splitlines():
+        if line.startswith(("ShdPnd:", "SigPnd:")):
+            pending |= int(line.split()[1], 16)
+    return bool(pending & (1 << (signum - 1)))
+
+
+def thaw_once_signalled(frozen: list, signum: int) -> None:
+    """Lets the processes `frozen` (held still with SIGSTOP, psutil's `suspend`) go on once each has
+    `signum` waiting or has ended: a stop sent while they were held then reaches each at the
+    moment it was held, however much of its work was left."""
+    import psutil
+
+    def still_waiting(process) -> bool:
+        try:
+            return process.status() != psutil.STATUS_ZOMBIE and not signal_pending(process.pid, signum)
+        except psutil.Error:  # ended
+            return False
+
+    deadline = time.monotonic() + 300  # only a guard against a hang: the stop never sent
+    while any(still_waiting(process) for process in frozen):
+        assert time.monotonic() < deadline, f"no {signal.Signals(signum).name} reached the held processes"
+        time.sleep(0.1)
+    for process in frozen:
+        with contextlib.suppress(psutil.Error):
+            process.resume()
 
 
 # ---------------------------------------------------------------------------- the shared 2-job sweep

@@ -300,13 +300,13 @@ def test_runs_scored_differently_are_named():
 
 
 def test_report_refuses_mixed_sample_counts(tmp_path, capsys):
-    """A real sweep over dropout x eval.num_samples, then the report by dropout alone (refused; in-process) and
-    by both (the real CLI)."""
+    """A real sweep over eval.num_samples at one dropout, then the report by dropout alone (refused; in-process)
+    and by both (the real CLI)."""
     quick = [arg for arg in QUICK if not arg.startswith("eval.num_samples")]
-    sweep = run_cli(["-m", "dropout=0.1,0.5", "eval.num_samples=300,400", *quick], tmp_path, timeout=900)
+    sweep = run_cli(["-m", "dropout=0.1", "eval.num_samples=300,400", *quick], tmp_path, timeout=900)
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     children = [run for run in all_runs(tmp_path) if "mlflow.parentRunId" in run.data.tags]
-    assert len(children) == 4 and all(run.data.tags.get("eval.reference") == "test" for run in children)
+    assert len(children) == 2 and all(run.data.tags.get("eval.reference") == "test" for run in children)
     assert all(run.data.params.get("eval.repeats") == "1" for run in children)
     assert all(scores.D_GAP in run.data.metrics and scores.MEMORIZATION in run.data.metrics for run in children)
     from ganlab import report

@@ -11,6 +11,7 @@ Each test waits on events (a job's checkpoint, a logged metric, SLURM's queue), 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
@@ -27,10 +28,11 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from conftest import (EVAL_CACHE, QUICK, SLURM_GROUP, all_runs, artifact_paths, ctrl_c_as_in_a_terminal, run_cli,
-                      store_client)
+                      store_client, thaw_once_signalled)
 from ganlab.sweeps import slurm_wait
 from ganlab.sweeps.slurm import ACTIVE_STATES
 from ganlab.tracking.job_run import FAILURE_TAG
+from ganlab.training import checkpoint
 
 
 def _cluster_problem() -> str | None:
@@ -101,7 +103,12 @@ def slurm_job_id(cwd: Path, job_num: int) -> str | None:
 
 def checkpointed(cwd: Path, job_num: int) -> bool:
     folder = sweep_dir(cwd)
-    return bool(folder and (folder / str(job_num) / "checkpoint" / "checkpoint.npz").is_file())
+    return bool(folder and (folder / str(job_num) / checkpoint.FOLDER / checkpoint.FILE).is_file())
+
+
+def checkpointed_epoch(cwd: Path, job_num: int) -> int:
+    """The epoch of sweep job `job_num`'s checkpoint (0 before its first: the untrained one, or none)."""
+    return checkpoint.find(sweep_dir(cwd) / str(job_num) / checkpoint.FOLDER).epoch if checkpointed(cwd, job_num) else 0
 
 
 def slurm_states(job_ids: list[str]) -> dict[str, str]:
@@ -170,6 +177,21 @@ def job_process(job_id: str) -> psutil.Process | None:
         except psutil.Error:
             continue
     return None
+
+
+def hold_after_epoch_1(cwd: Path, sweep: subprocess.Popen, hold: dict) -> dict:
+    """{job number: its process}, each held by `hold[job number]` (called with its psutil.Process) as soon as
+    that job has checkpointed its first epoch: it cannot finish, whatever the test does next takes."""
+    held = {}
+    while len(held) < len(hold):
+        for job_num in set(hold) - set(held):
+            process = job_process(slurm_job_id(cwd, job_num)) if checkpointed_epoch(cwd, job_num) >= 1 else None
+            if process is not None:
+                hold[job_num](process)
+                held[job_num] = process
+        assert sweep.poll() is None, f"the sweep ended before its jobs {sorted(hold)} checkpointed"
+        time.sleep(0.1)
+    return held
 
 
 def hold_signals(pid: int) -> None:
@@ -358,14 +380,15 @@ def test_a_cancelled_job_is_reported_and_the_sweep_ends(workdir):
 @pytest.mark.heavy
 @cluster
 def test_a_preempted_and_a_requeued_job_continue_their_own_runs(workdir):
-    # Epochs long enough (steps) that the signal lands while training goes on.
+    # Both jobs held still (SIGSTOP) after their first epoch until the signal is there: it lands mid-training.
     epochs = 3
-    sweep = start_sweep([*SLURM, "dropout=0.1,0.3", *QUICKER, "steps_per_epoch=80", f"epochs={epochs}"], workdir)
-    for job_num in (0, 1):
-        wait_for(lambda: job_run_with_epoch(workdir, job_num, 1), f"epoch 1 of job {job_num}", sweep)
+    sweep = start_sweep([*SLURM, "dropout=0.1,0.3", *QUICKER, "steps_per_epoch=20", f"epochs={epochs}"], workdir)
+    held = hold_after_epoch_1(workdir, sweep, {0: psutil.Process.suspend, 1: psutil.Process.suspend})
     preempted, requeued = slurm_job_id(workdir, 0), slurm_job_id(workdir, 1)
     subprocess.run(["scancel", "--signal=USR2", preempted], check=True)  # submitit's preemption signal
     subprocess.run(["scontrol", "requeue", requeued], check=True)  # SLURM's own requeue: SIGTERM, then again
+    thaw_once_signalled([held[0]], signal.SIGUSR2)
+    thaw_once_signalled([held[1]], signal.SIGTERM)
     for job in (preempted, requeued):
         # SLURM holds a requeued job back for two minutes (Reason=BeginTime); let it start now.
         wait_for(lambda: slurm_states([job]).get(job) == "PENDING", f"{job} requeued", sweep)
@@ -387,11 +410,37 @@ def test_a_preempted_and_a_requeued_job_continue_their_own_runs(workdir):
 @cluster
 def test_a_drained_node_a_restarted_controller_and_a_failed_node_are_waited_for(workdir, cluster_restored):
     node, err_file = node_name(), workdir / "sweep.err"
-    # Two CPUs a job: job 0 runs while job 1 waits for it (Resources); job 0 has epochs enough for what follows.
-    sweep = start_sweep([*SLURM, "hydra.launcher.cpus_per_task=2", "epochs=12,1", *QUICKER, "steps_per_epoch=60"],
+    # Two CPUs a job: job 0 runs while job 1 waits for it (Resources); job 0 is held still (SIGSTOP) after its
+    # first epoch, so it is still running whatever follows takes, until its node fails under it.
+    epochs = 3
+    sweep = start_sweep([*SLURM, "hydra.launcher.cpus_per_task=2", f"epochs={epochs},1", *QUICKER, "steps_per_epoch=20"],
                         workdir, err_file)
     wait_for(lambda: job_run_with_epoch(workdir, 0, 1), "epoch 1 of job 0", sweep)
     job = slurm_job_id(workdir, 0)
+    held = job_process(job)
+    held.suspend()
+    try:
+        drain_restart_and_fail(node, job, err_file, sweep)
+    finally:
+        with contextlib.suppress(psutil.Error):
+            held.resume()  # a no-op once its node's failure has ended it
+    sweep.wait(timeout=600)
+    err = err_file.read_text()
+    assert sweep.returncode == 0, err[-3000:]
+    drained = f"ganlab: waiting: node {node} is drained (reason: ganlab test)"
+    unreachable = "ganlab: waiting for SLURM's controller, which does not answer"
+    assert len(lines_with(drained, err_file)) == 1 and len(lines_with(unreachable, err_file)) == 1, err[-3000:]
+    assert not re.search(r"cancel|did not finish|Traceback", err), err[-3000:]
+    parent, children = parent_and_children(workdir)
+    assert parent.info.status == "FINISHED"
+    assert [child.info.status for child in children] == ["FINISHED", "FINISHED"]
+    assert int(children[0].data.tags["resumed_from_epoch"]) >= 1  # job 0 continued its own run
+    assert logged_epochs(workdir, 0) == list(range(1, epochs + 1))
+
+
+def drain_restart_and_fail(node: str, job: str, err_file: Path, sweep: subprocess.Popen) -> None:
+    """While SLURM job `job` runs: drain its node, restart the controller, then fail the node (SLURM
+    requeues the job) and bring it back; each wait is said once on the sweep's stderr (`err_file`)."""
     scontrol("update", f"nodename={node}", "state=drain", "reason=ganlab test")  # job 0 goes on, job 1 may not start
     drained = f"ganlab: waiting: node {node} is drained (reason: ganlab test)"
     wait_for(lambda: lines_with(drained, err_file), "the line saying the sweep waits for the drained node", sweep)
@@ -406,29 +455,19 @@ def test_a_drained_node_a_restarted_controller_and_a_failed_node_are_waited_for(
     wait_for(lambda: slurm_states([job]).get(job) == "PENDING", f"{job} requeued", sweep)
     scontrol("update", f"nodename={node}", "state=resume")
     scontrol("update", f"JobId={job}", "StartTime=now")  # not the two minutes SLURM holds a requeued job back
-    sweep.wait(timeout=600)
-    err = err_file.read_text()
-    assert sweep.returncode == 0, err[-3000:]
-    assert len(lines_with(drained, err_file)) == 1 and len(lines_with(unreachable, err_file)) == 1, err[-3000:]
-    assert not re.search(r"cancel|did not finish|Traceback", err), err[-3000:]
-    parent, children = parent_and_children(workdir)
-    assert parent.info.status == "FINISHED"
-    assert [child.info.status for child in children] == ["FINISHED", "FINISHED"]
-    assert int(children[0].data.tags["resumed_from_epoch"]) >= 1  # job 0 continued its own run
-    assert logged_epochs(workdir, 0) == list(range(1, 13))
 
 
 @pytest.mark.heavy
 @cluster
 def test_ctrl_c_of_the_sweep_cancels_its_jobs_and_sweep_resume_finishes_them(workdir):
-    # 60 epochs take far longer than the Ctrl-C below needs to arrive; eval once, at the end.
-    args = [*SLURM, "dropout=0.1,0.3", *TINY, "epochs=60", "eval.every=60"]
+    # Each job is held after its first epoch, so neither can finish before the Ctrl-C; eval once, at the end.
+    epochs = 8
+    args = [*SLURM, "dropout=0.1,0.3", *TINY, f"epochs={epochs}", f"eval.every={epochs}"]
     sweep = start_sweep(args, workdir)
-    for job_num in (0, 1):
-        wait_for(lambda: checkpointed(workdir, job_num), f"checkpoint of job {job_num}", sweep)
+    # After its first epoch, job 0 is held with SIGSTOP (the SIGCONT SLURM sends before its SIGTERM lets it go
+    # on); job 1 hangs as on a dead disk: SLURM's SIGTERM never reaches it, SLURM SIGKILLs it after KillWait.
+    hold_after_epoch_1(workdir, sweep, {0: psutil.Process.suspend, 1: lambda process: hold_signals(process.pid)})
     jobs = [slurm_job_id(workdir, 0), slurm_job_id(workdir, 1)]
-    # Job 1 hangs as on a dead disk: SLURM's SIGTERM never reaches it, SLURM SIGKILLs it after KillWait.
-    hold_signals(wait_for(lambda: job_process(jobs[1]), f"the process of {jobs[1]}", sweep).pid)
     sweep.send_signal(signal.SIGINT)
     out, err = sweep.communicate(timeout=200)
     assert sweep.returncode == 130, err[-3000:]
@@ -454,4 +493,4 @@ def test_ctrl_c_of_the_sweep_cancels_its_jobs_and_sweep_resume_finishes_them(wor
     assert [child.info.status for child in children] == ["FINISHED", "FINISHED"]  # the same two runs, continued
     assert all("resumed_from_epoch" in child.data.tags for child in children)  # from the checkpoint each had
     for job_num in (0, 1):
-        assert logged_epochs(workdir, job_num) == list(range(1, 61))
+        assert logged_epochs(workdir, job_num) == list(range(1, epochs + 1))

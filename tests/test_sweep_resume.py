@@ -8,14 +8,17 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import EVAL_CACHE, QUICK, all_runs, artifact_paths, run_cli, store_client
+from conftest import (EVAL_CACHE, QUICK, all_runs, artifact_paths, job_holding, run_cli, store_client,
+                      thaw_once_signalled)
 from omegaconf import OmegaConf
 
 from ganlab.core.errors import InputError
+from ganlab.sweeps import sweep
 from ganlab.tracking import store as tracking
 from ganlab.training import checkpoint
 from ganlab.training.resume import look_up
@@ -29,10 +32,31 @@ def start_sweep(args: list[str], cwd: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
 
+def checkpoint_folder(cwd: Path, job: int) -> Path | None:
+    """Job `job`'s checkpoint folder in the sweep under `cwd` (None before the sweep's folder exists)."""
+    found = list(cwd.glob(f"outputs/multirun/*/{job}"))
+    return found[0] / checkpoint.FOLDER if found else None
+
+
 def checkpointed_epoch(cwd: Path, job: int) -> int:
     """The epoch of job `job`'s checkpoint in the sweep under `cwd` (0 if none yet)."""
-    files = list(cwd.glob(f"outputs/multirun/*/{job}/checkpoint/checkpoint.npz"))
-    return checkpoint.find(files[0].parent).epoch if files else 0
+    folder = checkpoint_folder(cwd, job)
+    return checkpoint.find(folder).epoch if folder is not None and (folder / checkpoint.FILE).is_file() else 0
+
+
+def hold_at_first_checkpoint(cwd: Path, jobs: list[int], sweep: subprocess.Popen) -> list:
+    """Holds each of the sweep's `jobs` still (SIGSTOP) as soon as it has written its first checkpoint;
+    returns their processes (`conftest.thaw_once_signalled` lets them go on)."""
+    frozen = {}
+    while len(frozen) < len(jobs):
+        for job in set(jobs) - set(frozen):
+            process = job_holding(checkpoint_folder(cwd, job)) if checkpointed_epoch(cwd, job) >= 1 else None
+            if process is not None:
+                process.suspend()
+                frozen[job] = process
+        assert sweep.poll() is None, f"the sweep ended before its jobs {jobs} checkpointed"
+        time.sleep(0.1)
+    return list(frozen.values())
 
 
 def parent_and_children(cwd: Path):
@@ -43,17 +67,20 @@ def parent_and_children(cwd: Path):
     return parents[0], sorted(children, key=lambda run: int(run.data.tags["sweep.job_num"]))
 
 
-def test_sweep_resume_refuses_what_it_cannot_continue_and_skips_a_finished_sweep(workdir):
+def test_sweep_resume_refuses_what_it_cannot_continue_and_skips_a_finished_sweep(workdir, capsys):
     first = run_cli(["-m", "dropout=0.1,0.3", *QUICK], workdir)
     assert first.returncode == 0, first.stderr[-3000:]
     parent, children = parent_and_children(workdir)
 
-    other = run_cli(["-m", "dropout=0.1,0.5", *QUICK, f"sweep.resume={parent.info.run_id}"], workdir)
-    assert other.returncode == 1
-    assert "sweep.resume: sweep" in other.stderr and "continue it with the same ones" in other.stderr
-    assert "Traceback" not in other.stderr
-    child = run_cli(["-m", "dropout=0.1,0.3", *QUICK, f"sweep.resume={children[0].info.run_id}"], workdir)
-    assert child.returncode == 1 and "is not the parent run of a sweep" in child.stderr
+    # Other overrides, or a job's run: refused before anything starts (the sweep's own check, in this process).
+    started_with = parent.data.tags[sweep.PARENT_OVERRIDES_TAG]
+    for target, overrides, said in [
+        (parent.info.run_id, started_with.replace("dropout=0.1,0.3", "dropout=0.1,0.5"), "continue it with the same ones"),
+        (children[0].info.run_id, started_with, "is not the parent run of a sweep"),
+    ]:
+        with pytest.raises(SystemExit) as refused:
+            sweep.reopen_parent(store_client(workdir), parent.info.experiment_id, target, overrides)
+        assert refused.value.code == 1 and said in capsys.readouterr().err
     single = run_cli([*QUICK, f"sweep.resume={parent.info.run_id}"], workdir)
     assert single.returncode == 1 and "goes with -m" in single.stderr
     assert len(all_runs(workdir)) == 3  # nothing new was started
@@ -74,10 +101,12 @@ def test_sweep_resume_refuses_what_it_cannot_continue_and_skips_a_finished_sweep
 
 @pytest.mark.heavy
 def test_a_stopped_parallel_sweep_leaves_no_run_running_and_goes_on_with_sweep_resume(workdir):
-    args = ["-m", "hydra/launcher=parallel", "dropout=0.1,0.3", *QUICK, "epochs=20", "eval.every=20"]
+    epochs = 4
+    args = ["-m", "hydra/launcher=parallel", "dropout=0.1,0.3", *QUICK, f"epochs={epochs}", f"eval.every={epochs}"]
     sweep = start_sweep(args, workdir)
-    wait_for(lambda: checkpointed_epoch(workdir, 0) >= 1 and checkpointed_epoch(workdir, 1) >= 1, sweep)
+    frozen = hold_at_first_checkpoint(workdir, [0, 1], sweep)  # so neither can finish before the stop reaches it
     sweep.send_signal(signal.SIGTERM)
+    thaw_once_signalled(frozen, signal.SIGTERM)
     _, stderr = sweep.communicate(timeout=600)
     assert sweep.returncode == 143, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
@@ -95,7 +124,34 @@ def test_a_stopped_parallel_sweep_leaves_no_run_running_and_goes_on_with_sweep_r
     client = store_client(workdir)
     for child in children:
         steps = [point.step for point in client.get_metric_history(child.info.run_id, scores.D_LOSS)]
-        assert sorted(steps) == list(range(1, 21))
+        assert sorted(steps) == list(range(1, epochs + 1))
+
+
+# A sweep process that starts a resource tracker (as joblib's workers do) and a job, then stops like a sweep that
+# got Ctrl-C; it prints whether the job ended and whether the tracker is left to end with it.
+STOPPING_SWEEP = """
+import multiprocessing.resource_tracker, subprocess, sys
+import psutil
+from ganlab.sweeps.sweep import close_orphaned_jobs
+from ganlab.tracking import store as tracking
+
+client, experiment_id = tracking.open_store(sys.argv[1], "ganlab")
+parent = client.create_run(experiment_id, tags={tracking.SWEEP_PARENT_TAG: "true"}).info.run_id
+multiprocessing.resource_tracker.ensure_running()
+job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+(tracker,) = [child for child in psutil.Process().children() if "resource_tracker" in " ".join(child.cmdline())]
+close_orphaned_jobs(client, parent)
+print(job.poll() is not None, tracker.status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD))
+"""
+
+
+def test_a_stopped_sweep_stops_its_jobs_and_leaves_resource_trackers_to_end_with_it(tmp_path):
+    """Resource trackers ignore SIGTERM and end with the sweep's process: waiting for them held every stopped
+    parallel sweep for a minute."""
+    done = subprocess.run([sys.executable, "-c", STOPPING_SWEEP, f"sqlite:///{tmp_path / 'mlflow.db'}"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["True", "True"]  # the job ended; the tracker was not waited for, nor killed
 
 
 def test_a_refused_checkpoint_of_a_sweep_job_leaves_its_run_failed_not_running(tmp_path):

@@ -354,7 +354,8 @@ def close_orphaned_jobs(client, parent_id: str) -> None:
     holds (`ganlab.tracking.run_lock`: joblib kills its workers outright) is marked KILLED. Their checkpoints stay: `sweep.resume` continues them."""
     import psutil
 
-    jobs = psutil.Process().children(recursive=True)
+    # multiprocessing's and joblib's resource trackers ignore SIGTERM and end with this process: not waited for
+    jobs = [child for child in psutil.Process().children(recursive=True) if not _is_resource_tracker(child)]
     for job in jobs:
         with contextlib.suppress(psutil.Error):
             job.terminate()
@@ -369,6 +370,15 @@ def close_orphaned_jobs(client, parent_id: str) -> None:
     for child in children:  # a run another live process trains (another machine's, a resume's) stays as it is
         close_left_running(client, child, "KILLED", f"KILLED: its sweep stopped before it ended; "
                            f"sweep.resume={parent_id} continues it")
+
+
+def _is_resource_tracker(process) -> bool:
+    import psutil
+
+    try:
+        return any("resource_tracker" in part for part in process.cmdline())
+    except psutil.Error:
+        return False
 
 
 def lost_jobs(sweep_dir: Path) -> dict[str, str]:
