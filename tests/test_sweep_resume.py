@@ -24,7 +24,6 @@ from ganlab.training import checkpoint
 from ganlab.training.resume import look_up
 from ganlab.core import scores
 from ganlab.training.job import signals_as_interrupt
-from test_resume import wait_for
 
 def start_sweep(args: list[str], cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "GANLAB_CACHE_DIR": str(EVAL_CACHE)}
@@ -44,9 +43,9 @@ def checkpointed_epoch(cwd: Path, job: int) -> int:
     return checkpoint.find(folder).epoch if folder is not None and (folder / checkpoint.FILE).is_file() else 0
 
 
-def hold_at_first_checkpoint(cwd: Path, jobs: list[int], sweep: subprocess.Popen) -> list:
-    """Holds each of the sweep's `jobs` still (SIGSTOP) as soon as it has written its first checkpoint;
-    returns their processes (`conftest.thaw_once_signalled` lets them go on)."""
+def hold_after_epoch_1(cwd: Path, jobs: list[int], running: subprocess.Popen) -> list:
+    """Holds each of the sweep's `jobs` still (SIGSTOP) as soon as it has checkpointed its first trained
+    epoch; returns their processes (`conftest.thaw_once_signalled` lets them go on)."""
     frozen = {}
     while len(frozen) < len(jobs):
         for job in set(jobs) - set(frozen):
@@ -54,7 +53,7 @@ def hold_at_first_checkpoint(cwd: Path, jobs: list[int], sweep: subprocess.Popen
             if process is not None:
                 process.suspend()
                 frozen[job] = process
-        assert sweep.poll() is None, f"the sweep ended before its jobs {jobs} checkpointed"
+        assert running.poll() is None, f"the sweep ended before its jobs {jobs} trained an epoch"
         time.sleep(0.1)
     return list(frozen.values())
 
@@ -103,12 +102,12 @@ def test_sweep_resume_refuses_what_it_cannot_continue_and_skips_a_finished_sweep
 def test_a_stopped_parallel_sweep_leaves_no_run_running_and_goes_on_with_sweep_resume(workdir):
     epochs = 4
     args = ["-m", "hydra/launcher=parallel", "dropout=0.1,0.3", *QUICK, f"epochs={epochs}", f"eval.every={epochs}"]
-    sweep = start_sweep(args, workdir)
-    frozen = hold_at_first_checkpoint(workdir, [0, 1], sweep)  # so neither can finish before the stop reaches it
-    sweep.send_signal(signal.SIGTERM)
+    running = start_sweep(args, workdir)
+    frozen = hold_after_epoch_1(workdir, [0, 1], running)  # so neither can finish before the stop reaches it
+    running.send_signal(signal.SIGTERM)
     thaw_once_signalled(frozen, signal.SIGTERM)
-    _, stderr = sweep.communicate(timeout=600)
-    assert sweep.returncode == 143, stderr[-3000:]
+    _, stderr = running.communicate(timeout=600)
+    assert running.returncode == 143, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
     assert [line for line in stderr.splitlines() if "interrupted by SIGTERM" in line] == [
         "ganlab: interrupted by SIGTERM: its runs are marked KILLED."]
