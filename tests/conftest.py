@@ -117,6 +117,78 @@ def job_holding(checkpoint_folder: Path):
     return None
 
 
+def checkpoint_folder(cwd: Path, job: int) -> Path | None:
+    """Job `job`'s checkpoint folder in the sweep run under `cwd`, by any launcher (None before the
+    sweep's folder exists)."""
+    from ganlab.training import checkpoint
+
+    found = sorted(cwd.glob(f"outputs/multirun/*/{job}"))
+    return found[0] / checkpoint.FOLDER if found else None
+
+
+def checkpointed_epoch(cwd: Path, job: int) -> int:
+    """The epoch of job `job`'s checkpoint in the sweep under `cwd` (0 for none yet, or the untrained one)."""
+    from ganlab.training import checkpoint
+
+    folder = checkpoint_folder(cwd, job)
+    return checkpoint.find(folder).epoch if folder is not None and (folder / checkpoint.FILE).is_file() else 0
+
+
+def holds_a_record_lock(pid: int) -> bool:
+    """True if process `pid` holds a POSIX record lock (/proc/locks): SQLite takes one on the MLflow store's file
+    for each transaction, so a process stopped holding one stalls every other writer of that store."""
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if fields[1] == "POSIX" and fields[4] == str(pid):  # `1: -> POSIX ...` (a waiter) does not match
+            return True
+    return False
+
+
+def hold_after_epoch_1(cwd: Path, running: subprocess.Popen, jobs: list[int], then: dict | None = None) -> dict:
+    """Holds the `jobs` of sweep `running` (run under `cwd`) still (SIGSTOP) right after each checkpoints its
+    first trained epoch, so none can finish whatever the test does next; returns {job: its psutil.Process}.
+
+    Each job's process is found while it starts (the one holding its folder's lock), so its hold follows its
+    checkpoint within one poll: a job of a few short epochs cannot slip through. A job caught inside a write
+    to the store is let go and caught again at the next poll: held there, it would stall the other jobs' writes.
+    `then[job](process)` is done to a held job's process next (e.g. ptrace it). Fails, never hangs, if the
+    sweep or an unheld job ends first; on a failure the jobs already held go on."""
+    import psutil
+
+    from ganlab.training import checkpoint
+
+    then = then or {}
+    found, held = {}, {}
+    deadline = time.monotonic() + 600  # only a guard against a hang
+    try:
+        while len(held) < len(jobs):
+            for job in sorted(set(jobs) - set(held)):
+                folder = checkpoint_folder(cwd, job)
+                if job not in found and folder is not None and (folder / checkpoint.LOCK_FILE).exists():
+                    found[job] = job_holding(folder)
+                process = found.get(job)
+                if process is None:
+                    found.pop(job, None)
+                elif checkpointed_epoch(cwd, job) >= 1:
+                    assert process.is_running() and process.status() != psutil.STATUS_ZOMBIE, (
+                        f"job {job} ended before it could be held after its first epoch")
+                    process.suspend()
+                    if holds_a_record_lock(process.pid):
+                        process.resume()
+                        continue
+                    held[job] = process
+                    then.get(job, lambda _: None)(process)
+            assert running.poll() is None, f"the sweep ended before its jobs {jobs} were held"
+            assert time.monotonic() < deadline, f"jobs {sorted(set(jobs) - set(held))} were never held after epoch 1"
+            time.sleep(0.02)
+    except BaseException:
+        for process in held.values():
+            with contextlib.suppress(psutil.Error):
+                process.resume()
+        raise
+    return held
+
+
 def signal_pending(pid: int, signum: int) -> bool:
     """True if `signum` waits, undelivered, for process `pid` (its /proc status: a stopped process keeps it there)."""
     try:

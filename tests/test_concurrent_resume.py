@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import MNIST_FILE, store_client
+from conftest import MNIST_FILE, hold_after_epoch_1, store_client
 from ganlab.core import filelock
 from ganlab.core.errors import InputError
 from ganlab.sweeps import sweep as sweep_tracking
@@ -23,8 +23,7 @@ from ganlab.tracking import store as tracking
 from ganlab.tracking.job_run import FAILURE_TAG, JobRun, close_left_running
 from ganlab.training import checkpoint
 from ganlab.core import scores
-from test_resume import wait_for
-from test_sweep_resume import checkpointed_epoch, parent_and_children, start_sweep
+from test_sweep_resume import parent_and_children, start_sweep
 
 EPOCHS = 3
 SWEEP = ["-m", "dropout=0.1,0.2,0.3", f"epochs={EPOCHS}", "steps_per_epoch=10", "eval.enabled=false",
@@ -35,7 +34,7 @@ def test_a_sweep_killed_half_way_goes_on_with_one_of_two_sweep_resumes_started_t
     """kill -9 of a sweep half way, then two `sweep.resume=<parent>` at once: one continues (the finished
     job skipped, the interrupted one continued in its own run, the rest started), the other names it."""
     first = start_sweep(SWEEP, workdir)
-    wait_for(lambda: checkpointed_epoch(workdir, 1) >= 1, first)  # job 0 done, job 1 half way, job 2 not started
+    hold_after_epoch_1(workdir, first, [1])  # job 0 done, job 1 half way, job 2 not started
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     parent, children = parent_and_children(workdir)

@@ -14,11 +14,10 @@ import optuna
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import EVAL_CACHE, FIXTURE_MNIST, QUICK, REPO, all_runs, run_cli
+from conftest import EVAL_CACHE, FIXTURE_MNIST, QUICK, REPO, all_runs, hold_after_epoch_1, run_cli
 from ganlab.core import scores
 from ganlab.sweeps import search, seed_stats
-from test_resume import wait_for
-from test_sweep_resume import checkpointed_epoch, parent_and_children
+from test_sweep_resume import parent_and_children
 
 GOOD_LR, BAD_LR = "1e-05", "0.05"  # after 6 steps on the fixture MNIST: fid about 327 for every seed, against 490-530
 # Two trials of three seeds. TPE (seed 0) draws its first two trials at random: index 1 of the choice, then
@@ -39,8 +38,8 @@ def start(args: list[str], cwd: Path) -> subprocess.Popen:
 @pytest.mark.heavy
 def test_a_killed_search_goes_on_in_its_study_and_stops_a_clearly_worse_trial_early(workdir):
     first = start(SEARCH, workdir)
-    # Trial 0 has its three seeds; trial 1's first seed (job 3) is half way: kill -9 the whole search.
-    wait_for(lambda: checkpointed_epoch(workdir, 3) >= 1, first)
+    # Trial 0 has its three seeds; trial 1's first seed (job 3) is half way, held there: kill -9 the whole search.
+    hold_after_epoch_1(workdir, first, [3])
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     (sweep_dir,) = workdir.glob("outputs/multirun/*")

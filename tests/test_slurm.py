@@ -25,10 +25,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from mlflow.exceptions import MlflowException
 
-from conftest import (EVAL_CACHE, QUICK, SLURM_GROUP, all_runs, artifact_paths, ctrl_c_as_in_a_terminal, run_cli,
-                      store_client, thaw_once_signalled)
+from conftest import (EVAL_CACHE, QUICK, SLURM_GROUP, all_runs, artifact_paths, ctrl_c_as_in_a_terminal,
+                      hold_after_epoch_1, run_cli, store_client, thaw_once_signalled)
 from ganlab.sweeps import slurm_wait
 from ganlab.sweeps.slurm import ACTIVE_STATES
 from ganlab.tracking.job_run import FAILURE_TAG
@@ -106,11 +105,6 @@ def checkpointed(cwd: Path, job_num: int) -> bool:
     return bool(folder and (folder / str(job_num) / checkpoint.FOLDER / checkpoint.FILE).is_file())
 
 
-def checkpointed_epoch(cwd: Path, job_num: int) -> int:
-    """The epoch of sweep job `job_num`'s checkpoint (0 before its first: the untrained one, or none)."""
-    return checkpoint.find(sweep_dir(cwd) / str(job_num) / checkpoint.FOLDER).epoch if checkpointed(cwd, job_num) else 0
-
-
 def slurm_states(job_ids: list[str]) -> dict[str, str]:
     arrays = ",".join(sorted({job_id.split("_")[0] for job_id in job_ids}))
     done = subprocess.run(["squeue", "--noheader", "--array", "--states=all", "--format=%i|%T", f"--jobs={arrays}"],
@@ -164,36 +158,6 @@ def cluster_restored():
         scontrol("update", f"nodename={node_name()}", "state=resume")
 
 
-def job_process(job_id: str) -> psutil.Process | None:
-    """The Python process of SLURM job `job_id` (`<array>_<task>`) on this node."""
-    array, task = job_id.split("_")
-    for process in psutil.process_iter(["name", "cmdline"]):
-        try:
-            command = " ".join(process.info["cmdline"] or [])
-            if "python" in (process.info["name"] or "") and "submitit.core._submit" in command:
-                env = process.environ()
-                if (env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")) == (array, task):
-                    return process
-        except psutil.Error:
-            continue
-    return None
-
-
-def hold_after_epoch_1(cwd: Path, sweep: subprocess.Popen, hold: dict) -> dict:
-    """{job number: its process}, each held by `hold[job number]` (called with its psutil.Process) as soon as
-    that job has checkpointed its first epoch: it cannot finish, whatever the test does next takes."""
-    held = {}
-    while len(held) < len(hold):
-        for job_num in set(hold) - set(held):
-            process = job_process(slurm_job_id(cwd, job_num)) if checkpointed_epoch(cwd, job_num) >= 1 else None
-            if process is not None:
-                hold[job_num](process)
-                held[job_num] = process
-        assert sweep.poll() is None, f"the sweep ended before its jobs {sorted(hold)} checkpointed"
-        time.sleep(0.1)
-    return held
-
-
 def hold_signals(pid: int) -> None:
     """Stops the main thread of process `pid` under ptrace (as a debugger would) until the process
     dies: the signals SLURM sends a cancelled job (SIGCONT, SIGTERM) then never reach its Python
@@ -217,16 +181,6 @@ def hold_signals(pid: int) -> None:
     threading.Thread(target=trace, daemon=True).start()
     attached.wait(30)
     assert not problem, f"ptrace of the job's process refused: {problem}"
-
-
-def job_run_with_epoch(cwd: Path, job_num: int, epoch: int) -> bool:
-    """True once sweep job `job_num` logged `d_loss` for `epoch` (its checkpoint of that epoch is written)."""
-    if not checkpointed(cwd, job_num):  # before it, the store may still be being created
-        return False
-    try:
-        return epoch in logged_epochs(cwd, job_num)
-    except (StopIteration, AssertionError, MlflowException):  # its run not yet there, or the store busy
-        return False
 
 
 # The rules that read SLURM's answers, on answers as SLURM gives them.
@@ -383,7 +337,7 @@ def test_a_preempted_and_a_requeued_job_continue_their_own_runs(workdir):
     # Both jobs held still (SIGSTOP) after their first epoch until the signal is there: it lands mid-training.
     epochs = 3
     sweep = start_sweep([*SLURM, "dropout=0.1,0.3", *QUICKER, "steps_per_epoch=20", f"epochs={epochs}"], workdir)
-    held = hold_after_epoch_1(workdir, sweep, {0: psutil.Process.suspend, 1: psutil.Process.suspend})
+    held = hold_after_epoch_1(workdir, sweep, [0, 1])
     preempted, requeued = slurm_job_id(workdir, 0), slurm_job_id(workdir, 1)
     subprocess.run(["scancel", "--signal=USR2", preempted], check=True)  # submitit's preemption signal
     subprocess.run(["scontrol", "requeue", requeued], check=True)  # SLURM's own requeue: SIGTERM, then again
@@ -415,12 +369,9 @@ def test_a_drained_node_a_restarted_controller_and_a_failed_node_are_waited_for(
     epochs = 3
     sweep = start_sweep([*SLURM, "hydra.launcher.cpus_per_task=2", f"epochs={epochs},1", *QUICKER, "steps_per_epoch=20"],
                         workdir, err_file)
-    wait_for(lambda: job_run_with_epoch(workdir, 0, 1), "epoch 1 of job 0", sweep)
-    job = slurm_job_id(workdir, 0)
-    held = job_process(job)
-    held.suspend()
+    held = hold_after_epoch_1(workdir, sweep, [0])[0]
     try:
-        drain_restart_and_fail(node, job, err_file, sweep)
+        drain_restart_and_fail(node, slurm_job_id(workdir, 0), err_file, sweep)
     finally:
         with contextlib.suppress(psutil.Error):
             held.resume()  # a no-op once its node's failure has ended it
@@ -466,7 +417,7 @@ def test_ctrl_c_of_the_sweep_cancels_its_jobs_and_sweep_resume_finishes_them(wor
     sweep = start_sweep(args, workdir)
     # After its first epoch, job 0 is held with SIGSTOP (the SIGCONT SLURM sends before its SIGTERM lets it go
     # on); job 1 hangs as on a dead disk: SLURM's SIGTERM never reaches it, SLURM SIGKILLs it after KillWait.
-    hold_after_epoch_1(workdir, sweep, {0: psutil.Process.suspend, 1: lambda process: hold_signals(process.pid)})
+    hold_after_epoch_1(workdir, sweep, [0, 1], then={1: lambda process: hold_signals(process.pid)})
     jobs = [slurm_job_id(workdir, 0), slurm_job_id(workdir, 1)]
     sweep.send_signal(signal.SIGINT)
     out, err = sweep.communicate(timeout=200)

@@ -8,12 +8,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import (EVAL_CACHE, QUICK, all_runs, artifact_paths, job_holding, run_cli, store_client,
+from conftest import (EVAL_CACHE, QUICK, all_runs, artifact_paths, hold_after_epoch_1, run_cli, store_client,
                       thaw_once_signalled)
 from omegaconf import OmegaConf
 
@@ -29,33 +28,6 @@ def start_sweep(args: list[str], cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "GANLAB_CACHE_DIR": str(EVAL_CACHE)}
     return subprocess.Popen([sys.executable, "-m", "ganlab.train", *args], cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-
-
-def checkpoint_folder(cwd: Path, job: int) -> Path | None:
-    """Job `job`'s checkpoint folder in the sweep under `cwd` (None before the sweep's folder exists)."""
-    found = list(cwd.glob(f"outputs/multirun/*/{job}"))
-    return found[0] / checkpoint.FOLDER if found else None
-
-
-def checkpointed_epoch(cwd: Path, job: int) -> int:
-    """The epoch of job `job`'s checkpoint in the sweep under `cwd` (0 if none yet)."""
-    folder = checkpoint_folder(cwd, job)
-    return checkpoint.find(folder).epoch if folder is not None and (folder / checkpoint.FILE).is_file() else 0
-
-
-def hold_after_epoch_1(cwd: Path, jobs: list[int], running: subprocess.Popen) -> list:
-    """Holds each of the sweep's `jobs` still (SIGSTOP) as soon as it has checkpointed its first trained
-    epoch; returns their processes (`conftest.thaw_once_signalled` lets them go on)."""
-    frozen = {}
-    while len(frozen) < len(jobs):
-        for job in set(jobs) - set(frozen):
-            process = job_holding(checkpoint_folder(cwd, job)) if checkpointed_epoch(cwd, job) >= 1 else None
-            if process is not None:
-                process.suspend()
-                frozen[job] = process
-        assert running.poll() is None, f"the sweep ended before its jobs {jobs} trained an epoch"
-        time.sleep(0.1)
-    return list(frozen.values())
 
 
 def parent_and_children(cwd: Path):
@@ -103,9 +75,9 @@ def test_a_stopped_parallel_sweep_leaves_no_run_running_and_goes_on_with_sweep_r
     epochs = 4
     args = ["-m", "hydra/launcher=parallel", "dropout=0.1,0.3", *QUICK, f"epochs={epochs}", f"eval.every={epochs}"]
     running = start_sweep(args, workdir)
-    frozen = hold_after_epoch_1(workdir, [0, 1], running)  # so neither can finish before the stop reaches it
-    running.send_signal(signal.SIGTERM)
-    thaw_once_signalled(frozen, signal.SIGTERM)
+    held = hold_after_epoch_1(workdir, running, [0, 1])
+    running.send_signal(signal.SIGTERM)  # neither job could finish before it
+    thaw_once_signalled(list(held.values()), signal.SIGTERM)
     _, stderr = running.communicate(timeout=600)
     assert running.returncode == 143, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
