@@ -144,9 +144,11 @@ def holds_a_record_lock(pid: int) -> bool:
     return False
 
 
-def hold_after_epoch_1(cwd: Path, running: subprocess.Popen, jobs: list[int], then: dict | None = None) -> dict:
-    """Holds the `jobs` of sweep `running` (run under `cwd`) still (SIGSTOP) right after each checkpoints its
-    first trained epoch, so none can finish whatever the test does next; returns {job: its psutil.Process}.
+def hold_after_checkpoint(cwd: Path, running: subprocess.Popen, jobs: list[int], epoch: int = 1,
+                          then: dict | None = None) -> dict:
+    """Holds the `jobs` of sweep `running` (run under `cwd`) still (SIGSTOP) right after each checkpoints
+    epoch `epoch` (0: the untrained checkpoint it writes once its run exists), so none can finish whatever
+    the test does next; returns {job: its psutil.Process}.
 
     Each job's process is found while it starts (the one holding its folder's lock), so its hold follows its
     checkpoint within one poll: a job of a few short epochs cannot slip through. A job caught inside a write
@@ -169,9 +171,9 @@ def hold_after_epoch_1(cwd: Path, running: subprocess.Popen, jobs: list[int], th
                 process = found.get(job)
                 if process is None:
                     found.pop(job, None)
-                elif checkpointed_epoch(cwd, job) >= 1:
+                elif (folder / checkpoint.FILE).is_file() and checkpointed_epoch(cwd, job) >= epoch:
                     assert process.is_running() and process.status() != psutil.STATUS_ZOMBIE, (
-                        f"job {job} ended before it could be held after its first epoch")
+                        f"job {job} ended before it could be held after epoch {epoch}")
                     process.suspend()
                     if holds_a_record_lock(process.pid):
                         process.resume()
@@ -179,7 +181,8 @@ def hold_after_epoch_1(cwd: Path, running: subprocess.Popen, jobs: list[int], th
                     held[job] = process
                     then.get(job, lambda _: None)(process)
             assert running.poll() is None, f"the sweep ended before its jobs {jobs} were held"
-            assert time.monotonic() < deadline, f"jobs {sorted(set(jobs) - set(held))} were never held after epoch 1"
+            unheld = sorted(set(jobs) - set(held))
+            assert time.monotonic() < deadline, f"jobs {unheld} were never held after epoch {epoch}"
             time.sleep(0.02)
     except BaseException:
         for process in held.values():

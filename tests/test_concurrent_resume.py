@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import MNIST_FILE, hold_after_epoch_1, store_client
+from conftest import MNIST_FILE, hold_after_checkpoint, store_client
 from ganlab.core import filelock
 from ganlab.core.errors import InputError
 from ganlab.sweeps import sweep as sweep_tracking
@@ -34,7 +34,7 @@ def test_a_sweep_killed_half_way_goes_on_with_one_of_two_sweep_resumes_started_t
     """kill -9 of a sweep half way, then two `sweep.resume=<parent>` at once: one continues (the finished
     job skipped, the interrupted one continued in its own run, the rest started), the other names it."""
     first = start_sweep(SWEEP, workdir)
-    hold_after_epoch_1(workdir, first, [1])  # job 0 done, job 1 half way, job 2 not started
+    hold_after_checkpoint(workdir, first, [1])  # job 0 done, job 1 half way, job 2 not started
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     parent, children = parent_and_children(workdir)

@@ -14,7 +14,7 @@ import optuna
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import EVAL_CACHE, FIXTURE_MNIST, QUICK, REPO, all_runs, hold_after_epoch_1, run_cli
+from conftest import EVAL_CACHE, FIXTURE_MNIST, QUICK, REPO, all_runs, hold_after_checkpoint, run_cli
 from ganlab.core import scores
 from ganlab.sweeps import search, seed_stats
 from test_sweep_resume import parent_and_children
@@ -39,7 +39,7 @@ def start(args: list[str], cwd: Path) -> subprocess.Popen:
 def test_a_killed_search_goes_on_in_its_study_and_stops_a_clearly_worse_trial_early(workdir):
     first = start(SEARCH, workdir)
     # Trial 0 has its three seeds; trial 1's first seed (job 3) is half way, held there: kill -9 the whole search.
-    hold_after_epoch_1(workdir, first, [3])
+    hold_after_checkpoint(workdir, first, [3])
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     (sweep_dir,) = workdir.glob("outputs/multirun/*")

@@ -14,11 +14,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import EVAL_CACHE, MNIST_FILE, all_runs, run_cli, store_client
+from conftest import EVAL_CACHE, MNIST_FILE, all_runs, hold_after_checkpoint, run_cli, store_client
 from ganlab.core.errors import InputError
 from ganlab.sweeps import settle, settle_plan, settle_report, settle_store
 from ganlab.tracking import store as tracking
-from test_resume import wait_for
 
 # The command, on the data the tests use.
 SETTLE = ["-m", "hydra/sweeper=settle", "dropout=0.1,0.5", "settle.pilot_seeds=2", "settle.max_seeds=4", "epochs=1",
@@ -87,8 +86,8 @@ def test_a_tiny_margin_runs_to_max_seeds_and_a_sweep_killed_in_stage_2_ends_with
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "GANLAB_CACHE_DIR": str(EVAL_CACHE)}
     sweep = subprocess.Popen([sys.executable, "-m", "ganlab.train", *command], cwd=workdir, env=env, text=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    # Stage 2 has begun: job 4 (the first beyond the 4 pilot jobs) has made its run and first checkpoint.
-    assert wait_for(lambda: list(workdir.glob("outputs/multirun/*/4/checkpoint/checkpoint.npz")), sweep)
+    # Stage 2 has begun: job 4 (the first beyond the 4 pilot jobs) has made its run and first checkpoint, held there.
+    hold_after_checkpoint(workdir, sweep, [4], epoch=0)
     os.killpg(sweep.pid, signal.SIGKILL)
     sweep.wait()
     parent, jobs, _ = sweep_runs(workdir)

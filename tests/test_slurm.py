@@ -27,7 +27,7 @@ import psutil
 import pytest
 
 from conftest import (EVAL_CACHE, QUICK, SLURM_GROUP, all_runs, artifact_paths, ctrl_c_as_in_a_terminal,
-                      hold_after_epoch_1, run_cli, store_client, thaw_once_signalled)
+                      hold_after_checkpoint, run_cli, store_client, thaw_once_signalled)
 from ganlab.sweeps import slurm_wait
 from ganlab.sweeps.slurm import ACTIVE_STATES
 from ganlab.tracking.job_run import FAILURE_TAG
@@ -337,7 +337,7 @@ def test_a_preempted_and_a_requeued_job_continue_their_own_runs(workdir):
     # Both jobs held still (SIGSTOP) after their first epoch until the signal is there: it lands mid-training.
     epochs = 3
     sweep = start_sweep([*SLURM, "dropout=0.1,0.3", *QUICKER, "steps_per_epoch=20", f"epochs={epochs}"], workdir)
-    held = hold_after_epoch_1(workdir, sweep, [0, 1])
+    held = hold_after_checkpoint(workdir, sweep, [0, 1])
     preempted, requeued = slurm_job_id(workdir, 0), slurm_job_id(workdir, 1)
     subprocess.run(["scancel", "--signal=USR2", preempted], check=True)  # submitit's preemption signal
     subprocess.run(["scontrol", "requeue", requeued], check=True)  # SLURM's own requeue: SIGTERM, then again
@@ -369,7 +369,7 @@ def test_a_drained_node_a_restarted_controller_and_a_failed_node_are_waited_for(
     epochs = 3
     sweep = start_sweep([*SLURM, "hydra.launcher.cpus_per_task=2", f"epochs={epochs},1", *QUICKER, "steps_per_epoch=20"],
                         workdir, err_file)
-    held = hold_after_epoch_1(workdir, sweep, [0])[0]
+    held = hold_after_checkpoint(workdir, sweep, [0])[0]
     try:
         drain_restart_and_fail(node, slurm_job_id(workdir, 0), err_file, sweep)
     finally:
@@ -417,7 +417,7 @@ def test_ctrl_c_of_the_sweep_cancels_its_jobs_and_sweep_resume_finishes_them(wor
     sweep = start_sweep(args, workdir)
     # After its first epoch, job 0 is held with SIGSTOP (the SIGCONT SLURM sends before its SIGTERM lets it go
     # on); job 1 hangs as on a dead disk: SLURM's SIGTERM never reaches it, SLURM SIGKILLs it after KillWait.
-    hold_after_epoch_1(workdir, sweep, [0, 1], then={1: lambda process: hold_signals(process.pid)})
+    hold_after_checkpoint(workdir, sweep, [0, 1], then={1: lambda process: hold_signals(process.pid)})
     jobs = [slurm_job_id(workdir, 0), slurm_job_id(workdir, 1)]
     sweep.send_signal(signal.SIGINT)
     out, err = sweep.communicate(timeout=200)

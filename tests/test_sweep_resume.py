@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (EVAL_CACHE, QUICK, all_runs, artifact_paths, hold_after_epoch_1, run_cli, store_client,
-                      thaw_once_signalled)
+from conftest import (EVAL_CACHE, QUICK, all_runs, artifact_paths, hold_after_checkpoint, run_cli,
+                      store_client, thaw_once_signalled)
 from omegaconf import OmegaConf
 
 from ganlab.core.errors import InputError
@@ -75,7 +75,7 @@ def test_a_stopped_parallel_sweep_leaves_no_run_running_and_goes_on_with_sweep_r
     epochs = 4
     args = ["-m", "hydra/launcher=parallel", "dropout=0.1,0.3", *QUICK, f"epochs={epochs}", f"eval.every={epochs}"]
     running = start_sweep(args, workdir)
-    held = hold_after_epoch_1(workdir, running, [0, 1])
+    held = hold_after_checkpoint(workdir, running, [0, 1])
     running.send_signal(signal.SIGTERM)  # neither job could finish before it
     thaw_once_signalled(list(held.values()), signal.SIGTERM)
     _, stderr = running.communicate(timeout=600)
