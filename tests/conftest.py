@@ -126,14 +126,6 @@ def checkpoint_folder(cwd: Path, job: int) -> Path | None:
     return found[0] / checkpoint.FOLDER if found else None
 
 
-def checkpointed_epoch(cwd: Path, job: int) -> int:
-    """The epoch of job `job`'s checkpoint in the sweep under `cwd` (0 for none yet, or the untrained one)."""
-    from ganlab.training import checkpoint
-
-    folder = checkpoint_folder(cwd, job)
-    return checkpoint.find(folder).epoch if folder is not None and (folder / checkpoint.FILE).is_file() else 0
-
-
 def holds_a_record_lock(pid: int) -> bool:
     """True if process `pid` holds a POSIX record lock (/proc/locks): SQLite takes one on the MLflow store's file
     for each transaction, so a process stopped holding one stalls every other writer of that store."""
@@ -171,7 +163,7 @@ def hold_after_checkpoint(cwd: Path, running: subprocess.Popen, jobs: list[int],
                 process = found.get(job)
                 if process is None:
                     found.pop(job, None)
-                elif (folder / checkpoint.FILE).is_file() and checkpointed_epoch(cwd, job) >= epoch:
+                elif (folder / checkpoint.FILE).is_file() and checkpoint.find(folder).epoch >= epoch:
                     assert process.is_running() and process.status() != psutil.STATUS_ZOMBIE, (
                         f"job {job} ended before it could be held after epoch {epoch}")
                     process.suspend()

@@ -26,8 +26,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import (EVAL_CACHE, QUICK, SLURM_GROUP, all_runs, artifact_paths, ctrl_c_as_in_a_terminal,
-                      hold_after_checkpoint, run_cli, store_client, thaw_once_signalled)
+from conftest import (EVAL_CACHE, QUICK, SLURM_GROUP, all_runs, artifact_paths, checkpoint_folder,
+                      ctrl_c_as_in_a_terminal, hold_after_checkpoint, run_cli, store_client, thaw_once_signalled)
 from ganlab.sweeps import slurm_wait
 from ganlab.sweeps.slurm import ACTIVE_STATES
 from ganlab.tracking.job_run import FAILURE_TAG
@@ -101,8 +101,8 @@ def slurm_job_id(cwd: Path, job_num: int) -> str | None:
 
 
 def checkpointed(cwd: Path, job_num: int) -> bool:
-    folder = sweep_dir(cwd)
-    return bool(folder and (folder / str(job_num) / checkpoint.FOLDER / checkpoint.FILE).is_file())
+    folder = checkpoint_folder(cwd, job_num)
+    return bool(folder and (folder / checkpoint.FILE).is_file())
 
 
 def slurm_states(job_ids: list[str]) -> dict[str, str]:
