@@ -5,7 +5,9 @@
 Runs `python -m ganlab.train epochs=1 steps_per_epoch=50` in a throw-away folder and
 prints the time from the command's start to its first training step (as the job
 reports it, plus the interpreter's start measured from outside), the whole wall time,
-and the peak resident memory (RSS) of the job's process.
+and the peak resident memory (RSS) of the job's process. Then the same job with a refused
+value (`epochs=abc`): how long a user waits for the error, and the CPU time it costs (it
+exits before TensorFlow loads).
 """
 
 from __future__ import annotations
@@ -43,6 +45,22 @@ def main() -> None:
           f"({interpreter:.1f} s interpreter, imports, Hydra and MLflow; {inside:.1f} s checks, data, TensorFlow, nets)")
     print(f"whole command:                        {wall:6.1f} s")
     print(f"peak memory (RSS) of the job:         {peak_mb:6.0f} MB")
+    wall, cpu = refused([*job, "epochs=abc"])
+    print(f"a refused value (epochs=abc) -> error: {wall:6.1f} s ({cpu:.1f} CPU-s)")
+
+
+def refused(job: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of a job the config check refuses, in a throw-away folder."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
+        result = subprocess.run([sys.executable, "-m", "ganlab.train", *job], cwd=folder, capture_output=True, text=True,
+                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        wall = time.perf_counter() - started
+    if result.returncode == 0 or "epochs: got 'abc'" not in result.stderr:
+        raise SystemExit(f"expected the config check to refuse epochs=abc; got exit {result.returncode}: {result.stderr[-500:]}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 if __name__ == "__main__":

@@ -39,11 +39,24 @@ EVAL_CACHE = Path(os.environ[CACHE_ENV])
 QUICK = ["epochs=1", "steps_per_epoch=5", "eval.num_samples=300", f"data.path={MNIST_FILE}"]
 
 
-def run_cli(args: list[str], cwd: Path, module: str = "ganlab.train", timeout: int = 600, env: dict | None = None):
-    """Run `python -m <module> args` for real in `cwd`; the store is cwd/mlruns by default."""
+# `python -m <module> args`, run as Python runs it, then a last stdout line saying whether TensorFlow was loaded.
+TELLS_IF_TENSORFLOW_LOADED = """import runpy, sys
+module, sys.argv = sys.argv[1], sys.argv[1:]
+try:
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+finally:
+    print("tensorflow loaded:", "tensorflow" in sys.modules, flush=True)
+"""
+
+
+def run_cli(args: list[str], cwd: Path, module: str = "ganlab.train", timeout: int = 600, env: dict | None = None,
+            tell_if_tensorflow_loaded: bool = False):
+    """Run `python -m <module> args` for real in `cwd`; the store is cwd/mlruns by default. With
+    `tell_if_tensorflow_loaded`, stdout ends with "tensorflow loaded: True" or "... False"."""
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "GANLAB_CACHE_DIR": str(EVAL_CACHE), **(env or {})}
+    command = ["-c", TELLS_IF_TENSORFLOW_LOADED, module] if tell_if_tensorflow_loaded else ["-m", module]
     return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
+        [sys.executable, *command, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
     )
 
 

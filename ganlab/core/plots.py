@@ -84,26 +84,33 @@ def fit_lines(text: str, width: int, separators=(" · ", ", ", ": ")) -> list[st
     return textwrap.wrap(text, width, break_long_words=False)
 
 
+PAIR_FRAME = 0.12  # the light grey between and around the digits (0 is white): a digit's own background is white
+
+
 def save_nearest_pairs(generated: np.ndarray, nearest: np.ndarray, path: str | Path, distances=None,
                        title: str | None = None) -> Path:
     """Generated images (top row) above their nearest training images (bottom row), both in [-1, 1];
-    `distances` (feature space) label the columns."""
+    `distances` (feature space) label the columns. Drawn as one image framed in light grey (one axes per
+    digit costs a job about 0.3 s more per evaluated epoch, for the same picture)."""
     generated, nearest = as_images(np.asarray(generated, np.float32)), as_images(np.asarray(nearest, np.float32))
-    columns = len(generated)
-    width = max(1.1 * columns, 3)
-    fig, axes = plt.subplots(2, columns, figsize=(width, 2.8), squeeze=False)
-    for column in range(columns):
-        for row, images in enumerate((generated, nearest)):
-            ax = axes[row, column]
-            ax.imshow((images[column] + 1) / 2, cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-        if distances is not None:
-            axes[0, column].set_title(f"{float(distances[column]):.2g}", fontsize=8)
-    axes[0, 0].set_ylabel("generated", fontsize=8)
-    axes[1, 0].set_ylabel("nearest train", fontsize=8)
+    columns, (height, width) = len(generated), generated.shape[1:]
+    gap = max(1, height // 7)
+    canvas = np.full((2 * height + 3 * gap, columns * (width + gap) + gap), PAIR_FRAME, dtype=np.float32)
+    lefts = [gap + column * (width + gap) for column in range(columns)]
+    for left, above, below in zip(lefts, generated, nearest):
+        canvas[gap : gap + height, left : left + width] = (above + 1) / 2
+        canvas[2 * gap + height : 2 * gap + 2 * height, left : left + width] = (below + 1) / 2
+    figure_width = max(1.1 * columns, 3)
+    fig, ax = plt.subplots(figsize=(figure_width, 2.8))
+    ax.imshow(canvas, cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_yticks([gap + height / 2, 2 * gap + 1.5 * height], ["generated", "nearest train"], fontsize=8)
+    labels = [f"{float(distance):.2g}" for distance in distances] if distances is not None else [""] * columns
+    ax.set_xticks([left + width / 2 for left in lefts], labels, fontsize=8)
+    ax.xaxis.tick_top()
+    ax.tick_params(length=0)
+    ax.spines[:].set_visible(False)
     what = title + ": closest to training images (feature distance)" if title else "closest to training images"
-    fig.suptitle("\n".join(fit_lines(what, int(13 * width))), fontsize=9)
+    fig.suptitle("\n".join(fit_lines(what, int(13 * figure_width))), fontsize=9)
     return _save(fig, path)
 
 

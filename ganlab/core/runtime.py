@@ -6,7 +6,9 @@ since the CUDA probe's and the tf.data/grappler "E0000" lines read like errors t
 drops TensorFlow's retracing warning, which a sweep's later jobs trigger by building new
 models in one process. `import_tensorflow()` imports TensorFlow with standard error held
 back: the lines logged before absl is initialised ignore the log level, so they are
-filtered by it here and only what it lets through is shown. `configure_tensorflow` seeds Python,
+filtered by it here and only what it lets through is shown. `Deferred` stands for TensorFlow or
+Keras in a module that uses them only inside its functions, so importing that module (a registry's
+names, a config's check) loads neither. `configure_tensorflow` seeds Python,
 NumPy, TensorFlow and Keras and sets the thread count and op determinism, both ways, so
 a later job of the same process gets exactly what its config says.
 """
@@ -14,6 +16,7 @@ a later job of the same process gets exactly what its config says.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import random
@@ -122,6 +125,27 @@ def import_tensorflow():
                 sys.stderr.write(shown)
                 sys.stderr.flush()
     return tf
+
+
+class Deferred:
+    """A module imported the first time one of its attributes is read, e.g. `tf = Deferred("tensorflow")`
+    at the top of a module that uses TensorFlow only inside its functions. The import goes through
+    `import_tensorflow` (the quiet way), and it happens in a job only once the job uses it: after its config
+    is checked, its resume looked up and its run opened, and after `configure_tensorflow` has set the
+    threads. A refused config or a refused resume so never waits for TensorFlow to load."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attribute: str):
+        module = sys.modules.get(self._name)
+        if module is None:
+            import_tensorflow()
+            module = importlib.import_module(self._name)
+        return getattr(module, attribute)
+
+    def __repr__(self) -> str:
+        return f"<{self._name}, imported at its first use>"
 
 
 def configure_tensorflow(seed: int, threads: int | None, deterministic: bool) -> None:

@@ -16,10 +16,11 @@ for `wgan_gp` is its own choice, `optimizer=wgan_gp` (ganlab.gan.optimizers).
 
 from __future__ import annotations
 
-import tensorflow as tf
-
 from ganlab.core.errors import InputError
 from ganlab.core.registry import Registry
+from ganlab.core.runtime import Deferred
+
+tf = Deferred("tensorflow")  # loads once a loss is computed, not when the registry's names are read
 
 LOSSES = Registry("loss")
 

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import math
 
-import keras
-
 from ganlab.core.errors import InputError
 from ganlab.core.registry import Registry
+from ganlab.core.runtime import Deferred
+
+keras = Deferred("keras")  # loads once a net is built, not when the registry's names are read
 
 MODELS = Registry("model")
 HIDDEN_POLICY = {"fp32": "float32", "bf16": "mixed_bfloat16"}  # keys: ganlab.core.config.DTYPES

@@ -10,9 +10,10 @@
 
 from __future__ import annotations
 
-import keras
-
 from ganlab.core.registry import Registry
+from ganlab.core.runtime import Deferred
+
+keras = Deferred("keras")  # loads once an optimizer is built, not when the registry's names are read
 
 OPTIMIZERS = Registry("optimizer")
 
