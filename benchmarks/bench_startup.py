@@ -31,11 +31,9 @@ def main() -> None:
     job = ["epochs=1", "steps_per_epoch=50"]
     job += [f"data.path={Path(args.data).resolve()}"] if args.data else []
     job += [] if args.eval else ["eval.enabled=false", "objective=null"]
-    with tempfile.TemporaryDirectory() as folder:
-        started = time.perf_counter()
-        result = subprocess.run([sys.executable, "-m", "ganlab.train", *job], cwd=folder, capture_output=True, text=True,
-                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, check=True)
-        wall = time.perf_counter() - started
+    result, wall, _ = run_job(job)
+    if result.returncode != 0:
+        raise SystemExit(f"the job failed (exit {result.returncode}): {result.stderr[-500:]}")
     inside = float(re.search(r"first step after ([0-9.]+) s", result.stdout).group(1))
     total_inside = float(re.search(r"; total ([0-9.]+) s", result.stdout).group(1))
     interpreter = wall - total_inside  # Python, Hydra, MLflow imports before the job's clock starts
@@ -45,22 +43,23 @@ def main() -> None:
           f"({interpreter:.1f} s interpreter, imports, Hydra and MLflow; {inside:.1f} s checks, data, TensorFlow, nets)")
     print(f"whole command:                        {wall:6.1f} s")
     print(f"peak memory (RSS) of the job:         {peak_mb:6.0f} MB")
-    wall, cpu = refused([*job, "epochs=abc"])
-    print(f"a refused value (epochs=abc) -> error: {wall:6.1f} s ({cpu:.1f} CPU-s)")
+    refused, refused_wall, cpu = run_job([*job, "epochs=abc"])
+    if refused.returncode == 0 or "epochs: got 'abc'" not in refused.stderr:
+        raise SystemExit(f"expected the config check to refuse epochs=abc; got exit {refused.returncode}: "
+                         f"{refused.stderr[-500:]}")
+    print(f"a refused value (epochs=abc) -> error: {refused_wall:6.1f} s ({cpu:.1f} CPU-s)")
 
 
-def refused(job: list[str]) -> tuple[float, float]:
-    """(wall seconds, CPU seconds) of a job the config check refuses, in a throw-away folder."""
+def run_job(job: list[str]) -> tuple[subprocess.CompletedProcess, float, float]:
+    """`python -m ganlab.train <job>` in a throw-away folder: (the finished process, wall seconds, CPU seconds)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
         result = subprocess.run([sys.executable, "-m", "ganlab.train", *job], cwd=folder, capture_output=True, text=True,
                                 env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
         wall = time.perf_counter() - started
-    if result.returncode == 0 or "epochs: got 'abc'" not in result.stderr:
-        raise SystemExit(f"expected the config check to refuse epochs=abc; got exit {result.returncode}: {result.stderr[-500:]}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return result, wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 if __name__ == "__main__":
