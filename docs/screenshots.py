@@ -21,15 +21,14 @@ server and the browser:
                         one column per run, at the latest epoch, run params hidden
     sweep_curves.png    the parent's Artifacts tab on summary/sweep_curves_<metric>.png (3 clicks)
     parent_page.png     the parent's page reached from MLflow's home page (http://127.0.0.1:PORT/)
-                        in a browser whose GenAI / Model training switch is on Model training:
+                        on a browser's first visit:
                         the description, the Metrics (sweep.best.*) and Parameters (sweep.swept.*,
                         sweep.fixed.*) cards
 
-The home-page path runs in fresh browser profiles: one measures the switch on the home page;
-the other opens the experiment from the home page as a first visit does (MLflow's GenAI
-overview), switches there, then goes home -> experiment -> parent -> its montage, says
-whether any page on the way was a GenAI one, and counts the clicks that make the sweep's
-runs table by hand from the experiment's runs page.
+The server runs as the command ganlab prints starts it (`--app-name ganlab`). The home-page
+path runs in a fresh browser profile, as a first visit: home -> experiment -> parent -> its
+montage, says whether any page on the way was a GenAI one, and counts the clicks that make
+the sweep's runs table by hand from the experiment's runs page.
 
 Needs Chromium (Debian: apt-get install chromium) and the websocket-client package. The
 clicks find MLflow 3.17's buttons by their labels; another MLflow version may need them
@@ -116,11 +115,12 @@ def run_sweep(folder: Path, data: str | None) -> None:
 
 @contextlib.contextmanager
 def mlflow_server(uri: str, folder: Path):
-    """`mlflow server` (the server behind `mlflow ui`) on a free local port, one worker; yields its URL."""
+    """`mlflow server` (the server behind `mlflow ui`) on a free local port, one worker, as the command ganlab
+    prints runs it (`--app-name ganlab`: its page opens experiments for model training); yields its URL."""
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
+         "--workers", "1", "--app-name", tracking.UI_APP],
         cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no background job workers
     )
@@ -247,40 +247,21 @@ def tree_node(name: str) -> str:
 # A GenAI page: its URL says so, or it is an experiment's GenAI view, or the sidebar is the GenAI one
 GENAI_PAGE = ("/[?&]workflowType=genai|#\\/experiments\\/[^/?]+\\/(overview|traces|chat-sessions)/.test(location.href) || "
               "document.body.innerText.includes('Training runs')")
+EXPERIMENT_LINK = "[...document.querySelectorAll('a')].find(a => a.innerText.trim() === 'ganlab')"  # on the home page
 
 
 def shoot_home_path(base: str, scratch: Path, parent_name: str, columns: list[str], path: Path) -> None:
     """MLflow's home page to the sweep's best setting (the parent's page, `path`) and to its montage, counted
-    in a browser whose GenAI / Model training switch is on Model training. Fresh profiles: one measures the
-    switch on the home page; in the other the experiment opens from the home page as on a first visit (GenAI),
-    is switched there, and the path is walked from the home page, each page checked for GenAI."""
-    switch = "[...document.querySelectorAll('[role=button]')].find(e => e.innerText.trim() === 'Model training')"
-    switched = "localStorage.getItem('mlflow.workflowType_v1') === '\"machine_learning\"'"
-    experiment = "[...document.querySelectorAll('a')].find(a => a.innerText.trim() === 'ganlab')"
-    with Browser(scratch / "chromium-home") as browser:
-        browser.open(f"{base}/", until_text="Recent Experiments")
-        browser.click(switch)
-        browser.wait(switched)
-        print(f"  the switch on the home page: {browser.clicks} click (Model training)", flush=True)
+    in a fresh browser profile (a first visit: MLflow's GenAI / Model training switch never set), each page
+    checked for GenAI."""
+    experiment = EXPERIMENT_LINK
     with Browser(scratch / "chromium-first-visit") as browser:
-        browser.open(f"{base}/", until_text="Recent Experiments")
-        browser.click(experiment)
-        browser.wait("document.body.innerText.includes('Training runs')")  # the GenAI sidebar
-        time.sleep(2)
-        genai, before, clicked = browser.js("location.hash"), browser.clicks, []
-        if browser.js(f"!!({button_with_text('Got it')})"):  # the Detect Issues tip over the page takes a click
-            browser.click(button_with_text("Got it"))
-            clicked.append("Got it")
-        browser.click(switch)
-        browser.wait(switched)
-        print(f"  home -> ganlab, switch never set: {before} click to a GenAI page ({genai.split('?')[0]}); "
-              f"switched there in {browser.clicks - before} clicks: {', '.join(clicked + ['Model training'])}", flush=True)
         browser.open(f"{base}/", until_text="Recent Experiments")
         genai_pages = []
         seen = lambda: genai_pages.extend([browser.js("location.hash")] if browser.js(GENAI_PAGE) else [])  # noqa: E731
         seen()
         browser.click(experiment)
-        browser.wait(f"document.body.innerText.includes({json.dumps(parent_name)})")
+        browser.wait(f"document.body.innerText.includes({json.dumps(parent_name)}) || {GENAI_PAGE}")
         seen()
         browser.click(f"[...document.querySelectorAll('a')].find(a => a.innerText.trim() === {json.dumps(parent_name)})")
         browser.wait("document.body.innerText.includes('Best job') && document.body.innerText.includes('Parameters (')")
@@ -295,7 +276,7 @@ def shoot_home_path(base: str, scratch: Path, parent_name: str, columns: list[st
         browser.wait("[...document.querySelectorAll('img')].some(i => !i.src.includes('compressed') && i.complete && "
                      "i.naturalWidth > 0)")
         seen()
-        print(f"  home -> the montage: {card} clicks to its card ({shown['src'].split('images/')[1][:20]}..., "
+        print(f"  home -> the montage, first visit: {card} clicks to its card ({shown['src'].split('images/')[1][:20]}..., "
               f"{shown['visible']:.0%} of it in the card), {browser.clicks} at full size; "
               f"GenAI pages passed: {genai_pages or 'none'}", flush=True)
         walk_to_montage_link(browser, base, parent_name, experiment)

@@ -1,13 +1,15 @@
 """A run in MLflow's own UI, in a real headless Chromium (docs/screenshots.py drives it over the
 DevTools protocol), at 1600 x 1000 with MLflow's Assistant panel open as a first visit opens it:
 the URL a job prints shows its newest sample grid whole without a click or a scroll; its per-step
-loss is a curve even after one epoch. Also what the store holds behind it: a grid at every epoch,
+loss is a curve even after one epoch; the server as ganlab's printed command starts it opens the
+experiment from MLflow's home page for model training, not GenAI, in a browser that never chose. Also what the store holds behind it: a grid at every epoch,
 every image also at the step MLflow's image card opens on, the experiment marked for model training.
 Skipped where no Chromium is installed (Debian: chromium)."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 
 import pytest
@@ -16,6 +18,7 @@ from conftest import QUICK, REPO, run_cli, store_client
 from ganlab.training import epochs
 from ganlab.core import scores
 from ganlab.tracking import store as tracking
+from ganlab.tracking import ui_app
 from test_mlflow_ui import logged_images
 
 sys.path.insert(0, str(REPO / "docs"))
@@ -106,3 +109,18 @@ def test_a_one_epoch_run_has_a_loss_curve(single_run, ui):
     browser.call("Page.navigate", url=f"{base}/{page}")
     browser.wait(f"{points} > 1", timeout=90)
     assert browser.js(points) > 1  # a curve over the epoch's steps, not the one point of its mean
+
+
+@NEEDS_BROWSER
+def test_the_home_pages_experiment_link_opens_model_training_on_a_first_visit(single_run, ui, tmp_path):
+    """`mlflow ui --app-name ganlab` (the printed command) in a fresh profile: MLflow's own switch would open GenAI."""
+    run, base = single_run[3], ui[0]
+    with screenshots.Browser(tmp_path / "profile") as browser:
+        browser.open(f"{base}/", until_text="Recent Experiments")
+        browser.click(screenshots.EXPERIMENT_LINK)
+        browser.wait(f"document.body.innerText.includes({json.dumps(run.info.run_name)}) || {screenshots.GENAI_PAGE}")
+        assert not browser.js(screenshots.GENAI_PAGE), browser.js("location.href")
+        assert browser.js("location.hash").startswith("#/experiments/") and "/runs" in browser.js("location.hash")
+        # the browser's switch, which MLflow's own links (e.g. a parent's "Child runs") follow, is on model training
+        switch = browser.js(f"localStorage.getItem({json.dumps(ui_app.SWITCH_KEY)})")
+        assert json.loads(switch) == ui_app.MODEL_TRAINING_VIEW

@@ -31,7 +31,8 @@ def test_short_run_writes_models_and_pictures(short_run):
                  "samples/epoch_001.png", "samples/epoch_002.png", "config.yaml", "train.log"):
         assert (output_dir / name).stat().st_size > 0, name
     assert re.search(r"trained 2 epochs \(40 steps\) in .* steps/s", result.stdout)
-    assert "mlflow ui --backend-store-uri sqlite:///" in result.stdout  # the job says how to look at it
+    # the job says how to look at it: with ganlab's app, whose page opens the experiment for model training
+    assert re.search(r"mlflow ui --backend-store-uri sqlite:///\S+ --port \d+ --app-name ganlab ", result.stdout)
 
 
 def test_saved_discriminator_has_the_requested_dropout(short_run):

@@ -31,6 +31,7 @@ from ganlab.core import filelock
 from ganlab.core.config import WHERE_KEYS
 from ganlab.core.defaults import flatten  # a run's params: the config with dotted keys
 from ganlab.core.errors import InputError
+from ganlab.tracking.ui_app import APP_NAME as UI_APP, MODEL_TRAINING_VIEW  # `mlflow ui --app-name ganlab`
 
 log = logging.getLogger(__name__)
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # MLflow sets INFO when imported: no schema-migration chatter
@@ -104,9 +105,8 @@ def resolve_uri(uri: str | None) -> str:
     return uri or default_tracking_uri()
 
 
-ML_VIEW = "workflowType=machine_learning"  # MLflow 3's UI opens an experiment on its GenAI views without it
-# The experiment tag MLflow 3's UI reads to open an experiment (from its home page, its own links
-# included) in model-training mode rather than GenAI: set on every experiment ganlab writes to.
+ML_VIEW = f"workflowType={MODEL_TRAINING_VIEW}"  # in a URL: MLflow 3's UI opens it for model training, not GenAI
+# MLflow's tag for an experiment's kind, set on every one ganlab writes to; MLflow 3.17's UI ignores it (ui_app)
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = {EXPERIMENT_KIND_TAG: "custom_model_development"}
 # An experiment tag holding a runs-table view (filter, sort, columns) as JSON: the UI applies it
@@ -145,10 +145,10 @@ def ui_hint(uri: str | None, experiment_id: str | None = None, run_id: str | Non
         program = shlex.quote(str(mlflow_cli)) if mlflow_cli.is_file() else "mlflow"
         base = f"http://127.0.0.1:{UI_PORT}"
         # The port hint is a shell comment, so the line still runs as pasted.
-        command = (f"{program} ui --backend-store-uri {shlex.quote(uri)} --port {UI_PORT}"
+        command = (f"{program} ui --backend-store-uri {shlex.quote(uri)} --port {UI_PORT} --app-name {UI_APP}"
                    f"  # {UI_PORT} taken? --port N, and :N in the URLs")
-    # The URL says machine learning too: the experiment's kind tag decides MLflow's home page and its
-    # own links, the URL a browser whose sidebar was last switched to GenAI.
+    # The URL says model training too: for a browser whose switch someone set to GenAI, and a UI
+    # started without `--app-name ganlab` (see ganlab.tracking.ui_app).
     url = f"{base}/{run_link(experiment_id, run_id, artifact)}" if experiment_id else base
     lines = ([f"look at it: {command}"] if command else []) + [f"then open {url}"]
     if experiment_id and view_key:
