@@ -2,8 +2,9 @@
 DevTools protocol), at 1600 x 1000 with MLflow's Assistant panel open as a first visit opens it:
 the URL a job prints shows its newest sample grid whole without a click or a scroll; its per-step
 loss is a curve even after one epoch; the server as ganlab's printed command starts it opens the
-experiment from MLflow's home page for model training, not GenAI, in a browser that never chose. Also what the store holds behind it: a grid at every epoch,
-every image also at the step MLflow's image card opens on, the experiment marked for model training.
+experiment from MLflow's home page for model training, not GenAI, in a browser that never chose.
+Also what the store holds behind it: a grid at every epoch, every image also at the step MLflow's
+image card opens on, the experiment marked for model training.
 Skipped where no Chromium is installed (Debian: chromium)."""
 
 from __future__ import annotations

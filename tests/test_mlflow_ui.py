@@ -168,3 +168,18 @@ def test_every_job_of_a_sweep_has_its_own_colour_in_the_ui(sweep):
     _, _, children = parent_and_children(sweep[0])
     colours = {child.data.tags[job_run.RUN_COLOR_TAG] for child in children}  # the UI's charts read this tag
     assert len(colours) == len(children) and colours <= set(job_run.RUN_COLORS)
+
+
+def test_ganlabs_ui_app_sets_the_switch_before_mlflows_page_code_runs():
+    """`mlflow ui --app-name ganlab` serves this MLflow's own index.html with the switch-setting line first
+    (tests/test_browser.py clicks through it); a page it does not know is left to MLflow, unchanged."""
+    from pathlib import Path
+
+    import mlflow.server
+    from ganlab.tracking import ui_app
+
+    mlflow_page = (Path(mlflow.server.app.static_folder) / "index.html").read_text()
+    page = ui_app.page_for_model_training(mlflow_page)
+    assert page is not None and page.replace(ui_app.SET_MODEL_TRAINING_ONCE, "", 1) == mlflow_page
+    assert page.index(ui_app.SET_MODEL_TRAINING_ONCE) < page.index("<script defer")  # before MLflow's own code
+    assert ui_app.page_for_model_training("<html><body></body></html>") is None

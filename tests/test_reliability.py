@@ -271,18 +271,6 @@ def test_sigint_during_the_imports_is_one_line(workdir):
 # ---------------------------------------------------------------------------- small things
 
 
-def test_the_ui_hint_is_quoted_and_uses_this_interpreters_mlflow(tmp_path):
-    import shlex
-
-    from ganlab.tracking.store import ui_hint
-
-    uri = f"sqlite:///{tmp_path / 'a folder é' / 'mlflow.db'}"
-    command = ui_hint(uri).splitlines()[0].removeprefix("look at it: ")
-    words = shlex.split(command, comments=True)  # the port hint is a shell comment
-    assert words[1:] == ["ui", "--backend-store-uri", uri, "--port", "5000"]
-    assert words[0] in (str(Path(sys.executable).parent / "mlflow"), "mlflow")
-
-
 def test_replaced_shipped_classifier_weights_and_json_are_refused(tmp_path, monkeypatch):
     import json
 

@@ -188,11 +188,11 @@ def test_the_children_are_named_within_the_limit(sweep):
 
 
 def test_the_ui_hint_runs_as_pasted_and_says_how_to_pick_another_port(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'a folder' / 'mlflow.db'}"
+    uri = f"sqlite:///{tmp_path / 'a folder é' / 'mlflow.db'}"  # quoted, spaces and all
     lines = tracking.ui_hint(uri, "7", "abc", view_key="sweep-abc").splitlines()
     command = lines[0].removeprefix("look at it: ")
     words = shlex.split(command, comments=True)  # what a shell runs: the port hint is a comment
-    assert words[1:] == ["ui", "--backend-store-uri", uri, "--port", str(tracking.UI_PORT)]
+    assert words[1:] == ["ui", "--backend-store-uri", uri, "--port", str(tracking.UI_PORT), "--app-name", "ganlab"]
     assert words[0] in (str(Path(sys.executable).parent / "mlflow"), "mlflow")
     assert "--port N" in command.split("#", 1)[1]
     assert lines[1] == f"then open http://127.0.0.1:{tracking.UI_PORT}/#/experiments/7/runs/abc?{tracking.ML_VIEW}"

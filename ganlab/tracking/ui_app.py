@@ -13,6 +13,7 @@ entry point `ganlab` in pyproject.toml; `ganlab.tracking.store.ui_hint` prints t
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 APP_NAME = "ganlab"  # the name after --app-name, as pyproject.toml registers it
@@ -26,26 +27,31 @@ SET_MODEL_TRAINING_ONCE = (
 )
 
 
-def page_for_model_training(index_html: str) -> str:
-    """MLflow's index.html with the switch-setting line first in its head, so it runs before MLflow's code."""
+def page_for_model_training(index_html: str) -> str | None:
+    """MLflow's index.html with the switch-setting line first in its head, so it runs before MLflow's
+    code; None for a page without the `<head>` MLflow 3.17 writes."""
     if "<head>" not in index_html:
-        raise ValueError("MLflow's index.html has no <head>: this MLflow's page is not the one ganlab knows")
+        return None
     return index_html.replace("<head>", "<head>" + SET_MODEL_TRAINING_ONCE, 1)
 
 
 def create_app():
     """MLflow's server app with its page served through `page_for_model_training` (Flask, or FastAPI
-    around it where MLflow serves with uvicorn, its default), as `mlflow ui --app-name ganlab` asks."""
+    around it where MLflow serves with uvicorn, its default), as `mlflow ui --app-name ganlab` asks.
+    Where this MLflow's page is not one ganlab knows, MLflow serves its own, and the server says so as it starts."""
     from flask import Response
     from mlflow.environment_variables import _MLFLOW_SGI_NAME
     from mlflow.server import app
 
-    index_file = Path(app.static_folder) / "index.html"
+    index = Path(app.static_folder) / "index.html"
+    page = page_for_model_training(index.read_text(encoding="utf-8")) if index.is_file() else None
+    if page is None:
+        logging.getLogger(__name__).warning(
+            f"ganlab: {index} is missing or has no <head>; MLflow serves its page unchanged, so its home page may open "
+            "experiments on its GenAI views (ganlab's printed links still open model training)")
+    else:
+        app.view_functions["serve"] = lambda: Response(page, mimetype="text/html")  # MLflow's route for its page
 
-    def serve():
-        return Response(page_for_model_training(index_file.read_text(encoding="utf-8")), mimetype="text/html")
-
-    app.view_functions["serve"] = serve  # MLflow's route for its page (and every path the React app owns)
     if _MLFLOW_SGI_NAME.get() == "uvicorn":
         from mlflow.server.fastapi_app import create_fastapi_app
 
