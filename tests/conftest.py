@@ -39,12 +39,14 @@ EVAL_CACHE = Path(os.environ[CACHE_ENV])
 QUICK = ["epochs=1", "steps_per_epoch=5", "eval.num_samples=300", f"data.path={MNIST_FILE}"]
 
 
-# `python -m <module> args`, run as Python runs it, then a last stdout line saying whether TensorFlow was loaded.
+# `python -m <module> args`, run as Python runs it, then two last stdout lines saying whether scikit-learn
+# and TensorFlow were loaded.
 TELLS_IF_TENSORFLOW_LOADED = """import runpy, sys
 module, sys.argv = sys.argv[1], sys.argv[1:]
 try:
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 finally:
+    print("scikit-learn loaded:", sys.modules.get("sklearn") is not None, flush=True)
     print("tensorflow loaded:", "tensorflow" in sys.modules, flush=True)
 """
 
@@ -52,7 +54,7 @@ finally:
 def run_cli(args: list[str], cwd: Path, module: str = "ganlab.train", timeout: int = 600, env: dict | None = None,
             tell_if_tensorflow_loaded: bool = False):
     """Run `python -m <module> args` for real in `cwd`; the store is cwd/mlruns by default. With
-    `tell_if_tensorflow_loaded`, stdout ends with "tensorflow loaded: True" or "... False"."""
+    `tell_if_tensorflow_loaded`, stdout ends with "scikit-learn loaded: True|False" and "tensorflow loaded: True|False"."""
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "GANLAB_CACHE_DIR": str(EVAL_CACHE), **(env or {})}
     command = ["-c", TELLS_IF_TENSORFLOW_LOADED, module] if tell_if_tensorflow_loaded else ["-m", module]
     return subprocess.run(

@@ -66,6 +66,18 @@ def test_start_up_lines_are_held_to_the_log_level_and_errors_pass():
     assert "To enable the following instructions" in everything and "absl::InitializeLog" not in everything
 
 
+def test_an_import_refused_for_a_while_imports_afterwards():
+    """How TensorFlow is imported without scikit-learn (a job's whole run: test_train_cli.py's short run)."""
+    name = "tabnanny"  # a standard module nothing here imports
+    sys.modules.pop(name, None)
+    with runtime.import_refused(name):
+        with pytest.raises(ImportError):
+            __import__(name)
+    assert __import__(name).__name__ == name
+    with runtime.import_refused(name):  # one imported already stays
+        assert __import__(name) is sys.modules[name]
+
+
 def test_the_wheel_carries_mnist_and_its_readme(tmp_path):
     """A non-editable install has the shipped copy: it is package data of the wheel."""
     for builder in ("setuptools", "wheel"):  # the build backend, without network access (no build isolation)

@@ -18,7 +18,7 @@ EVALUATION_METRICS = {"fid", "fid_logits", "classifier_score", "kid", "kid_std",
 def short_run(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("short_run")
     args = [*QUICK, "epochs=2", "steps_per_epoch=20", "dropout=0.1", "label_smoothing=0.2", "eval.every=1"]
-    result = run_cli(args, cwd)
+    result = run_cli(args, cwd, tell_if_tensorflow_loaded=True)
     assert result.returncode == 0, result.stderr[-3000:]
     output_dir = Path(re.search(r"job outputs in (\S+)", result.stdout).group(1))
     return cwd, result, output_dir
@@ -33,6 +33,8 @@ def test_short_run_writes_models_and_pictures(short_run):
     assert re.search(r"trained 2 epochs \(40 steps\) in .* steps/s", result.stdout)
     # the job says how to look at it: with ganlab's app, whose page opens the experiment for model training
     assert re.search(r"mlflow ui --backend-store-uri sqlite:///\S+ --port \d+ --app-name ganlab ", result.stdout)
+    # TensorFlow loaded without scikit-learn, which Keras would import for nothing (ganlab.core.runtime)
+    assert result.stdout.splitlines()[-2:] == ["scikit-learn loaded: False", "tensorflow loaded: True"]
 
 
 def test_saved_discriminator_has_the_requested_dropout(short_run):
