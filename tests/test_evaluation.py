@@ -1,8 +1,13 @@
 """Evaluator and the evaluate CLI on real fixture digits: score behaviour, caching, errors."""
 
+import fcntl
 import os
+import shutil
 import subprocess
 import sys
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,6 +127,34 @@ def test_real_statistics_are_cached_and_reused(small_mnist, classifier, tmp_path
 
     images = balanced_real(small_mnist, n=500)
     assert second.score(images) == first.score(images)
+
+
+def flock_waiter_on(path) -> bool:
+    """True if some process waits, blocked, for an flock on the file `path` (/proc/locks lists it with `->`)."""
+    inode = os.stat(path).st_ino
+    return any("->" in line and "FLOCK" in line and line.split()[-3].endswith(f":{inode}")
+               for line in Path("/proc/locks").read_text().splitlines())
+
+
+def test_jobs_starting_together_on_a_cold_cache_compute_the_statistics_once(small_mnist, classifier, tmp_path):
+    """A second evaluator waits while the first computes, then reads the first one's file (cache_hit)."""
+    computed = Evaluator.from_dataset(small_mnist, classifier=classifier, cache_dir=tmp_path / "elsewhere", **FAST_KID)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    lock_file = cache / f"{computed.cache_path.stem}.lock"
+    with open(lock_file, "a") as held:  # this test is the first job, computing
+        fcntl.flock(held, fcntl.LOCK_EX)
+        waiting = {}
+        second = threading.Thread(target=lambda: waiting.setdefault("evaluator", Evaluator.from_dataset(
+            small_mnist, classifier=classifier, cache_dir=cache, **FAST_KID)))
+        second.start()
+        while not flock_waiter_on(lock_file):
+            assert second.is_alive(), "the second evaluator did not wait for the statistics being computed"
+            time.sleep(0.01)
+        shutil.copy(computed.cache_path, cache / computed.cache_path.name)  # the first job's file appears
+    second.join()
+    assert waiting["evaluator"].cache_hit
+    assert np.array_equal(waiting["evaluator"].real.mu, computed.real.mu)
 
 
 def test_cache_key_changes_with_the_real_set(small_mnist, classifier, tmp_path):

@@ -1,16 +1,17 @@
 """A settle sweep on the one-node SLURM cluster (scripts/slurm-up.sh; skipped where it is not up, as
 tests/test_slurm.py is): the pilot and stage 2 each go to SLURM as a job array, and the verdict
-reads the scores the jobs logged from their nodes."""
+reads the scores the jobs logged from their nodes. It is also the test of a sweep's jobs as SLURM
+array tasks: each one's console log, one line per epoch, and the parent's summary."""
 
 from __future__ import annotations
 
 import pytest
 
-from conftest import run_cli, store_client
+from conftest import artifact_paths, run_cli, store_client
 from ganlab.sweeps import settle, settle_report
 from ganlab.tracking import store as tracking
 from test_settle import settings_and_seeds, sweep_runs
-from test_slurm import SLURM, TINY, cluster, sweep_dir
+from test_slurm import SLURM, TINY, TQDM_MARKS, cluster, sweep_dir
 
 
 @pytest.mark.heavy
@@ -27,3 +28,11 @@ def test_a_settle_sweep_runs_its_pilot_and_stage_2_as_job_arrays(workdir):
     arrays = {path.name.split("_")[0] for path in sweep_dir(workdir).glob(".submitit/*_*") if path.is_dir()}
     assert len(arrays) == 2  # one SLURM array per stage
     assert store_client(workdir).get_run(parent.info.run_id).data.tags[tracking.NOTE_TAG].startswith("**Settled**")
+    assert parent.info.status == "FINISHED"
+    assert "summary/sweep_summary.csv" in artifact_paths(store_client(workdir), parent.info.run_id)
+    logs = list(sweep_dir(workdir).glob(".submitit/*_*/*_log.*"))
+    assert len(logs) == 12  # stdout and stderr of the 6 jobs, which really ran under SLURM
+    text = "".join(log.read_text() for log in logs)
+    assert text.count("epoch 1/1") == 6  # the one-line-per-epoch console ...
+    assert not any(mark in text for mark in TQDM_MARKS)  # ... and no progress bars
+    assert "Bypassing sacct" not in done.stdout + done.stderr

@@ -275,23 +275,6 @@ def test_the_cluster_tests_are_one_xdist_group_and_the_shared_sweep_another(requ
 
 
 @cluster
-def test_a_sweep_runs_as_a_job_array(workdir):
-    result = run_cli([*SLURM, "dropout=0.1,0.3", *TINY, "epochs=2"], workdir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    parent, children = parent_and_children(workdir)
-    assert parent.info.status == "FINISHED"
-    assert [child.info.status for child in children] == ["FINISHED", "FINISHED"]
-    assert sorted(child.data.params["dropout"] for child in children) == ["0.1", "0.3"]
-    assert "summary/sweep_summary.csv" in artifact_paths(store_client(workdir), parent.info.run_id)
-    logs = list(sweep_dir(workdir).glob(".submitit/*_*/*_log.*"))
-    assert len(logs) == 4  # stdout and stderr of both jobs, which really ran under SLURM
-    text = "".join(log.read_text() for log in logs)
-    assert "epoch 2/2" in text  # the one-line-per-epoch console ...
-    assert not any(mark in text for mark in TQDM_MARKS)  # ... and no progress bars
-    assert "Bypassing sacct" not in result.stdout + result.stderr
-
-
-@cluster
 @pytest.mark.parametrize("ask, said", [
     ("hydra.launcher.cpus_per_task=64", "pending (PartitionConfig)"),
     ("hydra.launcher.mem_gb=100000", "SLURM refused the sweep's jobs"),

@@ -42,21 +42,21 @@ def test_sweep_summary_is_on_the_parent(dropout_sweep, tmp_path):
 
 
 @pytest.mark.heavy
-def test_eight_parallel_jobs_into_one_fresh_store_each_with_every_epoch(workdir):
-    """The parallel launcher with eight jobs at once writing into a store none of them found: no lost
-    write, every job FINISHED with every epoch, the cores shared out, and the summary's heatmap."""
-    args = ["-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=8", "dropout=0.0,0.3", "label_smoothing=0.0,0.2",
-            "seed=0,1", *QUICK, "epochs=2", "steps_per_epoch=3"]
+def test_four_parallel_jobs_into_one_fresh_store_each_with_every_epoch(workdir):
+    """The parallel launcher with four jobs at once (twice the cores here) writing into a store none of them
+    found: no lost write, every job FINISHED with every epoch, the cores shared out, and the summary's heatmap."""
+    args = ["-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=4", "dropout=0.0,0.3", "label_smoothing=0.0,0.2",
+            *QUICK, "epochs=2", "steps_per_epoch=3"]
     result = run_cli(args, workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "database is locked" not in result.stderr
     client = store_client(workdir)
     parent, children = sweep_runs(workdir)
-    assert len(children) == 8 and all(child.info.status == "FINISHED" for child in children)
-    assert sorted((c.data.params["dropout"], c.data.params["label_smoothing"], c.data.params["seed"]) for c in children) == [
-        (dropout, smoothing, seed) for dropout in ("0.0", "0.3") for smoothing in ("0.0", "0.2") for seed in ("0", "1")]
+    assert len(children) == 4 and all(child.info.status == "FINISHED" for child in children)
+    assert sorted((c.data.params["dropout"], c.data.params["label_smoothing"]) for c in children) == [
+        (dropout, smoothing) for dropout in ("0.0", "0.3") for smoothing in ("0.0", "0.2")]
     for child in children:
-        assert child.data.params["threads"] == str(max(1, os.cpu_count() // 8))  # null: the job takes cores / n_jobs
+        assert child.data.params["threads"] == str(max(1, os.cpu_count() // 4))  # null: the job takes cores / n_jobs
         for metric in ("d_loss", "g_loss", "d_real", "d_fake", "steps_per_sec"):
             assert [point.step for point in client.get_metric_history(child.info.run_id, metric)] == [1, 2], metric
     assert "summary/sweep_heatmap_fid.png" in artifact_paths(client, parent.info.run_id)

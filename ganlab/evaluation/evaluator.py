@@ -12,7 +12,9 @@ as an .npz in `$GANLAB_CACHE_DIR` (default `~/.cache/ganlab`). The file name is 
 of the classifier's sha256, the real images' sha256, their count and the k values, so
 changing any of them gives a new cache entry instead of stale numbers. A cache file that
 cannot be read, or whose arrays have the wrong shapes for this classifier and reference
-set, is a miss: recomputed and replaced.
+set, is a miss: recomputed and replaced. Statistics are computed by one process at a time (an
+`flock` beside the cache file): jobs that start together on a cold cache, as a parallel sweep's
+do, wait for the first one's file instead of each computing the same statistics.
 
 Given the training images too (`from_dataset` passes them), the evaluator also scores
 memorization: each generated image's nearest training image in the classifier's feature
@@ -38,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from ganlab.evaluation import metrics
-from ganlab.core import scores
+from ganlab.core import filelock, scores
 from ganlab.evaluation.classifier import Classifier, softmax
 from ganlab.evaluation.classifier import load as load_classifier
 from ganlab.core.data import IMAGE_LAYOUTS_TEXT, IMAGE_SHAPE, Dataset, as_images, is_image_batch, to_unit_range
@@ -143,7 +145,7 @@ class Evaluator:
         cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.cache_path = cache_dir / f"real_stats_{self._cache_key(real_images)}.npz"
         self.cache_hit = False
-        self.real = self._load_cached() or self._compute_and_cache(real_images)
+        self.real = self._load_cached() or self._computed_once(real_images)
         self.memorization_threshold = (metrics.memorization_threshold(self.real.test_nearest, MEMORIZATION_QUANTILE)
                                        if len(self.real.test_nearest) else math.nan)
 
@@ -264,6 +266,22 @@ class Evaluator:
                     "radii_precision": (n,), "radii_density": (n,), "class_counts": (c,), "class_mu": (c, d),
                     "class_sigma": (c, d, d), "train_features": (num_train, d), "test_nearest": (n if num_train else 0,)}
         return all(getattr(stats, name).shape == shape for name, shape in expected.items())
+
+    def _computed_once(self, real_images: np.ndarray) -> RealStats:
+        """The statistics, under the cache file's lock: read from the file when another process wrote it
+        while this one waited, computed and cached otherwise. Where no lock can be had (a cache folder that
+        cannot be written, a disk without locks) they are computed as if there were none."""
+        try:
+            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+            lock = open(filelock.lock_path(self.cache_path.parent, f"{self.cache_path.stem}.lock"), "a")
+        except OSError:
+            return self._compute_and_cache(real_images)  # and its write warns that nothing could be cached
+        with lock:  # closing the file releases the lock
+            try:
+                filelock.flock(lock)
+            except InputError:
+                return self._compute_and_cache(real_images)
+            return self._load_cached() or self._compute_and_cache(real_images)
 
     def _compute_and_cache(self, real_images: np.ndarray) -> RealStats:
         features, logits = self.classifier.features_and_logits(to_unit_range(real_images))
