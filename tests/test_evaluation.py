@@ -1,6 +1,7 @@
 """Evaluator and the evaluate CLI on real fixture digits: score behaviour, caching, errors."""
 
 import fcntl
+import logging
 import os
 import shutil
 import subprocess
@@ -136,8 +137,9 @@ def flock_waiter_on(path) -> bool:
                for line in Path("/proc/locks").read_text().splitlines())
 
 
-def test_jobs_starting_together_on_a_cold_cache_compute_the_statistics_once(small_mnist, classifier, tmp_path):
-    """A second evaluator waits while the first computes, then reads the first one's file (cache_hit)."""
+def test_jobs_starting_together_on_a_cold_cache_compute_the_statistics_once(small_mnist, classifier, tmp_path, caplog):
+    """A second evaluator says it waits while the first computes, then reads the first one's file (cache_hit)."""
+    caplog.set_level(logging.INFO, logger=evaluation_module.__name__)
     computed = Evaluator.from_dataset(small_mnist, classifier=classifier, cache_dir=tmp_path / "elsewhere", **FAST_KID)
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -154,6 +156,7 @@ def test_jobs_starting_together_on_a_cold_cache_compute_the_statistics_once(smal
         shutil.copy(computed.cache_path, cache / computed.cache_path.name)  # the first job's file appears
     second.join()
     assert waiting["evaluator"].cache_hit
+    assert f"another process is computing the real statistics for {cache / computed.cache_path.name}" in caplog.text
     assert np.array_equal(waiting["evaluator"].real.mu, computed.real.mu)
 
 

@@ -494,3 +494,30 @@ def test_a_partial_file_left_by_kill_9_is_removed_on_resume_and_on_the_next_writ
     (folder / ".checkpoint-killed.partial").write_bytes(b"half a checkpoint")
     checkpoint.save(folder, [np.ones(2)], [], {**meta, "epoch": 2})
     assert not list(folder.glob(checkpoint.PARTIAL_PATTERN))
+
+
+def test_a_stop_during_a_store_write_takes_effect_as_the_write_returns_and_the_run_ends_killed(tmp_path):
+    """SIGTERM handled inside a write to the SQLite store: raised there, in SQLite's executemany, it once left the
+    write's transaction open and the store locked, so the run's closing could not mark it KILLED and it stayed
+    RUNNING. Now the write completes, then the job stops, and its run is KILLED."""
+    from mlflow.entities import Metric
+
+    from ganlab.tracking.job_run import JobRun
+    from ganlab.tracking.store import store_call
+    from ganlab.training.job import signals_as_interrupt
+
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+
+    def write_while_stopped(run):
+        os.kill(os.getpid(), signal.SIGTERM)  # the job's handler runs here, before the write below
+        run.client.log_batch(run.run_id, metrics=[Metric("d_loss", 0.5, 0, 1)])
+        return "written"
+
+    written = []
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        with signals_as_interrupt(), JobRun(uri, "ganlab", tmp_path / "out", "stopped", {}) as run:
+            written.append(store_call(uri, lambda: write_while_stopped(run)))
+    assert written == []  # the stop ended the job as the call returned
+    client = store_client(tmp_path)
+    assert [point.step for point in client.get_metric_history(run.run_id, "d_loss")] == [1]  # the write is whole
+    assert client.get_run(run.run_id).info.status == "KILLED"

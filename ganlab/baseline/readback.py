@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ganlab.core import scores
+from ganlab.core import machine, scores
 from ganlab.tracking import store as tracking
 from ganlab.tracking.job_run import FAILURE_TAG
 from ganlab.baseline.record import (EPOCH_METRICS, MACHINE_JSON, RECORDED_STEPS, RUNS_CSV, TABLE_MD, step_metric,
@@ -94,7 +94,7 @@ def run_environment(run, fallback: dict | None = None) -> dict:
         "git_dirty": tags.get("git.dirty", "unknown"),
         "python": tags.get("version.python", "unknown"),
         "versions": {package: tags.get(f"version.{package}", fallback.get("versions", {}).get(package, "unknown"))
-                     for package in tracking.PACKAGES},
+                     for package in machine.PACKAGES},
         "data_sha256": tags.get(tracking.DATA_SHA_TAG, "unknown"),
     }
 
@@ -108,17 +108,8 @@ def _as_int(value):
 
 def this_machine() -> dict:
     """This machine's facts in run_environment's shape (for runs made before machine tags existed)."""
-    from importlib import metadata
-
-    from ganlab.core import machine
-
     facts = machine.describe()
-    versions = {}
-    for package in tracking.PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "not installed"
+    versions = {package: machine.package_version(package) for package in machine.PACKAGES}
     return {**facts, "isa": machine.isa_flags(), "cores": int(facts["cores"]), "versions": versions}
 
 
@@ -156,7 +147,7 @@ def record_sweep(folder: Path, uri: str | None, experiment: str, parent: str | N
         values.update({(job.dtype, job.seed, metric, epoch): value for (metric, epoch), value in job.values.items()})
         values.update({(job.dtype, job.seed, metric, step): value for (metric, step), value in job.steps.items()})
     first = children[0]
-    machine = {**environments[0]}
+    described = {**environments[0]}
     notes = []
     if "machine.isa" not in first.data.tags:
         notes.append("cpu_model, isa, cores and accelerator are those of the machine that wrote this record: "
@@ -166,7 +157,7 @@ def record_sweep(folder: Path, uri: str | None, experiment: str, parent: str | N
         notes.append(f"versions of {', '.join(missing)} are those installed where this record was written: "
                      "the runs have no tag for them.")
     started = client.get_run(parent).info.start_time
-    machine.update({
+    described.update({
         "date": datetime.datetime.fromtimestamp(started / 1000, datetime.timezone.utc).strftime("%Y-%m-%d"),
         "data_source": first.data.tags.get(tracking.DATA_SOURCE_TAG, "unknown"),
         "eval_classifier_sha256": first.data.tags.get(tracking.CLASSIFIER_SHA_TAG, "unknown"),
@@ -177,7 +168,7 @@ def record_sweep(folder: Path, uri: str | None, experiment: str, parent: str | N
         "source": {"tracking_uri": tracking.resolve_uri(uri), "experiment": experiment, "parent_run_id": parent},
         "notes": notes,
     })
-    table = write_baseline(folder, values, machine)
+    table = write_baseline(folder, values, described)
     return (f"record of sweep {parent} ({len(children)} jobs) written to {folder}/: {RUNS_CSV} ({len(values)} values), "
             f"{MACHINE_JSON}, {TABLE_MD}\n\n{table}")
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import tempfile
@@ -52,6 +53,8 @@ MEMORIZATION_SAMPLES = 1000  # generated images searched against every training 
 MEMORIZATION_QUANTILE = 0.01  # the threshold: this quantile of the test images' nearest-training distances
 NEAREST_PAIRS = 10  # the closest (generated, training) pairs the picture shows
 REFERENCE_SPLIT = "test"  # which of the dataset's splits the scores compare with
+
+log = logging.getLogger(__name__)
 
 
 def evaluation_noise(seed: int, num_samples: int, random_dim: int) -> np.ndarray:
@@ -278,7 +281,9 @@ class Evaluator:
             return self._compute_and_cache(real_images)  # and its write warns that nothing could be cached
         with lock:  # closing the file releases the lock
             try:
-                filelock.flock(lock)
+                if not filelock.flock(lock, exclusive_now=True):
+                    log.info("another process is computing the real statistics for %s; waiting for it", self.cache_path)
+                    filelock.flock(lock)
             except InputError:
                 return self._compute_and_cache(real_images)
             return self._load_cached() or self._compute_and_cache(real_images)

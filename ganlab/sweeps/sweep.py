@@ -37,7 +37,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from ganlab.core import config as ganlab_config
-from ganlab.core import scores
+from ganlab.core import machine, scores
 from ganlab.sweeps import search, settle_report, settle_store
 from ganlab.sweeps.ranking import SUMMARY_DIR
 from ganlab.sweeps import summary as sweep_report
@@ -135,7 +135,7 @@ class SweepTracking(Callback):
             run = self.client.create_run(
                 experiment_id,
                 run_name=f"sweep {' x '.join(keys) or 'jobs'}",
-                tags={**tracking.environment_tags(), PARENT_OVERRIDES_TAG: overrides,
+                tags={**machine.environment_tags(), PARENT_OVERRIDES_TAG: overrides,
                       "sweep.dir": str(sweep_dir.resolve()), tracking.SWEEP_PARENT_TAG: "true",
                       "mlflow.source.name": "ganlab.train -m", "mlflow.source.type": "LOCAL", **self.lock.tag()},
             )

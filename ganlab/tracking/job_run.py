@@ -27,7 +27,7 @@ from ganlab.core import machine
 from ganlab.tracking.run_lock import AlreadyFinished, RunLock, closable
 from ganlab.tracking.store import JOB_NUM_TAG
 from ganlab.tracking.store import (CLOSING_WAITS, DATASET_CONTEXT_TAG, DIGEST_LENGTH, PARENT_RUN_TAG, StoreError,
-                             environment_tags, open_store, package_version, resolve_uri, store_call, store_failure)
+                             open_store, resolve_uri, store_call, store_failure)
 
 FAILURE_TAG = "failure_reason"
 MACHINE_TAG_PREFIX = "machine."  # the machine a run ran on: machine.cpu_model, machine.isa, machine.threads, ...
@@ -105,7 +105,7 @@ class JobRun:
 
     def __enter__(self) -> "JobRun":
         self.client, self.experiment_id = open_store(self.uri, self.experiment)
-        tags = {**environment_tags(), **machine_tags(self.threads), **self.tags}
+        tags = {**machine.environment_tags(), **machine_tags(self.threads), **self.tags}
         if JOB_NUM_TAG in tags and str(tags[JOB_NUM_TAG]).isdigit():  # a sweep's job: its own colour in the charts
             tags.setdefault(RUN_COLOR_TAG, run_color(tags[JOB_NUM_TAG]))
         if self.resume_run_id:  # the same run goes on: params stay as first logged
@@ -247,7 +247,7 @@ class JobRun:
         signature = infer_signature(input_example, model.predict(input_example, verbose=0))
         params = self.client.get_run(self.run_id).data.params
         logged = self.client.create_logged_model(self.experiment_id, name=name, source_run_id=self.run_id, params=params)
-        requirements = [f"{package}=={package_version(package)}" for package in ("tensorflow", "keras")]
+        requirements = [f"{package}=={machine.package_version(package)}" for package in ("tensorflow", "keras")]
         # MLflow checks the input example with `model.predict`, whose progress bar goes to stdout.
         with _tracking_uri_set_to(resolve_uri(self.uri)), contextlib.redirect_stdout(io.StringIO()):
             info = Model.log(artifact_path=None, name=name, flavor=mlflow.tensorflow, model=model, run_id=self.run_id,

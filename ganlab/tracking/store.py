@@ -13,21 +13,18 @@ them from anywhere. Calls to a tracking server are bounded in time (see
 
 from __future__ import annotations
 
-import getpass
+import contextlib
 import logging
 import os
-import platform
 import shlex
-import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from ganlab.core import filelock
+from ganlab.core import filelock, interrupts
 from ganlab.core.config import WHERE_KEYS
 from ganlab.core.defaults import flatten  # a run's params: the config with dotted keys
 from ganlab.core.errors import InputError
@@ -57,8 +54,6 @@ DATA_SHA_TAG = "data.sha256"  # the sha256 of the data a run trained on: written
 CLASSIFIER_SHA_TAG = "eval.classifier_sha256"  # the sha256 of the weights that scored a run (the evaluator's scoring_tags)
 DATASET_CONTEXT_TAG = "mlflow.data.context"  # the UI's badge beside a run's dataset
 DIGEST_LENGTH = 12  # a dataset digest as the UI shows it, like a short git hash (MLflow stores at most 36)
-PACKAGES = ("tensorflow", "keras", "mlflow", "hydra-core", "numpy", "scipy")
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SERVER_TIMEOUT_S = 10
 # Bounded waits on a tracking server (each can be overridden in the environment): a
 # request gives up after 10 s and is retried once (about 21 s in all), so a server whose
@@ -203,6 +198,11 @@ def open_reader(uri: str | None, experiment: str | None = None, option: str = "-
     return client, found.experiment_id
 
 
+def is_database(uri: str) -> bool:
+    """A store MLflow reaches through SQLAlchemy (SQLite, PostgreSQL, MySQL, ...), not over HTTP."""
+    return "://" in uri and not uri.startswith(("http://", "https://", "databricks"))
+
+
 def check_uri(uri: str, option: str = "tracking.uri") -> None:
     """Refuse, before anything is created, a SQLite path relative to the working folder that leaves it
     (`sqlite:///../../x.db`; an absolute `sqlite:////...` may be anywhere) and a database URI whose
@@ -214,7 +214,7 @@ def check_uri(uri: str, option: str = "tracking.uri") -> None:
                              f"{str(Path.cwd())!r}; give an absolute one (four slashes: sqlite:////abs/path/mlflow.db) "
                              "or a path inside this folder (sqlite:///mlruns/mlflow.db).")
         return
-    if uri.startswith(("http://", "https://", "databricks")) or "://" not in uri:
+    if not is_database(uri):
         return
     import sqlalchemy
 
@@ -231,9 +231,11 @@ def check_uri(uri: str, option: str = "tracking.uri") -> None:
 
 
 def store_call(uri: str, call, option: str = "tracking.uri"):
-    """Run one store call; a broken store or a failing server becomes a StoreError naming the URI and the cause."""
+    """Run one store call; a broken store or a failing server becomes a StoreError naming the URI and the cause.
+    On a database store, a job's stop signal waits for the call to return (`ganlab.core.interrupts`)."""
     try:
-        return call()
+        with interrupts.held() if is_database(uri) else contextlib.nullcontext():
+            return call()
     except Exception as error:
         # inside a store call, an OSError is the store's too: its artifact folder is full or read-only
         failure = store_failure(uri, error, option, os_errors=True)
@@ -406,45 +408,3 @@ def run_params(config: dict) -> dict[str, Any]:
             continue
         params[key] = value
     return params
-
-
-def environment_tags() -> dict[str, str]:
-    """Git commit and dirtiness of the code, versions of what ran it, and who and what started it."""
-    tags = {"version.python": platform.python_version(), "version.ganlab": package_version("ganlab")}
-    for package in PACKAGES:
-        tags[f"version.{package}"] = package_version(package)
-    commit, dirty = _git_state(PROJECT_ROOT)
-    tags["git.commit"] = commit
-    tags["git.dirty"] = dirty
-    if commit != "unknown":
-        tags["mlflow.source.git.commit"] = commit
-    tags["mlflow.user"] = _user()
-    return tags
-
-
-def package_version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
-
-
-def _git_state(folder: Path) -> tuple[str, str]:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=folder, capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        dirty = "true" if git("status", "--porcelain", "--untracked-files=no") else "false"
-        return commit, dirty
-    except (OSError, subprocess.SubprocessError):
-        return "unknown", "unknown"

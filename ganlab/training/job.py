@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 from ganlab.training import checkpoint
 from ganlab.training.resume import look_up, resume_into
 from ganlab.core import config
+from ganlab.core import interrupts
 from ganlab.training import epochs
 from ganlab.training import outputs
 from ganlab.core import runtime
@@ -199,7 +200,7 @@ def signals_as_interrupt():
             log.warning("%s while the job is already stopping: ignored, so its run's closing is not cut short", name)
             return
         stop.received.append(name)
-        raise KeyboardInterrupt(f"signal {name}")
+        interrupts.stop(name)  # at once, or as a store write in progress returns (`ganlab.core.interrupts`)
 
     if threading.current_thread() is not threading.main_thread():
         yield stop
