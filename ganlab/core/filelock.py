@@ -32,6 +32,12 @@ def lock_path(guarded: Path, name: str) -> Path:
     return Path(lock_dir) / f"{digest}-{name}"
 
 
+def open_lock_file(guarded: Path, name: str):
+    """The lock file for the folder `guarded` (`lock_path`), opened for `flock`; the folder is made if missing."""
+    Path(guarded).mkdir(parents=True, exist_ok=True)
+    return open(lock_path(guarded, name), "a")
+
+
 def flock(stream, exclusive_now: bool = False) -> bool:
     """Take an exclusive `flock` on the open file `stream`: waiting for it, or (`exclusive_now`) not
     waiting, returning False when another process holds it. A disk without locks is one InputError."""

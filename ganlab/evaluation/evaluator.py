@@ -275,8 +275,7 @@ class Evaluator:
         while this one waited, computed and cached otherwise. Where no lock can be had (a cache folder that
         cannot be written, a disk without locks) they are computed as if there were none."""
         try:
-            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-            lock = open(filelock.lock_path(self.cache_path.parent, f"{self.cache_path.stem}.lock"), "a")
+            lock = filelock.open_lock_file(self.cache_path.parent, f"{self.cache_path.stem}.lock")
         except OSError:
             return self._compute_and_cache(real_images)  # and its write warns that nothing could be cached
         with lock:  # closing the file releases the lock

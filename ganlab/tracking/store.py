@@ -166,8 +166,7 @@ def open_store(uri: str | None, experiment: str) -> tuple[MlflowClient, str]:
         return store_call(uri, lambda: _get_or_create_experiment(MlflowClient(tracking_uri=uri), experiment, None))
     db_file = Path(uri.removeprefix("sqlite:///"))
     try:
-        db_file.parent.mkdir(parents=True, exist_ok=True)
-        lock = open(filelock.lock_path(db_file.parent, ".ganlab.lock"), "a")
+        lock = filelock.open_lock_file(db_file.parent, ".ganlab.lock")
     except OSError as error:
         raise InputError(f"tracking.uri: cannot create the store {uri} ({error}); pick a writable folder.") from error
     with lock:

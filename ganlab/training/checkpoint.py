@@ -147,8 +147,7 @@ class FolderLock:
         self._stream = None
 
     def acquire(self) -> "FolderLock":
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._stream = open(filelock.lock_path(self.folder, LOCK_FILE), "a")
+        self._stream = filelock.open_lock_file(self.folder, LOCK_FILE)
         try:
             taken = filelock.flock(self._stream, exclusive_now=True)
         except BaseException:
