@@ -62,7 +62,7 @@ try:
     from ganlab.sweeps import sweep
     from ganlab.tracking import store as tracking
     from ganlab.training.checkpoint import AlreadyFinished
-    from ganlab.core.errors import InputError, TrainingDiverged
+    from ganlab.core.errors import InputError, RunNotMarked, TrainingDiverged
     from ganlab.training.job import JobContext, run_job
 except KeyboardInterrupt as stopped:
     if __name__ != "__main__":
@@ -93,9 +93,7 @@ def main(cfg: DictConfig) -> float | None:
     except KeyboardInterrupt as stopped:
         if in_sweep:  # the sweep marks its runs KILLED, then says so once
             raise
-        checkpointed = (output_dir / "checkpoint" / "checkpoint.npz").is_file()
-        _interrupted(stopped, f": its run is marked KILLED; resume={shlex.quote(str(output_dir))} continues it" if checkpointed
-                     else " before training: its run, if one was made, is marked KILLED")
+        _interrupted(stopped, stopped_job_line(stopped, output_dir))
     except (InputError, TrainingDiverged) as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         discard_unused_folder(output_dir, in_sweep)
@@ -110,6 +108,15 @@ def main(cfg: DictConfig) -> float | None:
                   f"(traceback in {log_file})", file=sys.stderr, flush=True)
             return math.nan
         raise
+
+
+def stopped_job_line(stopped: KeyboardInterrupt, output_dir: Path) -> str:
+    """What follows "interrupted by SIGTERM" for a single job: its run's end, as it was recorded."""
+    if isinstance(stopped, RunNotMarked):  # the store failed as the run was closed: it may still show RUNNING
+        return f": {stopped.why.rstrip('.')}"
+    if (output_dir / "checkpoint" / "checkpoint.npz").is_file():
+        return f": its run is marked KILLED; resume={shlex.quote(str(output_dir))} continues it"
+    return " before training: its run, if one was made, is marked KILLED"
 
 
 def discard_unused_folder(output_dir: Path, in_sweep: bool) -> None:

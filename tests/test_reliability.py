@@ -333,6 +333,33 @@ def test_a_store_that_fails_only_when_the_run_is_closed_is_one_line_not_a_silent
     assert f"Run {run.run_id} could not be marked FINISHED" in message and run.marked is False
 
 
+def test_a_stop_whose_run_cannot_be_marked_killed_says_so_instead_of_marked(tmp_path):
+    from ganlab.core.errors import RunNotMarked
+    from ganlab.tracking.job_run import JobRun
+    from ganlab.train import stopped_job_line
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = JobRun(uri, "e", tmp_path / "out", "name", {})
+    stopped = None
+    try:  # a stop that got out as a plain KeyboardInterrupt must fail this test, not end the test session
+        with run:
+            def failing(*args, **kwargs):
+                raise sqlite_error("database is locked")
+
+            run.client.set_terminated = failing
+            raise KeyboardInterrupt("SIGTERM")
+    except KeyboardInterrupt as raised:
+        stopped = raised
+    assert isinstance(stopped, RunNotMarked) and str(stopped) == "SIGTERM" and run.marked is False
+    line = stopped_job_line(stopped, tmp_path / "out")
+    assert "\n" not in line and "marked KILLED;" not in line
+    assert f"Run {run.run_id} could not be marked KILLED there, so it may still show RUNNING" in line
+    assert "database is locked" in line and f"mlflow runs delete --run-id {run.run_id}" in line  # no checkpoint yet
+    (tmp_path / "out" / "checkpoint").mkdir(parents=True)
+    (tmp_path / "out" / "checkpoint" / "checkpoint.npz").write_bytes(b"")
+    assert stopped_job_line(KeyboardInterrupt("SIGTERM"), tmp_path / "out").startswith(": its run is marked KILLED; resume=")
+
+
 def test_bad_store_uris_are_one_line_and_create_nothing_outside_the_working_folder(workdir):
     here = workdir / "a" / "b"
     here.mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""The one exception type for bad input: a config value, a data file, a weights file.
+"""The exceptions the wings share: bad input, a diverged job, a stop whose run was not marked.
 
 Everything that is the user's to fix raises `InputError` with a message that names the
 key or file and says what would be valid. The entry points print just that message
@@ -26,3 +26,13 @@ def report_or_refuse(produce) -> int:
 
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite: the nets can no longer be trained."""
+
+
+class RunNotMarked(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a job, and its run could not be marked KILLED: the store failed
+    while the run was being closed. Still a stop (exit 130 or 143); `str()` is the stop's own, which
+    names the signal, and `why` is the one line to print instead of "its run is marked KILLED"."""
+
+    def __init__(self, stopped: BaseException, why: str):
+        super().__init__(*stopped.args)
+        self.why = why

@@ -24,6 +24,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunS
 from mlflow.tracking import MlflowClient
 
 from ganlab.core import machine
+from ganlab.core.errors import RunNotMarked
 from ganlab.tracking.run_lock import AlreadyFinished, RunLock, closable
 from ganlab.tracking.store import JOB_NUM_TAG
 from ganlab.tracking.store import (CLOSING_WAITS, DATASET_CONTEXT_TAG, DIGEST_LENGTH, PARENT_RUN_TAG, StoreError,
@@ -305,11 +306,14 @@ class JobRun:
             if self.lock is not None:
                 self.lock.stop_heartbeat(wait=False)
             log.warning("while closing the run: %s", closing)
+            failure = store_failure(resolve_uri(self.uri), closing, os_errors=True) or StoreError(
+                f"tracking.uri: the MLflow store {resolve_uri(self.uri)} failed: {closing}.", resolve_uri(self.uri))
+            unmarked = (f"{failure} Run {self.run_id} could not be marked {RunStatus.to_string(status)} there, so it "
+                        f"may still show RUNNING: {self._mend_hint()}.")
             if error is None:  # the job itself went well: the store failing at the end is the one error
-                failure = store_failure(resolve_uri(self.uri), closing, os_errors=True) or StoreError(
-                    f"tracking.uri: the MLflow store {resolve_uri(self.uri)} failed: {closing}.", resolve_uri(self.uri))
-                raise StoreError(f"{failure} Run {self.run_id} could not be marked FINISHED there, so it may still "
-                                 f"show RUNNING: {self._mend_hint()}.", failure.uri) from closing
+                raise StoreError(unmarked, failure.uri) from closing
+            if isinstance(error, KeyboardInterrupt):  # still a stop; its line must not say the run was marked
+                raise RunNotMarked(error, unmarked) from error
         return False
 
     def _mend_hint(self) -> str:
