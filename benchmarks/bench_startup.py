@@ -6,8 +6,8 @@ Runs `python -m ganlab.train epochs=1 steps_per_epoch=50` in a throw-away folder
 prints the time from the command's start to its first training step (as the job
 reports it, plus the interpreter's start measured from outside), the whole wall time,
 and the peak resident memory (RSS) of the job's process. Then the same job with a refused
-value (`epochs=abc`): how long a user waits for the error, and the CPU time it costs (it
-exits before TensorFlow loads).
+value (`epochs=abc`) and with a data file that cannot be read: how long a user waits for
+each error, and the CPU time it costs (both exit before TensorFlow loads).
 """
 
 from __future__ import annotations
@@ -48,6 +48,11 @@ def main() -> None:
         raise SystemExit(f"expected the config check to refuse epochs=abc; got exit {refused.returncode}: "
                          f"{refused.stderr[-500:]}")
     print(f"a refused value (epochs=abc) -> error: {refused_wall:6.1f} s ({cpu:.1f} CPU-s)")
+    unreadable, unreadable_wall, cpu = run_job([*job, f"data.path={Path(__file__).resolve()}"])
+    if unreadable.returncode == 0 or "data.path" not in unreadable.stderr:
+        raise SystemExit(f"expected data.path=<this script> to be refused; got exit {unreadable.returncode}: "
+                         f"{unreadable.stderr[-500:]}")
+    print(f"an unreadable data file -> error:     {unreadable_wall:6.1f} s ({cpu:.1f} CPU-s)")
 
 
 def run_job(job: list[str]) -> tuple[subprocess.CompletedProcess, float, float]:

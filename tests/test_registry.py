@@ -132,8 +132,8 @@ def test_a_second_name_for_a_knob_exits_before_keras(workdir):
 
 
 def test_fashion_mnist_is_not_scored_with_the_digit_classifier(workdir):
-    result = run_cli([*QUICK, "data=fashion_mnist"], workdir)  # the fixture's bytes, named fashion_mnist
-    assert result.returncode != 0
+    result = run_cli([*QUICK, "data=fashion_mnist"], workdir, tell_if_tensorflow_loaded=True)  # the fixture's bytes
+    assert result.returncode != 0 and result.stdout.splitlines()[-1] == "tensorflow loaded: False"
     assert "was trained on mnist, but the job's data is fashion_mnist" in result.stderr
     assert "python -m ganlab.classifier --dataset fashion_mnist" in result.stderr
     assert result.stderr.count("was trained on mnist") == 1  # printed once

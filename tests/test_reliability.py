@@ -75,10 +75,11 @@ def test_missing_or_altered_classifier_weights_fail_the_run(workdir, damage):
         data = bytearray(weights.read_bytes())
         data[len(data) // 2] ^= 0xFF  # one flipped byte
         weights.write_bytes(bytes(data))
-    result = run_cli([*QUICK, f"eval.classifier={weights}"], workdir)
+    result = run_cli([*QUICK, f"eval.classifier={weights}"], workdir, tell_if_tensorflow_loaded=True)
     assert result.returncode != 0
     expected = "not found" if damage == "missing" else "were altered"
     assert expected in result.stderr
+    assert result.stdout.splitlines()[-1] == "tensorflow loaded: False"  # refused before TensorFlow's start-up
     (run,) = all_runs(workdir)
     assert run.info.status == "FAILED" and expected in run.data.tags["failure_reason"]
 

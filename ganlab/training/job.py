@@ -99,8 +99,8 @@ def train_job(cfg: JobConfig, context: JobContext, run: JobRun, threads: int | N
         if resume is None:  # a resumed run keeps the params it was started with
             run.start(tracking.run_params({**cfg.as_dict(), "threads": threads}), config_file)
             checkpoint.write(output_dir, None, [], run, threads, cfg)  # resumable from here on
-        runtime.configure_tensorflow(cfg.seed, threads, cfg.deterministic)  # TensorFlow loads only now
-        dataset, steps = load_data(cfg, run, new_run=resume is None)
+        dataset, steps = load_data(cfg, run, new_run=resume is None)  # a bad file or batch size: refused here
+        runtime.configure_tensorflow(cfg.seed, threads, cfg.deterministic)  # no TensorFlow op has run before
         trainer = choices.build_trainer(cfg, dataset.x_train)
         from ganlab.evaluation import evaluator as evaluation  # after TensorFlow is configured: it imports Keras
 
