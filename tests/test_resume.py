@@ -521,3 +521,32 @@ def test_a_stop_during_a_store_write_takes_effect_as_the_write_returns_and_the_r
     client = store_client(tmp_path)
     assert [point.step for point in client.get_metric_history(run.run_id, "d_loss")] == [1]  # the write is whole
     assert client.get_run(run.run_id).info.status == "KILLED"
+
+
+def test_a_stop_while_a_generator_is_logged_takes_effect_once_it_is_logged_whole(tmp_path):
+    """Logging a model writes the store several times (the logged model, its metrics, its files): a stop that
+    arrives during it waits for the model to be logged whole, then ends the job, and the run is KILLED."""
+    import keras
+
+    from ganlab.tracking.job_run import JobRun
+    from ganlab.training.job import signals_as_interrupt
+
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    generator = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    example = np.zeros((2, 4), np.float32)
+    logged = []
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        with signals_as_interrupt(), JobRun(uri, "ganlab", tmp_path / "out", "stopped", {}) as run:
+            create = run.client.create_logged_model
+
+            def create_while_stopped(*args, **kwargs):
+                os.kill(os.getpid(), signal.SIGTERM)  # the job's handler runs here, as the model's logging begins
+                return create(*args, **kwargs)
+
+            run.client.create_logged_model = create_while_stopped
+            logged.append(run.log_model(generator, "generator", example, step=1))
+    assert logged == []  # the stop ended the job as the logging returned
+    client = store_client(tmp_path)
+    (model,) = client.search_logged_models([client.get_experiment_by_name("ganlab").experiment_id])
+    assert model.name == "generator" and model.source_run_id == run.run_id and str(model.status) == "READY"
+    assert client.get_run(run.run_id).info.status == "KILLED"

@@ -246,15 +246,18 @@ class JobRun:
         from mlflow.models import Model, infer_signature
 
         signature = infer_signature(input_example, model.predict(input_example, verbose=0))
-        params = self.client.get_run(self.run_id).data.params
-        logged = self.client.create_logged_model(self.experiment_id, name=name, source_run_id=self.run_id, params=params)
         requirements = [f"{package}=={machine.package_version(package)}" for package in ("tensorflow", "keras")]
-        # MLflow checks the input example with `model.predict`, whose progress bar goes to stdout.
-        with _tracking_uri_set_to(resolve_uri(self.uri)), contextlib.redirect_stdout(io.StringIO()):
-            info = Model.log(artifact_path=None, name=name, flavor=mlflow.tensorflow, model=model, run_id=self.run_id,
-                             model_id=logged.model_id, step=step, signature=signature, input_example=input_example,
-                             pip_requirements=requirements, registered_model_name=register_as)
-        return info.model_uri
+
+        def log() -> str:  # its writes (the logged model, its metrics and files) as one store call
+            params = self.client.get_run(self.run_id).data.params
+            logged = self.client.create_logged_model(self.experiment_id, name=name, source_run_id=self.run_id, params=params)
+            # MLflow checks the input example with `model.predict`, whose progress bar goes to stdout.
+            with _tracking_uri_set_to(resolve_uri(self.uri)), contextlib.redirect_stdout(io.StringIO()):
+                return Model.log(artifact_path=None, name=name, flavor=mlflow.tensorflow, model=model, run_id=self.run_id,
+                                 model_id=logged.model_id, step=step, signature=signature, input_example=input_example,
+                                 pip_requirements=requirements, registered_model_name=register_as).model_uri
+
+        return self._store(log)
 
     def logged_steps(self, metric: str) -> set[int]:
         return {point.step for point in self._store(lambda: self.client.get_metric_history(self.run_id, metric))}
