@@ -138,7 +138,7 @@ class GanTrainer:
         ]
 
     # Plain graph tracing, without AutoGraph's rewrite of the source: every branch and loop here is on a
-    # Python value, fixed when tracing, so the graph is the same op for op, and each job traces ~0.4 CPU-s sooner.
+    # Python value, fixed when tracing, so the graph is the same op for op, and each job traces ~0.3 CPU-s sooner.
     @tf.function(autograph=False)
     def train_step(self, update_generator: bool = True):
         """One D update and, if `update_generator`, one G update; returns (d_loss, g_loss, d_real, d_fake).
