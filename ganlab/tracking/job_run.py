@@ -309,13 +309,15 @@ class JobRun:
             if self.lock is not None:
                 self.lock.stop_heartbeat(wait=False)
             log.warning("while closing the run: %s", closing)
-            failure = store_failure(resolve_uri(self.uri), closing, os_errors=True) or StoreError(
-                f"tracking.uri: the MLflow store {resolve_uri(self.uri)} failed: {closing}.", resolve_uri(self.uri))
-            unmarked = (f"{failure} Run {self.run_id} could not be marked {RunStatus.to_string(status)} there, so it "
-                        f"may still show RUNNING: {self._mend_hint()}.")
-            if error is None:  # the job itself went well: the store failing at the end is the one error
-                raise StoreError(unmarked, failure.uri) from closing
-            if isinstance(error, KeyboardInterrupt):  # still a stop; its line must not say the run was marked
+            # The job went well (the store failing at the end is the one error), or it was stopped (still a
+            # stop, whose line must not say the run was marked): either way, the one line says the run is not.
+            if error is None or isinstance(error, KeyboardInterrupt):
+                failure = store_failure(resolve_uri(self.uri), closing, os_errors=True) or StoreError(
+                    f"tracking.uri: the MLflow store {resolve_uri(self.uri)} failed: {closing}.", resolve_uri(self.uri))
+                unmarked = (f"{failure} Run {self.run_id} could not be marked {RunStatus.to_string(status)} there, "
+                            f"so it may still show RUNNING: {self._mend_hint()}.")
+                if error is None:
+                    raise StoreError(unmarked, failure.uri) from closing
                 raise RunNotMarked(error, unmarked) from error
         return False
 
