@@ -95,6 +95,42 @@ def test_summarize_an_infinite_seed_has_no_spread_and_no_warning():
     assert math.isnan(both.diff) and math.isnan(both.ci_high)
 
 
+def test_an_infinite_score_reads_back_from_the_store_as_inf_and_the_sweep_summary_says_so(tmp_path):
+    """MLflow's SQLite store keeps inf as the largest float; read back as a number, two of them overflow a mean
+    and a mixed group gets an interval. Read through ganlab.tracking it is inf again, end to end."""
+    from ganlab.sweeps import settle_store, summary as sweep_summary
+    from ganlab.tracking import store as tracking
+
+    client, experiment = tracking.open_store(f"sqlite:///{tmp_path / 'mlflow.db'}", "ganlab")
+    parent = client.create_run(experiment, tags={tracking.SWEEP_PARENT_TAG: "true"}).info.run_id
+    worst = {("0.1", "0"): math.inf, ("0.1", "1"): math.inf, ("0.3", "0"): 250.0, ("0.3", "1"): math.inf}
+    for job, ((dropout, seed), value) in enumerate(worst.items()):
+        run = client.create_run(experiment, tags={tracking.PARENT_RUN_TAG: parent, tracking.JOB_NUM_TAG: str(job)}).info.run_id
+        client.log_param(run, "dropout", dropout)
+        client.log_param(run, "seed", seed)
+        client.log_metric(run, "fid", 100.0 + job, step=1)
+        client.log_metric(run, "fid_class_worst", value, step=1)
+        client.set_terminated(run, "FINISHED")
+
+    _, children = tracking.sweep_children(client, experiment, parent)
+    assert [child.data.metrics["fid_class_worst"] for child in children] == list(worst.values())
+    first = children[0].info.run_id
+    assert tracking.metric_histories(client, first, ["fid_class_worst"]) == {"fid_class_worst": {1: math.inf}}
+    assert settle_store.score_at(client, first, "fid_class_worst", 1) == math.inf
+    assert tracking.as_logged(-sys.float_info.max) == -math.inf and tracking.as_logged(1e308) == 1e308
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an overflowing mean, inf - inf: console noise and wrong numbers
+        sweep_summary.summarize(client, children, ["dropout", "seed"], "fid", tmp_path / "summary")
+    with open(tmp_path / "summary" / "comparison.csv") as stream:
+        rows = {(row["group"], row["metric"]): row for row in csv.DictReader(stream)}
+    infinite = rows[("dropout=0.1", "fid_class_worst")]
+    assert float(infinite["mean"]) == math.inf and infinite["ci_low"] in ("", "nan")
+    assert float(rows[("dropout=0.3", "fid_class_worst")]["mean"]) == math.inf  # not 250 and a largest float, halved
+    assert float(rows[("dropout=0.3", "fid")]["mean"]) == 102.5
+    assert "e+308" not in (tmp_path / "summary" / "sweep_summary.csv").read_text()
+
+
 def test_welch_matches_scipy():
     difference = seed_stats.welch(CLEARLY_HIGHER, REFERENCE)
     diff, low, high, p_value = welch_by_hand(CLEARLY_HIGHER, REFERENCE)

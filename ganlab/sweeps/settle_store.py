@@ -91,7 +91,7 @@ def reusable(client, experiment_id: str, parent_id: str, expected: dict[str, str
 def score_at(client, run_id: str, metric: str, epoch: int) -> float | None:
     """`metric` of a run at step `epoch` (the last value logged at that step), or None."""
     points = [point for point in client.get_metric_history(run_id, metric) if point.step == epoch]
-    return points[-1].value if points else None
+    return tracking.as_logged(points[-1].value) if points else None
 
 
 def copy_as_child(client, run, parent_id: str, experiment_id: str) -> str:

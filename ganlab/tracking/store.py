@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import shlex
 import sys
@@ -327,12 +328,29 @@ def sweep_children(client: MlflowClient, experiment_id: str, parent_id: str | No
         parent_id = parents[0].info.run_id
     children = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent_id}'",
                                   max_results=10000)
-    return parent_id, sorted(children, key=lambda child: int(child.data.tags.get(JOB_NUM_TAG, 0)))
+    return parent_id, sorted(with_infinities(children), key=lambda child: int(child.data.tags.get(JOB_NUM_TAG, 0)))
 
 
 def metric_histories(client: MlflowClient, run_id: str, names) -> dict[str, dict[int, float]]:
     """{metric: {step: value}} of one run, each history fetched once (the last value of a step wins)."""
-    return {name: {point.step: point.value for point in client.get_metric_history(run_id, name)} for name in names}
+    return {name: {point.step: as_logged(point.value) for point in client.get_metric_history(run_id, name)}
+            for name in names}
+
+
+# MLflow's SQL stores (SQLite, and PostgreSQL behind a server) keep an infinite metric as ±sys.float_info.max
+# (SqlAlchemyStore._log_metrics). Read back through these two it is infinite again: the worst per-class FID
+# of a class never drawn is inf, not a number to average (a mean of two of them overflows).
+def as_logged(value: float) -> float:
+    """A metric's value as it was logged: ±inf where the store keeps ±sys.float_info.max."""
+    return math.copysign(math.inf, value) if abs(value) == sys.float_info.max else value
+
+
+def with_infinities(runs):
+    """`runs` (from search_runs), each with its latest metrics as logged (`as_logged`), in place."""
+    for run in runs:
+        latest = run.data.metrics  # the run's own dict, which every reader of the run sees
+        latest.update({name: as_logged(value) for name, value in latest.items()})
+    return runs
 
 
 # Short names for run names, where a knob's full name would not fit the UI's column.
