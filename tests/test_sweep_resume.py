@@ -197,3 +197,35 @@ def test_a_sweep_that_got_sigterm_between_jobs_starts_no_further_job():
     callback.interrupted = True  # as the sweep's SIGTERM handler notes it, even where its raise was dropped
     with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
         callback.on_job_start(config=OmegaConf.create({}))
+
+
+def test_a_stop_during_the_sweeps_own_store_write_takes_effect_once_the_write_returns(tmp_path, monkeypatch):
+    """The sweep's parent writes its run (summary, tags, closing) through open_store's client: a SIGTERM that
+    arrives inside one of those writes lets it finish, then stops the sweep, and the store can still close the run."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client, experiment = tracking.open_store(uri, "ganlab")
+    parent = client.create_run(experiment, tags={tracking.SWEEP_PARENT_TAG: "true"}).info.run_id
+    set_tag = MlflowClient.set_tag
+
+    def set_tag_while_stopped(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # the parent's handler runs here, as the write begins
+        return set_tag(self, *args, **kwargs)
+
+    callback = sweep.SweepTracking()
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        callback._close_on_exit()  # the parent's stop handlers, as on_multirun_start installs them
+        monkeypatch.setattr(MlflowClient, "set_tag", set_tag_while_stopped)
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+            client.set_tag(parent, "sweep.jobs", "2 of 2 finished")
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+    monkeypatch.undo()
+    assert callback.interrupted
+    reader = MlflowClient(tracking_uri=uri)
+    assert reader.get_run(parent).data.tags["sweep.jobs"] == "2 of 2 finished"  # the write was made whole
+    client.set_terminated(parent, "KILLED")  # and left no transaction open: the run can still be closed
+    assert reader.get_run(parent).info.status == "KILLED"

@@ -37,7 +37,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from ganlab.core import config as ganlab_config
-from ganlab.core import machine, scores
+from ganlab.core import interrupts, machine, scores
 from ganlab.sweeps import search, settle_report, settle_store
 from ganlab.sweeps.ranking import SUMMARY_DIR
 from ganlab.sweeps import summary as sweep_report
@@ -161,7 +161,7 @@ class SweepTracking(Callback):
 
         def note_interrupt(signum, frame):
             self.interrupted = True
-            raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+            interrupts.stop(signal.Signals(signum).name)  # at once, or as the parent's store write returns
 
         def close_if_open():
             if self.run_id is None:
@@ -175,7 +175,9 @@ class SweepTracking(Callback):
                 log.warning("could not close sweep run %s: %s", self.run_id, error)
             self._release()
 
-        signal.signal(signal.SIGTERM, note_interrupt)
+        for number in (signal.SIGTERM, signal.SIGINT):
+            if signal.getsignal(number) is not signal.SIG_IGN:  # SIGINT under nohup or `&` stays ignored
+                signal.signal(number, note_interrupt)
         atexit.register(close_if_open)
 
     def __getstate__(self) -> dict:

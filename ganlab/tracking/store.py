@@ -158,13 +158,15 @@ def open_store(uri: str | None, experiment: str) -> tuple[MlflowClient, str]:
     A SQLite store's file, schema and experiment are created under a file lock, so jobs
     and sweeps started at the same moment never race on a migration. A server URI is
     checked first, so a server that does not answer fails fast with a clear message.
+    On a database store the client is a `HeldClient`: a stop never cuts one of its calls short.
     """
     uri = resolve_uri(uri)
     check_uri(uri)
     if uri.startswith(("http://", "https://")):
         check_server(uri)
     if not uri.startswith("sqlite:///"):
-        return store_call(uri, lambda: _get_or_create_experiment(MlflowClient(tracking_uri=uri), experiment, None))
+        client, experiment_id = store_call(uri, lambda: _get_or_create_experiment(MlflowClient(tracking_uri=uri), experiment, None))
+        return (HeldClient(client) if is_database(uri) else client), experiment_id
     db_file = Path(uri.removeprefix("sqlite:///"))
     try:
         lock = filelock.open_lock_file(db_file.parent, ".ganlab.lock")
@@ -173,7 +175,33 @@ def open_store(uri: str | None, experiment: str) -> tuple[MlflowClient, str]:
     with lock:
         filelock.flock(lock)
         artifact_location = (db_file.parent / "artifacts" / experiment).as_uri()
-        return store_call(uri, lambda: _get_or_create_experiment(MlflowClient(tracking_uri=uri), experiment, artifact_location))
+        client, experiment_id = store_call(
+            uri, lambda: _get_or_create_experiment(MlflowClient(tracking_uri=uri), experiment, artifact_location))
+    return HeldClient(client), experiment_id
+
+
+class HeldClient:
+    """An MlflowClient on a database store whose every call holds a stop signal until it returns
+    (`ganlab.core.interrupts`): a SIGTERM or Ctrl-C that lands inside one of its writes takes effect as
+    the write returns, so no transaction is left open and the run can still be marked KILLED. A sweep's
+    own writes (its parent run, summary and closing) go through it as a job's do through `store_call`."""
+
+    def __init__(self, client: MlflowClient):
+        self._client = client
+
+    def __getattr__(self, name: str):
+        client = self.__dict__.get("_client")  # absent while pickle rebuilds the object: nothing to forward yet
+        if client is None:
+            raise AttributeError(name)
+        found = getattr(client, name)
+        if not callable(found):
+            return found
+
+        def held_call(*args, **kwargs):
+            with interrupts.held():
+                return found(*args, **kwargs)
+
+        return held_call
 
 
 def open_reader(uri: str | None, experiment: str | None = None, option: str = "--tracking-uri") -> tuple[MlflowClient, str | None]:
