@@ -1,11 +1,13 @@
-"""A job's stop signals, held over a write to its database store.
+"""A job's or a sweep's stop signals, held over a write to its database store.
 
-A job turns SIGINT and SIGTERM into KeyboardInterrupt (`ganlab.training.job.signals_as_interrupt`).
+A job turns SIGINT and SIGTERM into KeyboardInterrupt (`ganlab.training.job.signals_as_interrupt`), and so
+does a sweep's parent process between and around its jobs (`ganlab.sweeps.sweep`).
 Raised in the middle of a write to a database-backed MLflow store (SQLite, PostgreSQL, MySQL), it
 leaves that write's transaction open in the process: SQLite's lock on the file stays taken, so even
 the run's closing cannot mark it KILLED, and the run stays RUNNING. A write is short (a busy store
 makes it wait at most its busy timeout), so a stop that arrives during one takes effect as the write
-returns: the store calls run inside `held()`, and the job's signal handler calls `stop(name)`.
+returns: the store calls run inside `held()` (`ganlab.tracking.store.store_call`, and every call of
+open_store's client, a `HeldCalls`), and the signal handlers call `stop(name)`.
 """
 
 from __future__ import annotations
@@ -42,3 +44,25 @@ def stop(name: str) -> None:
         _waiting = name
         return
     raise KeyboardInterrupt(f"signal {name}")
+
+
+class HeldCalls:
+    """`target` (an MlflowClient on a database store) with every method call inside `held()`: a stop
+    that lands inside one takes effect as it returns."""
+
+    def __init__(self, target):
+        self._target = target
+
+    def __getattr__(self, name: str):
+        target = self.__dict__.get("_target")  # absent while pickle rebuilds the object: nothing to forward yet
+        if target is None:
+            raise AttributeError(name)
+        found = getattr(target, name)
+        if not callable(found):
+            return found
+
+        def held_call(*args, **kwargs):
+            with held():
+                return found(*args, **kwargs)
+
+        return held_call

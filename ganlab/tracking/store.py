@@ -152,13 +152,14 @@ def ui_hint(uri: str | None, experiment_id: str | None = None, run_id: str | Non
     return "\n".join(lines)
 
 
-def open_store(uri: str | None, experiment: str) -> tuple[MlflowClient, str]:
+def open_store(uri: str | None, experiment: str) -> tuple[MlflowClient | interrupts.HeldCalls, str]:
     """Client and experiment id for `experiment` at `uri`, creating both if needed (for writers).
 
     A SQLite store's file, schema and experiment are created under a file lock, so jobs
     and sweeps started at the same moment never race on a migration. A server URI is
     checked first, so a server that does not answer fails fast with a clear message.
-    On a database store the client is a `HeldClient`: a stop never cuts one of its calls short.
+    On a database store every call of the client is held (`interrupts.HeldCalls`): a stop never cuts one short,
+    so a sweep's own writes (its parent run, summary and closing) are as safe as a job's through `store_call`.
     """
     uri = resolve_uri(uri)
     check_uri(uri)
@@ -166,7 +167,7 @@ def open_store(uri: str | None, experiment: str) -> tuple[MlflowClient, str]:
         check_server(uri)
     if not uri.startswith("sqlite:///"):
         client, experiment_id = store_call(uri, lambda: _get_or_create_experiment(MlflowClient(tracking_uri=uri), experiment, None))
-        return (HeldClient(client) if is_database(uri) else client), experiment_id
+        return (interrupts.HeldCalls(client) if is_database(uri) else client), experiment_id
     db_file = Path(uri.removeprefix("sqlite:///"))
     try:
         lock = filelock.open_lock_file(db_file.parent, ".ganlab.lock")
@@ -177,31 +178,7 @@ def open_store(uri: str | None, experiment: str) -> tuple[MlflowClient, str]:
         artifact_location = (db_file.parent / "artifacts" / experiment).as_uri()
         client, experiment_id = store_call(
             uri, lambda: _get_or_create_experiment(MlflowClient(tracking_uri=uri), experiment, artifact_location))
-    return HeldClient(client), experiment_id
-
-
-class HeldClient:
-    """An MlflowClient on a database store whose every call holds a stop signal until it returns
-    (`ganlab.core.interrupts`): a SIGTERM or Ctrl-C that lands inside one of its writes takes effect as
-    the write returns, so no transaction is left open and the run can still be marked KILLED. A sweep's
-    own writes (its parent run, summary and closing) go through it as a job's do through `store_call`."""
-
-    def __init__(self, client: MlflowClient):
-        self._client = client
-
-    def __getattr__(self, name: str):
-        client = self.__dict__.get("_client")  # absent while pickle rebuilds the object: nothing to forward yet
-        if client is None:
-            raise AttributeError(name)
-        found = getattr(client, name)
-        if not callable(found):
-            return found
-
-        def held_call(*args, **kwargs):
-            with interrupts.held():
-                return found(*args, **kwargs)
-
-        return held_call
+    return interrupts.HeldCalls(client), experiment_id
 
 
 def open_reader(uri: str | None, experiment: str | None = None, option: str = "--tracking-uri") -> tuple[MlflowClient, str | None]:
