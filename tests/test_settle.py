@@ -69,6 +69,14 @@ def test_a_huge_margin_stops_after_the_pilot_and_a_second_sweep_reuses_its_seeds
     assert "Reused (already in the store, not rerun): dropout=0.1: seeds 0, 1; dropout=0.5: seeds 0, 1." in again.stdout
     assert "sweep of 0 jobs trained, 4 seeds reused" in again.stdout  # copies are not counted as jobs
 
+    # fid_class_worst of these seeds is inf (300 samples measure no class): no interval, so no stage 2 and no verdict
+    worst = run_cli([*SETTLE, "settle.margin=1000", "settle.metric=fid_class_worst"], workdir)
+    assert worst.returncode == 0, worst.stderr[-3000:]
+    third, trained, _ = sweep_runs(workdir)
+    assert not trained and third.data.tags[VERDICT] == settle.UNDECIDED
+    assert "the reference dropout=0.1 scored inf on a pilot seed" in worst.stdout and "Warning" not in worst.stderr
+    assert "**undecided** (the setting and the reference scored inf on a seed: no interval exists)" in worst.stdout
+
     # The same scoring protocol: what the sweeper expects a job to tag is what the jobs tagged; a run whose
     # data (its data sha256 tag) differs from what this sweep's jobs will read is not reused.
     client, first = store_client(workdir), jobs[0]

@@ -99,3 +99,34 @@ def test_compare_uses_the_pilot_spread_and_says_what_a_fixed_design_needs():
     assert rows["far"]["verdict"] == settle.WORSE  # fid-like: higher is worse
     assert rows["near"]["verdict"] in (settle.EQUIVALENT, settle.UNDECIDED)
     assert rows["far"]["fixed_seeds"] >= 2 and rows["far"]["seeds"] == 4
+
+
+def test_an_infinite_score_leaves_its_comparison_undecided_saying_why_and_plans_no_more_seeds():
+    """fid_class_worst is inf when a generator leaves a class out: no spread and no interval exist, so no
+    number of seeds settles the comparison; nothing overflows or warns on the way."""
+    import warnings
+
+    from ganlab.sweeps import settle_report
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(settle.sample_std([3.0, math.inf])) and settle.sample_std([3.0, 5.0]) == pytest.approx(math.sqrt(2))
+        assert int(settle.seeds_planned(math.nan, MARGIN, 3.0, PILOT, 20, available=PILOT)) == PILOT
+        rows = settle.compare({"ref": [1.0, 2.0, 1.5], "a": [math.inf, 2.0, 1.0], "b": [1.1, 1.2, 1.3]}, "ref", MARGIN,
+                              ALPHA, 3, 20, settle.LOWER)
+        inf_ref = settle.compare({"ref": [math.inf, 2.0, 1.5], "a": [1.0, 2.0, 1.0]}, "ref", MARGIN, ALPHA, 3, 20, settle.LOWER)
+    a, b = rows
+    assert a["verdict"] == settle.UNDECIDED and a["diff"] == math.inf and math.isnan(a["low"]) and a["seeds_needed"] is None
+    assert a["why"] == "the setting scored inf on a seed: no interval exists"
+    assert math.isfinite(b["low"]) and b["seeds_needed"] >= 3 and b["why"] != a["why"]  # a finite one is compared as before
+    assert inf_ref[0]["why"] == "the reference scored inf on a seed: no interval exists" and inf_ref[0]["diff"] == -math.inf
+
+    class Question:
+        metric, epoch, margin, alpha, max_seeds, reference = "fid_class_worst", 1, MARGIN, ALPHA, 20, "ref"
+
+        @staticmethod
+        def label(setting):
+            return setting
+
+    text = settle_report.markdown(Question, rows, {})
+    assert "| a | **undecided** (the setting scored inf on a seed: no interval exists) | +inf (no interval) |" in text

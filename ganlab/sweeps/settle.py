@@ -26,7 +26,8 @@ Why `margin / 2`: an interval no wider than `margin` that holds 0 lies inside
 `[-margin, margin]`, so every comparison that got its seeds ends with a verdict: **better** or
 **worse** (the interval excludes 0; which way is better comes from the score registry),
 **equivalent** (the interval lies inside `+-margin`), or, only when `max_seeds` cut a setting
-short, **undecided**. Every verdict is right (better/worse: the true difference has that sign;
+short, **undecided**. (So is a comparison where a seed scored inf, e.g. `fid_class_worst` of a
+generator that leaves a class out: there is no spread and no interval, and no seeds are planned.) Every verdict is right (better/worse: the true difference has that sign;
 equivalent: it is smaller than margin) whenever the intervals cover, so all of them together
 are right with probability at least 1 - alpha.
 
@@ -78,9 +79,12 @@ def critical_value(pilot_seeds: int, alpha: float, comparisons: int = 1) -> floa
 
 
 def seeds_needed(pilot_std, margin: float, h: float, pilot_seeds: int) -> np.ndarray:
-    """Seeds per setting for a half-width of at most margin / 2 (uncapped): max(n0, ceil((h s / d)^2))."""
+    """Seeds per setting for a half-width of at most margin / 2 (uncapped): max(n0, ceil((h s / d)^2)).
+    A NaN spread (a pilot with an infinite score, `sample_std`) asks for no more than the pilot: no
+    number of seeds makes a mean holding inf finite."""
     d = margin / 2.0
-    need = np.ceil((h * np.asarray(pilot_std, dtype=float) / d) ** 2 - 1e-9)
+    pilot_std = np.asarray(pilot_std, dtype=float)
+    need = np.ceil((h * np.nan_to_num(pilot_std, nan=0.0) / d) ** 2 - 1e-9)
     return np.maximum(pilot_seeds, need).astype(int)
 
 
@@ -154,6 +158,15 @@ def compare(values: dict, reference, margin: float, alpha: float, pilot_seeds: i
                        fixed_seeds=None, why="fewer scores than the pilot needs (a job failed)")
             rows.append(row)
             continue
+        infinite = [name for name, scores in (("the setting", own), ("the reference", ref)) if not np.isfinite(scores).all()]
+        if infinite:  # e.g. fid_class_worst of a generator that leaves a digit out: no spread, no interval
+            with np.errstate(invalid="ignore"):
+                diff = row["mean"] - row["reference_mean"]
+            row.update(verdict=UNDECIDED, diff=diff, low=math.nan, high=math.nan, half_width=math.nan, fixed_seeds=None,
+                       why=f"{' and '.join(infinite)} scored inf on a seed: no interval exists",
+                       seeds_needed=None, reference_seeds_needed=None)
+            rows.append(row)
+            continue
         diff = row["mean"] - row["reference_mean"]
         width = float(half_width(h, pilot_std[setting], len(own), pilot_std[reference], len(ref)))
         verdict = str(verdicts(diff - width, diff + width, margin, better))
@@ -166,9 +179,11 @@ def compare(values: dict, reference, margin: float, alpha: float, pilot_seeds: i
 
 
 def sample_std(values) -> float:
+    """The sample standard deviation (ddof=1); NaN for fewer than 2 values or an infinite one."""
     values = np.asarray(values, float)
-    return float(np.std(values, ddof=1)) if len(values) >= 2 else math.nan
+    return float(np.std(values, ddof=1)) if len(values) >= 2 and np.isfinite(values).all() else math.nan
 
 
 def _mean(values) -> float:
-    return float(np.mean(values)) if len(values) else math.nan
+    with np.errstate(over="ignore"):  # a mean holding inf is inf
+        return float(np.mean(values)) if len(values) else math.nan

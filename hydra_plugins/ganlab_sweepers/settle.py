@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any, List
@@ -95,21 +96,30 @@ class SettleSweeper(Sweeper):
 
         run_stage({setting: question.pilot_seeds for setting in question.settings})
         h = settle.critical_value(question.pilot_seeds, question.alpha, len(question.settings) - 1)
+        reference_pilot = [scores[question.reference][seed] for seed in sorted(scores[question.reference])][:question.pilot_seeds]
+        reference_infinite = not all(map(math.isfinite, reference_pilot))  # then no comparison can be settled
         wanted = {}
         for setting in question.settings:
             values = [scores[setting][seed] for seed in sorted(scores[setting])]
-            if len(values) < question.pilot_seeds:  # a pilot job failed: this setting cannot be planned
+            if len(values) < question.pilot_seeds or reference_infinite:  # a pilot job failed, or nothing to settle
                 wanted[setting] = len(tried[setting])
                 continue
             pilot_std = settle.sample_std(values[:question.pilot_seeds])
             planned = int(settle.seeds_planned(pilot_std, question.margin, h, question.pilot_seeds,
                                                question.max_seeds, available=len(values)))
             wanted[setting] = planned + len(tried[setting]) - len(values)  # failed seeds are not run again
+            if math.isnan(pilot_std):  # an infinite pilot score: more seeds cannot settle it
+                print(f"ganlab: settle: {question.label(setting)}: a pilot seed scored inf, so its comparison has no "
+                      "interval and ends undecided; no more seeds are run for it", flush=True)
+                continue
             needed = int(settle.seeds_needed(pilot_std, question.margin, h, question.pilot_seeds))
             print(f"ganlab: settle: {question.label(setting)}: pilot std {pilot_std:.4g}, needs {needed} seeds"
                   + (f", capped at settle.max_seeds={question.max_seeds}: its comparison may end undecided"
                      if needed > question.max_seeds else "") + f"; {max(0, planned - len(values))} more to run",
                   flush=True)
+        if reference_infinite:
+            print(f"ganlab: settle: the reference {question.label(question.reference)} scored inf on a pilot seed, so no "
+                  "comparison has an interval and all end undecided; no more seeds are run", flush=True)
         run_stage(wanted)
 
         values = {setting: [scores[setting][seed] for seed in sorted(scores[setting])] for setting in question.settings}
