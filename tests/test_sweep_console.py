@@ -37,6 +37,12 @@ def test_one_run_says_it_has_no_interval_and_no_best_no_line():
     assert best_line(SweepSummary(best=None, best_metric=None, keys=["dropout"], ranked=runs)) is None
 
 
+def test_a_seed_that_scored_inf_leaves_the_best_setting_without_an_interval():
+    runs = [job("a0", "0.1", "0", float("inf")), job("a1", "0.1", "1", 100.0), job("b0", "0.3", "0", float("inf"))]
+    line = best_line(SweepSummary(best=runs[1], best_metric="fid", keys=["dropout", "seed"], ranked=runs))
+    assert line == "best setting: dropout=0.1: fid inf (over 2 seeds; a seed scored inf, so no interval; lower is better)"
+
+
 def test_the_summary_line_names_a_heatmap_only_where_one_was_drawn():
     assert summary_contents(SweepSummary(files=[Path("sweep_summary.csv")])) == "table"
     drawn = SweepSummary(files=[Path("sweep_summary.csv"), Path("sweep_heatmap_fid.png"), Path("comparison.csv")],
