@@ -129,6 +129,8 @@ def test_an_infinite_score_reads_back_from_the_store_as_inf_and_the_sweep_summar
     assert float(rows[("dropout=0.3", "fid_class_worst")]["mean"]) == math.inf  # not 250 and a largest float, halved
     assert float(rows[("dropout=0.3", "fid")]["mean"]) == 102.5
     assert "e+308" not in (tmp_path / "summary" / "sweep_summary.csv").read_text()
+    table = (tmp_path / "summary" / "comparison.md").read_text()
+    assert "| dropout=0.1 | 1 | 2 | inf ± n/a | nan |  |  |  | a seed scored inf: no interval |" in table
 
 
 def test_welch_matches_scipy():

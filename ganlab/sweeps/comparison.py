@@ -342,6 +342,8 @@ def _has_interval(row: ComparisonRow) -> bool:
 
 def _verdict(row: ComparisonRow, better: str | None, bold: bool) -> str:
     if not _has_interval(row):
+        if math.isinf(row.mean) or (row.diff is not None and not math.isfinite(row.diff)):  # seed_stats: inf, no test
+            return "a seed scored inf: no interval"
         return "too few seeds (or no spread) for an interval"
     if not is_clear(row):
         if row.diff_ci_low > 0 or row.diff_ci_high < 0:
