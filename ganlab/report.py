@@ -34,12 +34,11 @@ import argparse
 import csv
 import math
 import shutil
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from ganlab.sweeps import comparison
+from ganlab.sweeps import comparison, seed_stats
 from ganlab.core import config
 from ganlab.core.markdown import table as markdown_table
 from ganlab.core import plots
@@ -95,16 +94,17 @@ def grouped_runs(children, keys) -> dict[str, list]:
 
 
 def score_tables(groups, logged, metrics, epochs) -> dict[str, list[dict]]:
-    """mean ± std per group, epoch and metric (epochs a run lacks are skipped); std is NaN for a single value."""
+    """mean ± std per group, epoch and metric (epochs a run lacks are skipped); std is NaN for a single value or an
+    infinite one."""
     tables = {}
     for label, runs in groups.items():
         rows = []
         for epoch in epochs:
             for metric in metrics:
                 values = [logged[run.info.run_id][metric][epoch] for run in runs if epoch in logged[run.info.run_id][metric]]
-                if values:
-                    std = statistics.stdev(values) if len(values) > 1 else math.nan  # no spread from one value
-                    rows.append({"epoch": epoch, "metric": metric, "mean": statistics.fmean(values), "std": std, "runs": len(values)})
+                if values:  # no spread from one value, or from an infinite one (a class never drawn)
+                    found = seed_stats.summarize(values)
+                    rows.append({"epoch": epoch, "metric": metric, "mean": found.mean, "std": found.std, "runs": len(values)})
         tables[label] = rows
     return tables
 

@@ -131,6 +131,11 @@ def test_an_infinite_score_reads_back_from_the_store_as_inf_and_the_sweep_summar
     assert "e+308" not in (tmp_path / "summary" / "sweep_summary.csv").read_text()
     table = (tmp_path / "summary" / "comparison.md").read_text()
     assert "| dropout=0.1 | 1 | 2 | inf ± n/a | nan |  |  |  | a seed scored inf: no interval |" in table
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert report.main(["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--by", "dropout", "--metrics",
+                            "fid,fid_class_worst", "--epochs", "1", "--out", str(tmp_path / "report")]) == 0
+    assert "| 1 | 102 ± 0.71 | inf ± n/a |" in (tmp_path / "report" / "scores.md").read_text()  # dropout=0.3
 
 
 def test_welch_matches_scipy():

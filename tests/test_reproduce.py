@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -199,6 +200,19 @@ def test_a_spread_of_zero_falls_back_on_the_pooled_spread():
         record.values[("fp32", seed, scores.MODES_COVERED, 2)] = float(seed)
     mean, spread = verdict.seed_spread(record, "fp32", scores.MODES_COVERED, 1)
     assert mean == 0.0 and spread == pytest.approx(0.7071, rel=1e-3)
+
+
+def test_an_infinite_score_has_no_spread_and_its_epoch_is_left_out_of_the_pooled_one():
+    """fid_class_worst is inf where a class was never drawn: no spread at that epoch, none in the pool from it."""
+    record = unit_record()
+    for seed in FIDS:
+        record.values[("fp32", seed, scores.FID_CLASS_WORST, 1)] = math.inf if seed == 0 else 300.0
+        record.values[("fp32", seed, scores.FID_CLASS_WORST, 2)] = 300.0 + seed
+        record.values[("fp32", seed, scores.FID_CLASS_WORST, 3)] = 310.0  # no spread at this epoch: the pool's
+    mean, spread = verdict.seed_spread(record, "fp32", scores.FID_CLASS_WORST, 1)
+    assert mean == math.inf and math.isnan(spread)
+    mean, spread = verdict.seed_spread(record, "fp32", scores.FID_CLASS_WORST, 3)
+    assert mean == 310.0 and spread == pytest.approx(math.sqrt(0.5))  # epochs 2 and 3 pooled, epoch 1 left out
 
 
 # --------------------------------------------------------------------------- bad input

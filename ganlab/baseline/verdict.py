@@ -116,13 +116,14 @@ def relative_difference(a: float, b: float) -> float:
 
 def seed_spread(record: Record, dtype: str, metric: str, epoch: int) -> tuple[float, float]:
     """(mean, spread) of the record's seeds at `epoch`: the std (ddof 1), at least the pooled
-    std of `metric` over all the record's epochs. NaN spread with fewer than 2 seeds."""
+    std of `metric` over all the record's epochs. NaN spread with fewer than 2 seeds or an infinite
+    value (`fid_class_worst` of a class never drawn), whose epochs the pooled std leaves out."""
     found = record.across_seeds(dtype, metric, epoch)
     mean = statistics.fmean(found) if found else math.nan
-    if len(found) < 2:
+    if len(found) < 2 or not all(map(math.isfinite, found)):
         return mean, math.nan
     variances = [statistics.variance(values) for other in record.epochs(dtype)
-                 if len(values := record.across_seeds(dtype, metric, other)) > 1]
+                 if len(values := record.across_seeds(dtype, metric, other)) > 1 and all(map(math.isfinite, values))]
     pooled = math.sqrt(statistics.fmean(variances))
     return mean, max(statistics.stdev(found), pooled)
 
