@@ -27,9 +27,10 @@ Why `margin / 2`: an interval no wider than `margin` that holds 0 lies inside
 **worse** (the interval excludes 0; which way is better comes from the score registry),
 **equivalent** (the interval lies inside `+-margin`), or, only when `max_seeds` cut a setting
 short, **undecided**. (So is a comparison where a seed scored inf, e.g. `fid_class_worst` of a
-generator that leaves a class out: there is no spread and no interval, and no seeds are planned.) Every verdict is right (better/worse: the true difference has that sign;
-equivalent: it is smaller than margin) whenever the intervals cover, so all of them together
-are right with probability at least 1 - alpha.
+generator that leaves a class out: there is no spread and no interval, and no seeds are planned.)
+Every verdict is right (better/worse: the true difference has that sign; equivalent: it is
+smaller than margin) whenever the intervals cover, so all of them together are right with
+probability at least 1 - alpha.
 
 The seeds a fixed one-stage design would have needed are given for scale: the smallest equal
 number per setting whose Welch-style interval (t quantile at 1 - alpha / (2k), the variances
@@ -158,7 +159,8 @@ def compare(values: dict, reference, margin: float, alpha: float, pilot_seeds: i
                        fixed_seeds=None, why="fewer scores than the pilot needs (a job failed)")
             rows.append(row)
             continue
-        infinite = [name for name, scores in (("the setting", own), ("the reference", ref)) if not np.isfinite(scores).all()]
+        infinite = [name for name, seeds in (("the setting", own), ("the reference", ref))
+                    if not np.isfinite(seeds).all()]
         if infinite:  # e.g. fid_class_worst of a generator that leaves a digit out: no spread, no interval
             with np.errstate(invalid="ignore"):
                 diff = row["mean"] - row["reference_mean"]

@@ -30,8 +30,9 @@ def markdown(question, rows: list[dict], reused: dict[str, list[int]]) -> str:
              f"Bonferroni over {max(1, len(rows))} comparison(s)).", ""]
     cells = []
     for row in rows:
-        interval = ("-" if row["diff"] != row["diff"] else f"{row['diff']:+.4g} (no interval)" if row["low"] != row["low"]
-                    else f"{row['diff']:+.4g} [{row['low']:+.4g}, {row['high']:+.4g}]")
+        interval = ("-" if row["diff"] != row["diff"] else
+                    f"{row['diff']:+.4g} (no interval)" if row["low"] != row["low"] else  # a seed scored inf
+                    f"{row['diff']:+.4g} [{row['low']:+.4g}, {row['high']:+.4g}]")
         asked = f"{row['seeds_needed']}, {row['reference_seeds_needed']}" if row["seeds_needed"] else "-"
         verdict = f"**{row['verdict']}**" + (f" ({row['why']})" if row["why"] else "")
         cells.append([question.label(row["setting"]), verdict, interval, f"{row['seeds']}, {row['reference_seeds']}",
@@ -39,8 +40,9 @@ def markdown(question, rows: list[dict], reused: dict[str, list[int]]) -> str:
     lines += [table(HEADER, cells, padded=False), "",
               "difference: setting - reference (mean over its seeds); **better**/**worse**: the interval excludes 0; "
               f"**equivalent**: it lies inside +-{question.margin:g}; **undecided**: max_seeds ({question.max_seeds}) "
-              "ran out, a pilot job failed, or a seed scored inf (no interval exists). design asked: seeds the pilot says each needs; fixed design: seeds per setting a one-stage "
-              "design would have needed with the variances known in advance."]
+              "ran out, a pilot job failed, or a seed scored inf (no interval exists). design asked: seeds the pilot "
+              "says each needs; fixed design: seeds per setting a one-stage design would have needed with the "
+              "variances known in advance."]
     if any(reused.values()):
         shown = "; ".join(f"{label}: seeds {', '.join(map(str, seeds))}" for label, seeds in reused.items() if seeds)
         lines.append(f"Reused (already in the store, not rerun): {shown}.")

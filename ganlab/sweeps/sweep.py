@@ -259,7 +259,8 @@ def best_line(summary) -> str | None:
     value, low, high = scores.format_column(metric, [found.value, found.ci_low, found.ci_high])
     better = f"{scores.direction(metric)} is better" if scores.direction(metric) else ""
     if found.n > 1 and found.ci_low != found.ci_low:  # seed_stats.summarize: a seed scored inf
-        return f"best setting: {found.label}: {metric} {value} (over {found.n} seeds; a seed scored inf, so no interval; {better})"
+        return (f"best setting: {found.label}: {metric} {value} (over {found.n} seeds; a seed scored inf, so no "
+                f"interval; {better})")
     if found.n > 1:
         return (f"best setting: {found.label}: {metric} {value} (95% interval {low} to {high} over {found.n} seeds; "
                 f"{better})")
