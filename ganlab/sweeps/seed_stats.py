@@ -49,11 +49,18 @@ def summarize(values: Iterable[float]) -> Summary:
     values = np.asarray(list(values), dtype=float)
     n = len(values)
     mean = float(values.mean()) if n else math.nan
-    if n < 2 or not np.isfinite(values).all():
+    std = sample_std(values)
+    if math.isnan(std):
         return Summary(n, mean, math.nan, math.nan, math.nan)
-    std = float(values.std(ddof=1))
     half_width = _stats().t.ppf(0.5 + CONFIDENCE / 2, n - 1) * std / math.sqrt(n)
     return Summary(n, mean, std, float(mean - half_width), float(mean + half_width))
+
+
+def sample_std(values) -> float:
+    """The sample standard deviation (ddof=1); NaN for fewer than 2 values or an infinite one, whose
+    spread is unknown. The settle design's pilot spread too (`ganlab.sweeps.settle`)."""
+    values = np.asarray(values, float)
+    return float(np.std(values, ddof=1)) if len(values) >= 2 and np.isfinite(values).all() else math.nan
 
 
 def welch(a_values: Iterable[float], b_values: Iterable[float]) -> Difference:

@@ -48,6 +48,7 @@ import math
 import numpy as np
 
 from ganlab.core.scores import HIGHER, LOWER  # noqa: F401  (which way a metric is better)
+from ganlab.sweeps.seed_stats import sample_std  # a pilot's spread: NaN for fewer than 2 scores or an infinite one
 
 BETTER, WORSE, EQUIVALENT, UNDECIDED = "better", "worse", "equivalent", "undecided"
 VERDICTS = (BETTER, WORSE, EQUIVALENT, UNDECIDED)
@@ -178,12 +179,6 @@ def compare(values: dict, reference, margin: float, alpha: float, pilot_seeds: i
                    why="max_seeds reached" if verdict == UNDECIDED and capped else "")
         rows.append(row)
     return rows
-
-
-def sample_std(values) -> float:
-    """The sample standard deviation (ddof=1); NaN for fewer than 2 values or an infinite one."""
-    values = np.asarray(values, float)
-    return float(np.std(values, ddof=1)) if len(values) >= 2 and np.isfinite(values).all() else math.nan
 
 
 def _mean(values) -> float:

@@ -28,6 +28,7 @@ import atexit
 import contextlib
 import json
 import logging
+import math
 import signal
 import sys
 from pathlib import Path
@@ -258,7 +259,7 @@ def best_line(summary) -> str | None:
     # the score registry's precision, one number of decimals for the value and its interval (as the parent's table)
     value, low, high = scores.format_column(metric, [found.value, found.ci_low, found.ci_high])
     better = f"{scores.direction(metric)} is better" if scores.direction(metric) else ""
-    if found.n > 1 and found.ci_low != found.ci_low:  # seed_stats.summarize: a seed scored inf
+    if found.n > 1 and math.isnan(found.ci_low):  # seed_stats.summarize: a seed scored inf
         return (f"best setting: {found.label}: {metric} {value} (over {found.n} seeds; a seed scored inf, so no "
                 f"interval; {better})")
     if found.n > 1:
