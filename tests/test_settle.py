@@ -1,6 +1,7 @@
 """`hydra/sweeper=settle` through the real CLI: a huge margin stops after the pilot (and a second
-sweep reuses its seeds, training nothing), a tiny one runs every setting to max_seeds (killed in
-stage 2 and continued with sweep.resume, every seed once), no margin is refused in one line.
+sweep reuses its seeds, training nothing), a tiny one reuses them too and runs every setting to
+max_seeds (killed in stage 2 and continued with sweep.resume, every seed once), no margin is
+refused in one line.
 The question's checks (ganlab.sweeps.settle_plan) are tested in-process."""
 
 from __future__ import annotations
@@ -41,7 +42,10 @@ def settings_and_seeds(runs) -> list[tuple[str, str]]:
 
 
 @pytest.mark.heavy
-def test_a_huge_margin_stops_after_the_pilot_and_a_second_sweep_reuses_its_seeds(workdir):
+def test_a_huge_margin_stops_after_the_pilot_later_sweeps_reuse_its_seeds_and_a_tiny_one_killed_in_stage_2_ends_with_every_seed_once(workdir):
+    """One store, four settle sweeps of one question: a huge margin (the pilot only); the same again (every seed
+    reused, nothing trained); an infinite metric (no interval, no stage 2); then a tiny margin, which reuses the
+    pilot, runs stage 2 to max_seeds, is killed there and is continued with sweep.resume."""
     done = run_cli([*SETTLE, "settle.margin=1000"], workdir)
     assert done.returncode == 0, done.stderr[-3000:]
     parent, jobs, reused = sweep_runs(workdir)
@@ -54,6 +58,7 @@ def test_a_huge_margin_stops_after_the_pilot_and_a_second_sweep_reuses_its_seeds
     assert "| dropout=0.5 | **equivalent** |" in done.stdout
     assert "dropout=0.5 seed=1" in {run.info.run_name for run in jobs.values()}  # seeds are in the run names
     assert not any(key.startswith("settle.") for run in jobs.values() for key in run.data.params)
+    pilot = jobs
 
     report = run_cli(["--by", "dropout", "--reference", "dropout=0.1", "--out", "report"], workdir, module="ganlab.report")
     assert report.returncode == 0, report.stderr[-3000:]
@@ -64,7 +69,7 @@ def test_a_huge_margin_stops_after_the_pilot_and_a_second_sweep_reuses_its_seeds
     second, jobs_again, copies = sweep_runs(workdir)
     assert second.info.run_id != parent.info.run_id
     assert not jobs_again  # nothing trained
-    assert sorted(run.data.tags[settle_store.REUSED_TAG] for run in copies) == sorted(run.info.run_id for run in jobs.values())
+    assert sorted(run.data.tags[settle_store.REUSED_TAG] for run in copies) == sorted(run.info.run_id for run in pilot.values())
     assert second.data.tags[VERDICT] == settle.EQUIVALENT
     assert "Reused (already in the store, not rerun): dropout=0.1: seeds 0, 1; dropout=0.5: seeds 0, 1." in again.stdout
     assert "sweep of 0 jobs trained, 4 seeds reused" in again.stdout  # copies are not counted as jobs
@@ -77,9 +82,35 @@ def test_a_huge_margin_stops_after_the_pilot_and_a_second_sweep_reuses_its_seeds
     assert "the reference dropout=0.1 scored inf on a pilot seed" in worst.stdout and "Warning" not in worst.stderr
     assert "**undecided** (the setting and the reference scored inf on a seed: no interval exists)" in worst.stdout
 
+    # A tiny margin: the pilot's 4 seeds are reused, stage 2 runs seeds 2 and 3 of each setting as jobs 0-3. It is
+    # killed once job 1 has made its run and first checkpoint (held there); its own folder, so job 1 is this sweep's.
+    tiny = workdir / "tiny"
+    tiny.mkdir()
+    command = [*SETTLE, "settle.margin=0.001", f"tracking.uri=sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "GANLAB_CACHE_DIR": str(EVAL_CACHE)}
+    sweep = subprocess.Popen([sys.executable, "-m", "ganlab.train", *command], cwd=tiny, env=env, text=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    hold_after_checkpoint(tiny, sweep, [1], epoch=0)
+    os.killpg(sweep.pid, signal.SIGKILL)
+    sweep.wait()
+    killed, jobs, copies = sweep_runs(workdir)
+    assert sorted(jobs) == [0, 1] and jobs[0].info.status == "FINISHED" and jobs[1].info.status == "RUNNING"
+    assert len(copies) == 4
+
+    resumed = run_cli([*command, f"sweep.resume={killed.info.run_id}"], tiny)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "sweep job 0 (dropout=0.1 seed=2) finished in run" in resumed.stdout  # not trained again
+    after, jobs, copies = sweep_runs(workdir, killed.info.run_id)
+    assert sorted(jobs) == [0, 1, 2, 3] and len(copies) == 4  # stage 2, each job once; the pilot reused, not copied twice
+    assert settings_and_seeds([*jobs.values(), *copies]) == [(d, str(s)) for d in ("0.1", "0.5") for s in range(4)]
+    assert jobs[1].info.run_id == only_run_of_job(workdir, killed.info.run_id, jobs, 1)  # continued, not restarted
+    assert all(run.info.status == "FINISHED" for run in jobs.values()) and after.info.status == "FINISHED"
+    assert after.data.tags[VERDICT] != settle.EQUIVALENT
+    assert "max_seeds reached" in next(tiny.glob("outputs/multirun/*/summary/settle.md")).read_text()
+
     # The same scoring protocol: what the sweeper expects a job to tag is what the jobs tagged; a run whose
     # data (its data sha256 tag) differs from what this sweep's jobs will read is not reused.
-    client, first = store_client(workdir), jobs[0]
+    client, first = store_client(workdir), pilot[0]
     protocol = settle_store.protocol({"data": {"name": "mnist", "path": str(MNIST_FILE)}, "eval": {"enabled": True}})
     assert protocol == {key: first.data.tags[key] for key in (tracking.DATA_SHA_TAG, tracking.CLASSIFIER_SHA_TAG)}
     expected = {key: value for key, value in first.data.params.items() if key != "seed"}
@@ -88,36 +119,11 @@ def test_a_huge_margin_stops_after_the_pilot_and_a_second_sweep_reuses_its_seeds
     assert found[1].data.params["dropout"] == first.data.params["dropout"] and 0 not in found
 
 
-@pytest.mark.heavy
-def test_a_tiny_margin_runs_to_max_seeds_and_a_sweep_killed_in_stage_2_ends_with_every_seed_once(workdir):
-    command = [*SETTLE, "settle.margin=0.001", "steps_per_epoch=5"]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "GANLAB_CACHE_DIR": str(EVAL_CACHE)}
-    sweep = subprocess.Popen([sys.executable, "-m", "ganlab.train", *command], cwd=workdir, env=env, text=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    # Stage 2 has begun: job 4 (the first beyond the 4 pilot jobs) has made its run and first checkpoint, held there.
-    hold_after_checkpoint(workdir, sweep, [4], epoch=0)
-    os.killpg(sweep.pid, signal.SIGKILL)
-    sweep.wait()
-    parent, jobs, _ = sweep_runs(workdir)
-    assert max(jobs) == 4 and jobs[4].info.status == "RUNNING"
-
-    resumed = run_cli([*command, f"sweep.resume={parent.info.run_id}"], workdir)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "sweep job 0 (dropout=0.1 seed=0) finished in run" in resumed.stdout  # the pilot is not trained again
-    after, jobs, _ = sweep_runs(workdir, parent.info.run_id)
-    assert sorted(jobs) == list(range(8))  # 2 settings x max_seeds 4, each job once
-    assert settings_and_seeds(jobs.values()) == [(d, str(s)) for d in ("0.1", "0.5") for s in range(4)]
-    assert jobs[4].info.run_id == parent_run_of_job_4(workdir, parent.info.run_id, jobs)  # continued, not restarted
-    assert all(run.info.status == "FINISHED" for run in jobs.values()) and after.info.status == "FINISHED"
-    assert after.data.tags[VERDICT] != settle.EQUIVALENT
-    assert "max_seeds reached" in (workdir / next(workdir.glob("outputs/multirun/*/summary/settle.md"))).read_text()
-
-
-def parent_run_of_job_4(cwd: Path, parent_id: str, jobs) -> str:
-    """The one run job 4 has under the sweep (a second attempt would have made a second run)."""
-    client = store_client(cwd)
-    found = client.search_runs([jobs[4].info.experiment_id], filter_string=(
-        f"tags.`{tracking.PARENT_RUN_TAG}` = '{parent_id}' and tags.`{tracking.JOB_NUM_TAG}` = '4'"))
+def only_run_of_job(store_cwd: Path, parent_id: str, jobs, job: int) -> str:
+    """The one run job `job` has under the sweep (a second attempt would have made a second run)."""
+    client = store_client(store_cwd)
+    found = client.search_runs([jobs[job].info.experiment_id], filter_string=(
+        f"tags.`{tracking.PARENT_RUN_TAG}` = '{parent_id}' and tags.`{tracking.JOB_NUM_TAG}` = '{job}'"))
     assert len(found) == 1
     return found[0].info.run_id
 
