@@ -51,15 +51,26 @@ finally:
 """
 
 
+def cli_env(env: dict | None = None) -> dict:
+    """The environment the tests run a CLI in: TensorFlow's C++ log quiet, the session's statistics cache, then `env`."""
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "GANLAB_CACHE_DIR": str(EVAL_CACHE), **(env or {})}
+
+
 def run_cli(args: list[str], cwd: Path, module: str = "ganlab.train", timeout: int = 600, env: dict | None = None,
             tell_if_tensorflow_loaded: bool = False):
     """Run `python -m <module> args` for real in `cwd`; the store is cwd/mlruns by default. With
     `tell_if_tensorflow_loaded`, stdout ends with "scikit-learn loaded: True|False" and "tensorflow loaded: True|False"."""
-    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "GANLAB_CACHE_DIR": str(EVAL_CACHE), **(env or {})}
     command = ["-c", TELLS_IF_TENSORFLOW_LOADED, module] if tell_if_tensorflow_loaded else ["-m", module]
     return subprocess.run(
-        [sys.executable, *command, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
+        [sys.executable, *command, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=cli_env(env)
     )
+
+
+def start_cli(args: list[str], cwd: Path, **popen) -> subprocess.Popen:
+    """`python -m ganlab.train args` started in `cwd` as run_cli runs it, left running; its stdout and stderr
+    are text pipes unless `popen` (subprocess.Popen's arguments) says otherwise."""
+    options = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen}
+    return subprocess.Popen([sys.executable, "-m", "ganlab.train", *args], cwd=cwd, env=cli_env(), **options)
 
 
 def store_is_ready(cwd: Path) -> bool:

@@ -1,4 +1,4 @@
-"""Nothing lost: kills and resumes, divergence, unreachable stores, bad files, concurrent writers."""
+"""Nothing lost: kills and resumes, divergence, unreachable stores, bad files (concurrent writers: test_sweep.py)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import (EVAL_CACHE, MNIST_FILE, QUICK, REPO, MlflowStub, all_runs, ctrl_c_as_in_a_terminal, run_cli,
-                      small_disk, store_is_ready)
-
-
-def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "GANLAB_CACHE_DIR": str(EVAL_CACHE)}
-    return subprocess.Popen([sys.executable, "-m", "ganlab.train", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+from conftest import (MNIST_FILE, QUICK, REPO, MlflowStub, all_runs, cli_env, ctrl_c_as_in_a_terminal, run_cli,
+                      small_disk, start_cli, store_is_ready)
 
 
 def test_resume_of_unknown_run_or_folder(workdir):
@@ -82,22 +75,6 @@ def test_missing_or_altered_classifier_weights_fail_the_run(workdir, damage):
     assert result.stdout.splitlines()[-1] == "tensorflow loaded: False"  # refused before TensorFlow's start-up
     (run,) = all_runs(workdir)
     assert run.info.status == "FAILED" and expected in run.data.tags["failure_reason"]
-
-
-def test_two_sweeps_at_once_into_one_store(workdir):
-    args = ["-m", "dropout=0.1,0.2", *QUICK, "epochs=1", "steps_per_epoch=3", "eval.enabled=false", "objective=g_loss"]
-    processes = [start_cli(args, workdir), start_cli(args, workdir)]
-    for process in processes:
-        _, stderr = process.communicate(timeout=600)
-        assert process.returncode == 0, stderr[-3000:]
-    runs = all_runs(workdir)
-    parents = [run for run in runs if run.data.tags.get("sweep.parent") == "true"]
-    children = [run for run in runs if "sweep.job_num" in run.data.tags]
-    assert len(parents) == 2 and len(children) == 4
-    for parent in parents:
-        mine = [c for c in children if c.data.tags["mlflow.parentRunId"] == parent.info.run_id]
-        assert sorted(c.data.params["dropout"] for c in mine) == ["0.1", "0.2"]
-        assert parent.info.status == "FINISHED" and all(c.info.status == "FINISHED" for c in mine)
 
 
 # ---------------------------------------------------------------------------- the store failing after the run exists
@@ -254,8 +231,7 @@ def test_the_entry_point_refuses_unresolvable_and_unknown_keys_in_one_line(workd
 
 def test_sigint_during_the_imports_is_one_line(workdir):
     """The event: -X importtime says omegaconf is imported, so ganlab.train's imports are under way."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "GANLAB_CACHE_DIR": str(EVAL_CACHE)}
-    process = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "ganlab.train", *QUICK], cwd=workdir, env=env,
+    process = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "ganlab.train", *QUICK], cwd=workdir, env=cli_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=ctrl_c_as_in_a_terminal)
     for line in process.stderr:

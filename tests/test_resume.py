@@ -16,20 +16,12 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import EVAL_CACHE, MNIST_FILE, QUICK, all_runs, run_cli, small_disk, store_client, store_is_ready
+from conftest import MNIST_FILE, QUICK, all_runs, run_cli, small_disk, start_cli, store_client, store_is_ready
 from ganlab.training import checkpoint
 from ganlab.training.resume import RESUME_OVERRIDES, check_overrides, prepare_resume
 from ganlab.core.errors import InputError
 
 TINY_EPOCHS = ["steps_per_epoch=1", "eval.enabled=false", "objective=g_loss", f"data.path={MNIST_FILE}"]
-
-
-def start(args, cwd: Path) -> subprocess.Popen:
-    import sys
-
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "GANLAB_CACHE_DIR": str(EVAL_CACHE)}
-    return subprocess.Popen([sys.executable, "-m", "ganlab.train", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def wait_for(condition, process: subprocess.Popen | None = None, deadline_s: float = 900):
@@ -131,9 +123,9 @@ def test_kill_9_at_random_moments_then_resume_logs_every_epoch_exactly_once(work
     rng = random.Random(0)
     (workdir / "whole").mkdir()
     (workdir / "killed").mkdir()
-    whole = start(KILLED_9, workdir / "whole")  # the same job uninterrupted, beside it
+    whole = start_cli(KILLED_9, workdir / "whole")  # the same job uninterrupted, beside it
     cwd = workdir / "killed"
-    process, run_id = start(KILLED_9, cwd), None
+    process, run_id = start_cli(KILLED_9, cwd), None
     for _ in range(2):
         assert wait_for_line(process, TRAINING_STARTS), process.communicate()[1][-3000:]
         run_id = run_id or the_run(cwd).info.run_id
@@ -141,7 +133,7 @@ def test_kill_9_at_random_moments_then_resume_logs_every_epoch_exactly_once(work
         assert process.poll() is None, "the job ended before its kill"
         process.kill()  # SIGKILL: nothing can be caught
         process.communicate()
-        process = start([f"resume={run_id}"], cwd)
+        process = start_cli([f"resume={run_id}"], cwd)
     _, stderr = process.communicate(timeout=900)
     assert process.returncode == 0, stderr[-3000:]
     finished = store_client(cwd).get_run(run_id)
@@ -201,10 +193,10 @@ def killed_threads_1_run(tmp_path_factory):
     args = ["epochs=3", "steps_per_epoch=40", "threads=1", "tracking.experiment=elsewhere", "ema=0.999",
             "eval.enabled=false", "objective=g_loss", f"data.path={MNIST_FILE}"]
     (cwd / "whole").mkdir()
-    whole = start(args, cwd / "whole")  # on the other core
+    whole = start_cli(args, cwd / "whole")  # on the other core
     killed_cwd = cwd / "killed"
     killed_cwd.mkdir()
-    process = start(args, killed_cwd)
+    process = start_cli(args, killed_cwd)
     client_dir = killed_cwd
 
     def epoch_one_logged():
@@ -231,7 +223,7 @@ def killed_threads_1_run(tmp_path_factory):
 
 
 def test_a_resume_while_the_job_runs_is_refused(tmp_path):
-    process = start(["epochs=50", "steps_per_epoch=20", "eval.enabled=false", "objective=g_loss",
+    process = start_cli(["epochs=50", "steps_per_epoch=20", "eval.enabled=false", "objective=g_loss",
                      f"data.path={MNIST_FILE}"], tmp_path)
     try:
         run = wait_for(lambda: (r := the_run(tmp_path)) and steps(tmp_path, r.info.run_id) and r, process)
@@ -284,7 +276,7 @@ def test_resume_from_another_folder_uses_the_checkpoints_store_threads_and_data(
 
 
 def test_sigterm_to_a_sequential_sweep_leaves_no_run_running(workdir):
-    process = start(["-m", "dropout=0.1,0.2,0.3", "epochs=20", "steps_per_epoch=20", "eval.enabled=false",
+    process = start_cli(["-m", "dropout=0.1,0.2,0.3", "epochs=20", "steps_per_epoch=20", "eval.enabled=false",
                      "objective=g_loss", f"data.path={MNIST_FILE}"], workdir)
 
     def first_child_trains():

@@ -7,14 +7,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import EVAL_CACHE, FIXTURE_MNIST, QUICK, REPO, all_runs, hold_after_checkpoint, run_cli
+from conftest import FIXTURE_MNIST, QUICK, REPO, all_runs, hold_after_checkpoint, run_cli, start_cli
 from ganlab.core import scores
 from ganlab.sweeps import search, seed_stats
 from test_sweep_resume import parent_and_children
@@ -29,10 +28,8 @@ SEARCH = ["-m", "-cd", str(REPO / "sweeps"), "-cn", "search", "~hydra.sweeper.pa
 
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "GANLAB_CACHE_DIR": str(EVAL_CACHE)}
     with open(cwd / "first.log", "w") as log:  # a file, not a pipe nobody reads: a full pipe would stall the search
-        return subprocess.Popen([sys.executable, "-m", "ganlab.train", *args], cwd=cwd, env=env, text=True,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return start_cli(args, cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 @pytest.mark.heavy

@@ -9,13 +9,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import EVAL_CACHE, MNIST_FILE, all_runs, hold_after_checkpoint, run_cli, store_client
+from conftest import MNIST_FILE, all_runs, hold_after_checkpoint, run_cli, start_cli, store_client
 from ganlab.core.errors import InputError
 from ganlab.sweeps import settle, settle_plan, settle_report, settle_store
 from ganlab.tracking import store as tracking
@@ -87,9 +86,7 @@ def test_a_huge_margin_stops_after_the_pilot_later_sweeps_reuse_its_seeds_and_a_
     tiny = workdir / "tiny"
     tiny.mkdir()
     command = [*SETTLE, "settle.margin=0.001", f"tracking.uri=sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "GANLAB_CACHE_DIR": str(EVAL_CACHE)}
-    sweep = subprocess.Popen([sys.executable, "-m", "ganlab.train", *command], cwd=tiny, env=env, text=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    sweep = start_cli(command, tiny, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     hold_after_checkpoint(tiny, sweep, [1], epoch=0)
     os.killpg(sweep.pid, signal.SIGKILL)
     sweep.wait()

@@ -18,7 +18,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -26,8 +25,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import (EVAL_CACHE, QUICK, SLURM_GROUP, all_runs, artifact_paths, checkpoint_folder,
-                      ctrl_c_as_in_a_terminal, hold_after_checkpoint, run_cli, store_client, thaw_once_signalled)
+from conftest import (QUICK, SLURM_GROUP, all_runs, artifact_paths, checkpoint_folder,
+                      ctrl_c_as_in_a_terminal, hold_after_checkpoint, run_cli, start_cli, store_client, thaw_once_signalled)
 from ganlab.sweeps import slurm_wait
 from ganlab.sweeps.slurm import ACTIVE_STATES
 from ganlab.tracking.job_run import FAILURE_TAG
@@ -68,10 +67,8 @@ TQDM_MARKS = ("\r", "it/s]", "█")
 def start_sweep(args: list[str], cwd: Path, stderr_file: Path | None = None) -> subprocess.Popen:
     """`python -m ganlab.train args` in the background, as conftest.run_cli runs it; its stderr
     in `stderr_file` (to be read while it runs) if given."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "GANLAB_CACHE_DIR": str(EVAL_CACHE)}
     stderr = stderr_file.open("w") if stderr_file else subprocess.PIPE
-    return subprocess.Popen([sys.executable, "-m", "ganlab.train", *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=stderr, preexec_fn=ctrl_c_as_in_a_terminal)
+    return start_cli(args, cwd, stderr=stderr, preexec_fn=ctrl_c_as_in_a_terminal)
 
 
 def wait_for(condition, what: str, process: subprocess.Popen | None = None, limit_s: float = 300):

@@ -15,7 +15,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import QUICK, SHARED_EPOCHS, all_runs, artifact_paths, run_cli, store_client, sweep_runs
+from conftest import QUICK, SHARED_EPOCHS, all_runs, artifact_paths, run_cli, start_cli, store_client, sweep_runs
 from ganlab import report
 
 
@@ -42,20 +42,31 @@ def test_sweep_summary_is_on_the_parent(dropout_sweep, tmp_path):
 
 
 @pytest.mark.heavy
-def test_four_parallel_jobs_into_one_fresh_store_each_with_every_epoch(workdir):
-    """The parallel launcher with four jobs at once (twice the cores here) writing into a store none of them
-    found: no lost write, every job FINISHED with every epoch, the cores shared out, and the summary's heatmap."""
-    args = ["-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=4", "dropout=0.0,0.3", "label_smoothing=0.0,0.2",
-            *QUICK, "epochs=2", "steps_per_epoch=3"]
-    result = run_cli(args, workdir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "database is locked" not in result.stderr
+def test_four_parallel_jobs_and_another_sweep_at_once_into_one_fresh_store_each_job_with_every_epoch(workdir):
+    """The parallel launcher with four jobs at once (twice the cores here) and, started beside it, a second
+    sweep of two jobs in turn, all writing into a store none of them found: no lost write, every job FINISHED
+    under its own parent with every epoch, the parallel jobs sharing the cores out, and the summary's heatmap."""
+    parallel = ["-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=4", "dropout=0.0,0.3", "label_smoothing=0.0,0.2",
+                *QUICK, "epochs=2", "steps_per_epoch=3"]
+    in_turn = ["-m", "dropout=0.1,0.2", *QUICK, "epochs=1", "steps_per_epoch=3", "eval.enabled=false", "objective=g_loss"]
+    processes = [start_cli(parallel, workdir), start_cli(in_turn, workdir)]
+    for process in processes:
+        _, stderr = process.communicate(timeout=900)
+        assert process.returncode == 0, stderr[-3000:]
+        assert "database is locked" not in stderr
     client = store_client(workdir)
-    parent, children = sweep_runs(workdir)
-    assert len(children) == 4 and all(child.info.status == "FINISHED" for child in children)
-    assert sorted((c.data.params["dropout"], c.data.params["label_smoothing"]) for c in children) == [
+    runs = all_runs(workdir)
+    parents = {run.info.run_id: run for run in runs if run.data.tags.get("sweep.parent") == "true"}
+    children = {parent: [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent] for parent in parents}
+    assert len(parents) == 2 and sum(map(len, children.values())) == len(runs) - 2 == 6
+    assert all(run.info.status == "FINISHED" for run in runs)
+    (parent,) = [parents[run_id] for run_id, mine in children.items() if len(mine) == 4]
+    (other,) = [mine for mine in children.values() if len(mine) == 2]
+    assert sorted(child.data.params["dropout"] for child in other) == ["0.1", "0.2"]
+    mine = children[parent.info.run_id]
+    assert sorted((c.data.params["dropout"], c.data.params["label_smoothing"]) for c in mine) == [
         (dropout, smoothing) for dropout in ("0.0", "0.3") for smoothing in ("0.0", "0.2")]
-    for child in children:
+    for child in mine:
         assert child.data.params["threads"] == str(max(1, os.cpu_count() // 4))  # null: the job takes cores / n_jobs
         for metric in ("d_loss", "g_loss", "d_real", "d_fake", "steps_per_sec"):
             assert [point.step for point in client.get_metric_history(child.info.run_id, metric)] == [1, 2], metric

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (EVAL_CACHE, QUICK, all_runs, artifact_paths, hold_after_checkpoint, run_cli,
+from conftest import (QUICK, all_runs, artifact_paths, hold_after_checkpoint, run_cli, start_cli,
                       store_client, thaw_once_signalled)
 from omegaconf import OmegaConf
 
@@ -25,9 +25,7 @@ from ganlab.core import scores
 from ganlab.training.job import signals_as_interrupt
 
 def start_sweep(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "GANLAB_CACHE_DIR": str(EVAL_CACHE)}
-    return subprocess.Popen([sys.executable, "-m", "ganlab.train", *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    return start_cli(args, cwd, start_new_session=True)
 
 
 def parent_and_children(cwd: Path):
