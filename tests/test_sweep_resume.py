@@ -36,40 +36,8 @@ def parent_and_children(cwd: Path):
     return parents[0], sorted(children, key=lambda run: int(run.data.tags["sweep.job_num"]))
 
 
-def test_sweep_resume_refuses_what_it_cannot_continue_and_skips_a_finished_sweep(workdir, capsys):
-    first = run_cli(["-m", "dropout=0.1,0.3", *QUICK], workdir)
-    assert first.returncode == 0, first.stderr[-3000:]
-    parent, children = parent_and_children(workdir)
-
-    # Other overrides, or a job's run: refused before anything starts (the sweep's own check, in this process).
-    started_with = parent.data.tags[sweep.PARENT_OVERRIDES_TAG]
-    for target, overrides, said in [
-        (parent.info.run_id, started_with.replace("dropout=0.1,0.3", "dropout=0.1,0.5"), "continue it with the same ones"),
-        (children[0].info.run_id, started_with, "is not the parent run of a sweep"),
-    ]:
-        with pytest.raises(SystemExit) as refused:
-            sweep.reopen_parent(store_client(workdir), parent.info.experiment_id, target, overrides)
-        assert refused.value.code == 1 and said in capsys.readouterr().err
-    single = run_cli([*QUICK, f"sweep.resume={parent.info.run_id}"], workdir)
-    assert single.returncode == 1 and "goes with -m" in single.stderr
-    assert len(all_runs(workdir)) == 3  # nothing new was started
-
-    sweep_dir = parent.data.tags["sweep.dir"]  # a sweep may be named by its folder too
-    folders = sorted((workdir / "outputs" / "multirun").iterdir())
-    client = store_client(workdir)
-    artifacts = artifact_paths(client, parent.info.run_id)
-    again = run_cli(["-m", "dropout=0.1,0.3", *QUICK, f"sweep.resume={sweep_dir}"], workdir)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert f"sweep {parent.info.run_id} has finished (2 of 2 finished); nothing to continue." in again.stdout
-    assert "epoch 1/1" not in again.stdout
-    assert sorted((workdir / "outputs" / "multirun").iterdir()) == folders  # no empty sweep folder
-    after, children = parent_and_children(workdir)
-    assert after.info.status == "FINISHED" and after.info.end_time == parent.info.end_time and len(children) == 2
-    assert artifact_paths(client, parent.info.run_id) == artifacts  # no picture logged twice
-
-
 @pytest.mark.heavy
-def test_a_stopped_parallel_sweep_leaves_no_run_running_and_goes_on_with_sweep_resume(workdir):
+def test_a_stopped_parallel_sweep_leaves_no_run_running_goes_on_with_sweep_resume_and_then_refuses_to_run_again(workdir, capsys):
     epochs = 4
     args = ["-m", "hydra/launcher=parallel", "dropout=0.1,0.3", *QUICK, f"epochs={epochs}", f"eval.every={epochs}"]
     running = start_sweep(args, workdir)
@@ -94,6 +62,32 @@ def test_a_stopped_parallel_sweep_leaves_no_run_running_and_goes_on_with_sweep_r
     for child in children:
         steps = [point.step for point in client.get_metric_history(child.info.run_id, scores.D_LOSS)]
         assert sorted(steps) == list(range(1, epochs + 1))
+
+    # Finished now. Other overrides, or a job's run: refused before anything starts (the sweep's own check, in
+    # this process); sweep.resume without -m too.
+    started_with = parent.data.tags[sweep.PARENT_OVERRIDES_TAG]
+    for target, overrides, said in [
+        (parent.info.run_id, started_with.replace("dropout=0.1,0.3", "dropout=0.1,0.5"), "continue it with the same ones"),
+        (children[0].info.run_id, started_with, "is not the parent run of a sweep"),
+    ]:
+        with pytest.raises(SystemExit) as refused:
+            sweep.reopen_parent(client, parent.info.experiment_id, target, overrides)
+        assert refused.value.code == 1 and said in capsys.readouterr().err
+    single = run_cli([*QUICK, f"sweep.resume={parent.info.run_id}"], workdir)
+    assert single.returncode == 1 and "goes with -m" in single.stderr
+    assert len(all_runs(workdir)) == 3  # nothing new was started
+
+    # Continued once more, named by its folder: nothing to do, nothing logged twice, no empty sweep folder.
+    folders = sorted((workdir / "outputs" / "multirun").iterdir())
+    artifacts = artifact_paths(client, parent.info.run_id)
+    finished = run_cli([*args, f"sweep.resume={parent.data.tags['sweep.dir']}"], workdir)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert f"sweep {parent.info.run_id} has finished (2 of 2 finished); nothing to continue." in finished.stdout
+    assert f"epoch 1/{epochs}" not in finished.stdout
+    assert sorted((workdir / "outputs" / "multirun").iterdir()) == folders
+    after, children = parent_and_children(workdir)
+    assert after.info.status == "FINISHED" and after.info.end_time == parent.info.end_time and len(children) == 2
+    assert artifact_paths(client, parent.info.run_id) == artifacts
 
 
 # A sweep process that starts a resource tracker (as joblib's workers do) and a job, then stops like a sweep that
