@@ -101,8 +101,9 @@ def test_a_locked_checkpoint_cannot_be_resumed(tmp_path):
 # ---------------------------------------------------------------------------- kill -9 and resume
 
 
-# Epochs of a few seconds, at the default threads (threads=1: killed_threads_1_run).
-KILLED_9 = ["epochs=6", "steps_per_epoch=30", "eval.enabled=false", "objective=g_loss", f"data.path={MNIST_FILE}"]
+# Epochs of a few seconds on one thread, the job's own experiment, an EMA of G: all of it must come back on resume.
+INTERRUPTED = ["epochs=6", "steps_per_epoch=30", "threads=1", "tracking.experiment=elsewhere", "ema=0.999",
+               "eval.enabled=false", "objective=g_loss", f"data.path={MNIST_FILE}"]
 TRAINING_STARTS = re.compile(r"training \d+ epochs of \d+ steps")  # the job's log line just before its first step
 
 
@@ -114,40 +115,85 @@ def wait_for_line(process: subprocess.Popen, pattern: re.Pattern) -> str | None:
     return None
 
 
+def run_in(cwd: Path, experiment: str = "elsewhere"):
+    """The one run of `experiment` in the store under `cwd`, once a job there has checkpointed (else None)."""
+    if not store_is_ready(cwd):
+        return None
+    client = store_client(cwd)
+    found = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([found.experiment_id]) if found else []
+    return runs[0] if runs else None
+
+
 @pytest.mark.heavy
-def test_kill_9_at_random_moments_then_resume_logs_every_epoch_exactly_once(workdir):
-    """Two kill -9s, each at a random moment after training has started in that process (its
-    "training ... epochs" line, printed just before the first step): mid-step, mid-checkpoint or while
-    logging. `resume=<run id>` alone mends it: every epoch logged once, and the per-step losses those of
-    the same job run uninterrupted beside it."""
+def test_sigterm_then_kill_9_at_random_moments_then_resume_from_another_folder_gives_the_uninterrupted_numbers(workdir):
+    """A job SIGTERMed once epoch 1 is logged (one line, exit 143, its run KILLED), continued with `resume=<run id>`
+    and killed -9 twice, each time at a random moment after training has started in that process (its "training
+    ... epochs" line, printed just before the first step): mid-step, mid-checkpoint or while logging. Then resumed
+    from another folder by its job folder alone (no data.path, threads or tracking: all from the checkpoint): every
+    epoch logged once, in its own run, and its losses, store values, generator and EMA those of the same job run
+    uninterrupted beside it."""
     rng = random.Random(0)
     (workdir / "whole").mkdir()
-    (workdir / "killed").mkdir()
-    whole = start_cli(KILLED_9, workdir / "whole")  # the same job uninterrupted, beside it
     cwd = workdir / "killed"
-    process, run_id = start_cli(KILLED_9, cwd), None
+    cwd.mkdir()
+    whole = start_cli(INTERRUPTED, workdir / "whole")  # on the other core
+
+    process = start_cli(INTERRUPTED, cwd)
+    epoch_one_logged = lambda: (run := run_in(cwd)) and 1 in steps(cwd, run.info.run_id) and run  # noqa: E731
+    run = wait_for(epoch_one_logged, process)
+    assert run, process.communicate()[1][-2000:]
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 143 and "Traceback" not in stderr
+    (line,) = [line for line in stderr.splitlines() if line.strip() and "step/s" not in line and "|" not in line]
+    assert line.startswith("ganlab: interrupted by SIGTERM: its run is marked KILLED; resume=")
+    killed = store_client(cwd).get_run(run.info.run_id)
+    assert killed.info.status == "KILLED" and "interrupted" in killed.data.tags["failure_reason"]
+
     for _ in range(2):
+        process = start_cli([f"resume={run.info.run_id}"], cwd)
         assert wait_for_line(process, TRAINING_STARTS), process.communicate()[1][-3000:]
-        run_id = run_id or the_run(cwd).info.run_id
         time.sleep(rng.uniform(0.0, 4.0))  # a random moment of training
         assert process.poll() is None, "the job ended before its kill"
         process.kill()  # SIGKILL: nothing can be caught
         process.communicate()
-        process = start_cli([f"resume={run_id}"], cwd)
-    _, stderr = process.communicate(timeout=900)
-    assert process.returncode == 0, stderr[-3000:]
-    finished = store_client(cwd).get_run(run_id)
-    assert finished.info.status == "FINISHED"
-    epochs = int(finished.data.params["epochs"])
-    for metric in ("d_loss", "g_loss", "d_real", "d_fake"):
-        assert steps(cwd, run_id, metric) == list(range(1, epochs + 1)), metric
+    kept = steps(cwd, run.info.run_id)
+    assert kept == list(range(1, len(kept) + 1)) and len(kept) < 6
+
+    elsewhere = workdir / "elsewhere"
+    elsewhere.mkdir()
+    folder = Path(run.data.tags["output_dir"])
+    result = run_cli([f"resume={folder}"], elsewhere)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (elsewhere / "mlruns").exists()  # nothing went to this folder's default store
+    resumed = store_client(cwd).get_run(run.info.run_id)
+    assert resumed.info.status == "FINISHED" and resumed.data.params["threads"] == "1"
+    assert resumed.data.tags["resumed_from_epoch"] == str(len(kept))
+    for metric in ("d_loss", "g_loss", "d_real", "d_fake", "steps_per_sec"):
+        assert steps(cwd, run.info.run_id, metric) == list(range(1, 7)), metric
+    new_dir = Path(re.search(r"job outputs in (\S+)", result.stdout).group(1))
+    assert resumed.data.tags["output_dir"] == str(new_dir)
+
     whole_out, whole_err = whole.communicate(timeout=900)
     assert whole.returncode == 0, whole_err[-3000:]
-    per_step = np.loadtxt(Path(finished.data.tags["output_dir"]) / "losses.csv", delimiter=",", skiprows=1)
-    uninterrupted = np.loadtxt(Path(re.search(r"job outputs in (\S+)", whole_out).group(1)) / "losses.csv",
-                               delimiter=",", skiprows=1)
-    assert sorted(set(per_step[:, 0])) == list(range(1, epochs + 1))  # every epoch's steps, once
-    np.testing.assert_array_equal(per_step, uninterrupted)
+    uninterrupted_dir = Path(re.search(r"job outputs in (\S+)", whole_out).group(1))
+    whole_run = run_in(workdir / "whole")
+    for metric in ("d_loss", "g_loss", "d_real", "d_fake"):  # the same numbers in the store, logged by four processes
+        values = [[point.value for point in sorted(store_client(where).get_metric_history(run_id, metric),
+                                                   key=lambda point: point.step)]
+                  for where, run_id in ((cwd, run.info.run_id), (workdir / "whole", whole_run.info.run_id))]
+        assert len(values[0]) == 6 and values[0] == values[1], metric
+    per_step = np.loadtxt(new_dir / "losses.csv", delimiter=",", skiprows=1)
+    assert sorted(set(per_step[:, 0])) == list(range(1, 7))  # every epoch's steps, once
+    np.testing.assert_array_equal(per_step, np.loadtxt(uninterrupted_dir / "losses.csv", delimiter=",", skiprows=1))
+    import keras
+
+    for name in ("generator_ema.keras", "generator.keras"):  # the EMA of G continued exactly across the stops
+        resumed_net = keras.models.load_model(new_dir / "models" / name)
+        whole_net = keras.models.load_model(uninterrupted_dir / "models" / name)
+        for a, b in zip(resumed_net.get_weights(), whole_net.get_weights()):
+            np.testing.assert_array_equal(a, b)
 
 
 @pytest.fixture(scope="module")
@@ -185,43 +231,6 @@ def test_resume_refuses_changes_to_what_is_trained_and_to_the_experiment(finishe
     assert set(check_overrides([f"resume={run.info.run_id}", *allowed])) == set(RESUME_OVERRIDES)
 
 
-@pytest.fixture(scope="module")
-def killed_threads_1_run(tmp_path_factory):
-    """A job with threads=1 in its own experiment, SIGTERMed after epoch 1 (one line, exit 143, its run
-    KILLED), and the same job uninterrupted, run beside it."""
-    cwd = tmp_path_factory.mktemp("threads1")
-    args = ["epochs=3", "steps_per_epoch=40", "threads=1", "tracking.experiment=elsewhere", "ema=0.999",
-            "eval.enabled=false", "objective=g_loss", f"data.path={MNIST_FILE}"]
-    (cwd / "whole").mkdir()
-    whole = start_cli(args, cwd / "whole")  # on the other core
-    killed_cwd = cwd / "killed"
-    killed_cwd.mkdir()
-    process = start_cli(args, killed_cwd)
-    client_dir = killed_cwd
-
-    def epoch_one_logged():
-        if not store_is_ready(client_dir):
-            return False
-        client = store_client(client_dir)
-        experiment = client.get_experiment_by_name("elsewhere")
-        runs = client.search_runs([experiment.experiment_id]) if experiment else []
-        return runs and 1 in {p.step for p in client.get_metric_history(runs[0].info.run_id, "d_loss")} and runs[0]
-
-    run = wait_for(epoch_one_logged, process)
-    assert run, process.communicate()[1][-2000:]
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=300)
-    assert process.returncode == 143 and "Traceback" not in stderr
-    (line,) = [line for line in stderr.splitlines() if line.strip() and "step/s" not in line and "|" not in line]
-    assert line.startswith("ganlab: interrupted by SIGTERM: its run is marked KILLED; resume=")
-    killed = store_client(killed_cwd).get_run(run.info.run_id)
-    assert killed.info.status == "KILLED" and "interrupted" in killed.data.tags["failure_reason"]
-    whole_out, whole_err = whole.communicate(timeout=900)
-    assert whole.returncode == 0, whole_err[-2000:]
-    output_dir = Path(re.search(r"job outputs in (\S+)", whole_out).group(1))
-    return cwd, killed_cwd, killed, output_dir
-
-
 def test_a_resume_while_the_job_runs_is_refused(tmp_path):
     process = start_cli(["epochs=50", "steps_per_epoch=20", "eval.enabled=false", "objective=g_loss",
                      f"data.path={MNIST_FILE}"], tmp_path)
@@ -235,41 +244,6 @@ def test_a_resume_while_the_job_runs_is_refused(tmp_path):
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=300)
     assert store_client(tmp_path).get_run(run.info.run_id).info.status == "KILLED"
-
-
-def test_resume_from_another_folder_uses_the_checkpoints_store_threads_and_data(killed_threads_1_run, tmp_path):
-    cwd, killed_cwd, run, uninterrupted_dir = killed_threads_1_run
-    folder = Path(run.data.tags["output_dir"])
-    kept = steps(killed_cwd, run.info.run_id)
-    assert kept and kept == list(range(1, len(kept) + 1)) and len(kept) < 3
-    result = run_cli([f"resume={folder}"], tmp_path)  # no data.path, no threads, no tracking: all from the checkpoint
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert not (tmp_path / "mlruns").exists()  # nothing went to this folder's default store
-    resumed = store_client(killed_cwd).get_run(run.info.run_id)
-    assert resumed.info.status == "FINISHED" and resumed.data.params["threads"] == "1"
-    assert resumed.data.tags["resumed_from_epoch"] == str(len(kept))
-    for metric in ("d_loss", "g_loss", "d_real", "steps_per_sec"):
-        assert steps(killed_cwd, run.info.run_id, metric) == [1, 2, 3], metric
-    # The same numbers in the store as the uninterrupted job's, logged by two processes each.
-    whole_client = store_client(cwd / "whole")
-    (whole_run,) = whole_client.search_runs([whole_client.get_experiment_by_name("elsewhere").experiment_id])
-    for metric in ("d_loss", "g_loss", "d_real", "d_fake"):
-        values = [[point.value for point in sorted(client.get_metric_history(run_id, metric), key=lambda point: point.step)]
-                  for client, run_id in ((store_client(killed_cwd), run.info.run_id), (whole_client, whole_run.info.run_id))]
-        assert len(values[0]) == 3 and values[0] == values[1], metric
-    new_dir = Path(re.search(r"job outputs in (\S+)", result.stdout).group(1))
-    assert resumed.data.tags["output_dir"] == str(new_dir)
-    # threads=1 came from the checkpoint, so the numbers are those of the uninterrupted threads=1 job ...
-    np.testing.assert_array_equal(np.loadtxt(new_dir / "losses.csv", delimiter=",", skiprows=1),
-                                  np.loadtxt(uninterrupted_dir / "losses.csv", delimiter=",", skiprows=1))
-    # ... and the EMA of G continued exactly across the kill.
-    import keras
-
-    for name in ("generator_ema.keras", "generator.keras"):
-        resumed_net = keras.models.load_model(new_dir / "models" / name)
-        whole_net = keras.models.load_model(uninterrupted_dir / "models" / name)
-        for a, b in zip(resumed_net.get_weights(), whole_net.get_weights()):
-            np.testing.assert_array_equal(a, b)
 
 
 # ---------------------------------------------------------------------------- nothing left RUNNING
