@@ -1,5 +1,5 @@
 """Shared test helpers: where real MNIST is, running the real CLI, reading the MLflow store, the
-2-job sweep that every test reading a sweep's results shares, a tracking server that hangs or fails,
+4-job sweep that every test reading a sweep's results shares, a tracking server that hangs or fails,
 and how the suite is shared out between pytest-xdist's workers (the end of this file)."""
 
 from __future__ import annotations
@@ -244,15 +244,18 @@ def thaw_once_signalled(frozen: list, signum: int) -> None:
             process.resume()
 
 
-# ---------------------------------------------------------------------------- the shared 2-job sweep
+# ---------------------------------------------------------------------------- the shared 4-job sweep
 
 REGISTERED_MODEL = "ganlab-test-generator"
 SHARED_EPOCHS = 2
-# One real sweep through the CLI serves every test that only reads a sweep's results: two jobs of two
-# epochs, both scored; system metrics on, the generators registered; TensorFlow's C++ log level 2
-# (what a machine with a GPU gets) so its console also shows what leaks through at that level.
-SHARED_SWEEP = ["-m", "dropout=0.1,0.3", *QUICK, f"epochs={SHARED_EPOCHS}", "eval.every=1",
-                f"tracking.register_model={REGISTERED_MODEL}", "tracking.system_metrics=true"]
+SHARED_SEEDS = ["0", "1"]
+# One real sweep through the CLI serves every test that only reads a sweep's results: two settings of
+# dropout, two seeds each, in four jobs of two epochs, every epoch scored, with an EMA of G; system metrics
+# on, the generators registered; TensorFlow's C++ log level 2 (what a machine with a GPU gets) so its
+# console also shows what leaks through at that level. Its jobs, in job order: dropout=0.1 seeds 0 and 1,
+# then dropout=0.3 seeds 0 and 1.
+SHARED_SWEEP = ["-m", "dropout=0.1,0.3", f"seed={','.join(SHARED_SEEDS)}", "ema=0.99", *QUICK, f"epochs={SHARED_EPOCHS}",
+                "eval.every=1", f"tracking.register_model={REGISTERED_MODEL}", "tracking.system_metrics=true"]
 SHARED_SWEEP_ENV = {"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
@@ -277,13 +280,13 @@ def sweep_runs(cwd: Path):
 
 @pytest.fixture(scope="session")
 def dropout_sweep(tmp_path_factory) -> Sweep:
-    """The shared `dropout=0.1,0.3` sweep (SHARED_SWEEP), run once per test session. Read it, never write to
+    """The shared `dropout=0.1,0.3 seed=0,1` sweep (SHARED_SWEEP), run once per test session. Read it, never write to
     its store: a test that changes a sweep runs its own."""
     cwd = tmp_path_factory.mktemp("dropout_sweep")
     result = run_cli(SHARED_SWEEP, cwd, env=SHARED_SWEEP_ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     parent, children = sweep_runs(cwd)
-    assert [child.info.status for child in children] == ["FINISHED", "FINISHED"]
+    assert [child.info.status for child in children] == ["FINISHED"] * 4
     return Sweep(cwd, result, parent, children)
 
 

@@ -34,12 +34,12 @@ def test_a_job_prints_no_tensorflow_noise(dcgan_job):
     assert noise_in(result.stdout + result.stderr) == []
 
 
-def test_a_sweep_of_two_jobs_in_one_process_prints_no_retracing_warning(dropout_sweep):
+def test_a_sweep_of_four_jobs_in_one_process_prints_no_retracing_warning(dropout_sweep):
     """At level 2 too, the level a machine with an NVIDIA GPU gets (errors shown; conftest's shared sweep
     runs at it): no tf.data error from logging the generators, no CUDA probe error on this machine without one."""
     result = dropout_sweep.result
     assert SHARED_SWEEP_ENV["TF_CPP_MIN_LOG_LEVEL"] == "2"  # the level this test is about
-    assert "sweep of 2 jobs (0 failed)" in result.stdout
+    assert "sweep of 4 jobs (0 failed)" in result.stdout
     assert noise_in(result.stdout + result.stderr) == []
 
 

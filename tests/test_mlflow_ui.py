@@ -17,8 +17,8 @@ from ganlab.core import scores
 
 @pytest.fixture(scope="module")
 def sweep(dropout_sweep):
-    """conftest's shared sweep: two jobs of two epochs, both evaluated; system metrics switched on, sampled
-    every second; the generators registered as REGISTERED."""
+    """conftest's shared sweep: four jobs (two settings, two seeds) of two epochs, both evaluated; system metrics
+    switched on, sampled every second; the generators registered as REGISTERED."""
     return dropout_sweep.cwd, dropout_sweep.result
 
 
@@ -27,8 +27,9 @@ def parent_and_children(cwd):
     runs = client.search_runs([client.get_experiment_by_name("ganlab").experiment_id])
     parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
     assert len(parents) == 1
-    children = sorted((run for run in runs if run is not parents[0]), key=lambda run: run.data.params["dropout"])
-    assert len(children) == 2
+    children = sorted((run for run in runs if run is not parents[0]),
+                      key=lambda run: (run.data.params["dropout"], run.data.params["seed"]))
+    assert len(children) == 4
     return client, parents[0], children
 
 
@@ -71,7 +72,7 @@ def same_image(client, run_id: str, first: str, second: str, folder) -> bool:
 
 def test_every_knob_is_one_param_with_a_value(sweep):
     _, _, children = parent_and_children(sweep[0])
-    assert [child.data.params["dropout"] for child in children] == ["0.1", "0.3"]
+    assert [child.data.params["dropout"] for child in children] == ["0.1", "0.1", "0.3", "0.3"]
     for child in children:
         params = child.data.params
         top_level = {key for key in params if "." not in key}
@@ -83,7 +84,7 @@ def test_every_knob_is_one_param_with_a_value(sweep):
 def test_children_are_named_by_their_swept_value(sweep):
     _, _, children = parent_and_children(sweep[0])
     names = [child.info.run_name for child in children]
-    assert names == ["dropout=0.1", "dropout=0.3"]
+    assert names == ["dropout=0.1 seed=0", "dropout=0.1 seed=1", "dropout=0.3 seed=0", "dropout=0.3 seed=1"]
     assert all(len(name) <= 40 for name in names)
 
 
@@ -157,7 +158,7 @@ def test_every_child_logs_system_metrics(sweep):
 
 def test_printed_links_open_the_runs_view_of_the_ui(sweep):
     links = [line.split("then open ", 1)[1] for line in sweep[1].stdout.splitlines() if "then open " in line]
-    assert len(links) == 3  # two jobs and the sweep
+    assert len(links) == 5  # four jobs and the sweep
     assert all(link.startswith("http://127.0.0.1:5000/#/experiments/") and link.endswith("?workflowType=machine_learning")
                for link in links)
 

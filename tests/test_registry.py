@@ -141,56 +141,46 @@ def test_fashion_mnist_is_not_scored_with_the_digit_classifier(workdir):
     assert run.info.status == "FAILED" and "d_loss" not in run.data.metrics
 
 
-@pytest.fixture(scope="module")
-def seeds_sweep(tmp_path_factory):
-    """dropout x seed with a higher-is-better objective and EMA: 4 jobs, 2 epochs, scored every epoch."""
-    cwd = tmp_path_factory.mktemp("seeds_sweep")
-    result = run_cli(["-m", "dropout=0.1,0.3", "seed=0,1", "objective=classifier_score", "ema=0.99",
-                      "eval.every=1", *QUICK, "epochs=2"], cwd)
-    assert result.returncode == 0, result.stderr[-3000:]
-    runs = all_runs(cwd)
-    parent = next(run for run in runs if run.data.tags.get("sweep.parent") == "true")
-    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    return cwd, result, parent, children
+# ---------------------------------------------------------------------------- over seeds: conftest's shared sweep
+# (dropout=0.1,0.3 x seed=0,1, an EMA, every epoch scored); a higher-is-better objective end to end:
+# test_scaling.py::test_optuna_search_reports_the_best_trial.
 
 
-@pytest.mark.heavy
-def test_a_higher_is_better_objective_tags_the_highest_job(seeds_sweep):
-    _, result, parent, children = seeds_sweep
-    best = max(children, key=lambda child: child.data.metrics["classifier_score"])
+def test_the_best_job_is_tagged_and_its_setting_gets_the_mean_of_its_seeds_and_its_interval(dropout_sweep):
+    _, result, parent, children = dropout_sweep
+    best = min(children, key=lambda child: child.data.metrics[scores.FID])
     assert parent.data.tags["best.run_id"] == best.info.run_id
-    assert float(parent.data.tags["best.classifier_score"]) == best.data.metrics["classifier_score"]
+    assert float(parent.data.tags[f"best.{scores.FID}"]) == best.data.metrics[scores.FID]
     assert "dropout" not in parent.data.params and not any(scores.is_known(name) for name in parent.data.metrics)
     # its own metrics: the best setting's mean over its two seeds and that mean's 95% interval
-    setting = [child.data.metrics["classifier_score"] for child in children
+    setting = [child.data.metrics[scores.FID] for child in children
                if child.data.params["dropout"] == best.data.params["dropout"]]
-    low, mean, high = (parent.data.metrics[scores.sweep_best("classifier_score", bound)]
+    low, mean, high = (parent.data.metrics[scores.sweep_best(scores.FID, bound)]
                        for bound in (scores.INTERVAL_BOUNDS[0], None, scores.INTERVAL_BOUNDS[1]))
-    assert mean == pytest.approx(sum(setting) / len(setting)) and low < mean < high
+    assert len(setting) == 2 and mean == pytest.approx(sum(setting) / len(setting)) and low < mean < high
     assert best.info.run_id in parent.data.tags["mlflow.note.content"]
     assert "mlflow ui --backend-store-uri" in result.stdout and parent.info.run_id in result.stdout
 
 
-def test_every_run_tracks_its_best_epoch_and_ema_scores(seeds_sweep):
-    cwd, _, _, children = seeds_sweep
-    client = store_client(cwd)
-    for child in children:
-        history = {p.step: p.value for p in client.get_metric_history(child.info.run_id, "classifier_score")}
-        best = {p.step: p.value for p in client.get_metric_history(child.info.run_id, "classifier_score_best")}
-        best_epoch = {p.step: p.value for p in client.get_metric_history(child.info.run_id, "classifier_score_best_epoch")}
-        assert best[2] == max(history.values()) and history[int(best_epoch[2])] == best[2]
+def test_every_run_tracks_its_best_epoch_and_ema_scores(dropout_sweep):
+    client = store_client(dropout_sweep.cwd)
+    for child in dropout_sweep.children:
+        history = {p.step: p.value for p in client.get_metric_history(child.info.run_id, scores.FID)}
+        best = {p.step: p.value for p in client.get_metric_history(child.info.run_id, scores.best(scores.FID))}
+        best_epoch = {p.step: p.value for p in client.get_metric_history(child.info.run_id, scores.best_epoch(scores.FID))}
+        assert best[2] == min(history.values()) and history[int(best_epoch[2])] == best[2]  # fid: lower is better
         assert [p.step for p in client.get_metric_history(child.info.run_id, "ema_fid")] == [1, 2]
         assert {"models/generator_best.keras", "models/generator_ema.keras"} <= artifact_paths(client, child.info.run_id)
         assert child.data.params["ema"] == "0.99" and len(child.info.run_name) <= 40
         assert child.info.run_name.startswith("dropout=") and "seed=" in child.info.run_name
 
 
-def test_a_sweep_over_seeds_and_a_knob_compares_the_groups(seeds_sweep):
-    cwd, _, parent, children = seeds_sweep
+def test_a_sweep_over_seeds_and_a_knob_compares_the_groups(dropout_sweep, tmp_path):
+    cwd, _, parent, children = dropout_sweep
     client = store_client(cwd)
     assert {"summary/comparison.csv", "summary/comparison.md", "summary/comparison_fid.png",
             "summary/runs.csv"} <= artifact_paths(client, parent.info.run_id)
-    table = client.download_artifacts(parent.info.run_id, "summary/comparison.csv", str(cwd))
+    table = client.download_artifacts(parent.info.run_id, "summary/comparison.csv", str(tmp_path))
     with open(table) as stream:
         rows = [row for row in csv.DictReader(stream) if row["metric"] == "fid" and row["epoch"] == "2"]
     by_group = {row["group"]: row for row in rows}

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -15,15 +16,16 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import QUICK, SHARED_EPOCHS, all_runs, artifact_paths, run_cli, start_cli, store_client, sweep_runs
+from conftest import QUICK, SHARED_EPOCHS, SHARED_SEEDS, all_runs, artifact_paths, run_cli, start_cli, store_client, sweep_runs
 from ganlab import report
 
 
 def test_sweep_makes_a_parent_and_finished_children(dropout_sweep):
     parent, children = dropout_sweep.parent, dropout_sweep.children
     assert parent.info.status == "FINISHED"
-    assert [child.info.status for child in children] == ["FINISHED", "FINISHED"]
-    assert [child.data.params["dropout"] for child in children] == ["0.1", "0.3"]
+    assert [child.info.status for child in children] == ["FINISHED"] * 4
+    assert [(child.data.params["dropout"], child.data.params["seed"]) for child in children] == [
+        (dropout, seed) for dropout in ("0.1", "0.3") for seed in SHARED_SEEDS]
     assert len({child.data.tags["sweep.id"] for child in children}) == 1
     assert all(child.data.tags["mlflow.parentRunId"] == parent.info.run_id for child in children)
 
@@ -36,7 +38,8 @@ def test_sweep_summary_is_on_the_parent(dropout_sweep, tmp_path):
     table = client.download_artifacts(parent.info.run_id, "summary/sweep_summary.csv", str(tmp_path))
     with open(table) as stream:
         rows = list(csv.DictReader(stream))
-    assert [row["dropout"] for row in rows] == ["0.1", "0.3"]
+    assert [(row["dropout"], row["seed"]) for row in rows] == [
+        (child.data.params["dropout"], child.data.params["seed"]) for child in children]  # in job order
     assert [float(row["fid"]) for row in rows] == pytest.approx([child.data.metrics["fid"] for child in children])
     assert all(row["status"] == "FINISHED" for row in rows)
 
@@ -100,7 +103,7 @@ def test_runs_read_back_through_a_real_mlflow_server(dropout_sweep):
                 time.sleep(1)
         over_rest = {run.info.run_id: run for run in remote.search_runs([experiment.experiment_id])}
         local = {run.info.run_id: run for run in all_runs(dropout_sweep.cwd)}
-        assert set(over_rest) == set(local) and len(local) == 3
+        assert set(over_rest) == set(local) and len(local) == 1 + len(dropout_sweep.children)
         for run_id, run in local.items():
             assert over_rest[run_id].info.status == run.info.status
             assert over_rest[run_id].data.params == run.data.params
@@ -123,9 +126,12 @@ def test_report_tables_a_sweep_by_group(dropout_sweep, tmp_path, capsys):
     table = (out / "scores.md").read_text()
     parent, children = dropout_sweep.parent, dropout_sweep.children
     assert parent.info.run_id in table
-    for child in children:
-        assert f"**dropout={child.data.params['dropout']} (1 run)**" in table
-        assert f"| {SHARED_EPOCHS} | {child.data.metrics['fid']:.3g} ± n/a | {child.data.metrics['g_loss']:.3g} ± n/a |" in table
+    for dropout in ("0.1", "0.3"):  # two seeds each: their mean and sample std, computed here
+        fid, g_loss = ([child.data.metrics[metric] for child in children if child.data.params["dropout"] == dropout]
+                       for metric in ("fid", "g_loss"))
+        assert f"**dropout={dropout} (2 runs)**" in table
+        cells = [f"{statistics.mean(values):.3g} ± {statistics.stdev(values):.2g}" for values in (fid, g_loss)]
+        assert f"| {SHARED_EPOCHS} | {cells[0]} | {cells[1]} |" in table
     assert (out / "samples_0.1.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "sweep_samples.png").read_bytes()[:4] == b"\x89PNG"
     assert not list(out.glob("grid_*"))  # the downloaded grids stay out of the report

@@ -1,5 +1,5 @@
-"""What a sweep's parent run shows in the MLflow UI, read back after one real 2-job sweep through the
-CLI (conftest's shared sweep: two epochs, both evaluated): a montage image per epoch, no scores of its own, a readable
+"""What a sweep's parent run shows in the MLflow UI, read back after one real 4-job sweep through the
+CLI (conftest's shared sweep: two settings, two seeds each, two epochs, both evaluated): a montage image per epoch, no scores of its own, a readable
 description, a runs-table view of its children best first; and the names and links ganlab writes."""
 
 from __future__ import annotations
@@ -63,12 +63,14 @@ def test_the_parent_does_not_pose_as_a_run(sweep):
     _, _, parent, children = sweep
     best = children[0]
     # its own metrics (no empty Metrics card) under names no job logs and no score resembles: it sorts nowhere
-    # among its children; one seed per setting, so the best job's value and no interval
-    assert parent.data.metrics == {scores.sweep_best(scores.FID): best.data.metrics[scores.FID]}
+    # among its children; two seeds per setting, so the best setting's mean and its interval
+    # (their values: test_registry.py::test_the_best_job_is_tagged_and_its_setting_gets_the_mean_of_its_seeds_and_its_interval)
+    assert set(parent.data.metrics) == {scores.sweep_best(scores.FID, bound) for bound in (None, *scores.INTERVAL_BOUNDS)}
     assert not any(scores.is_known(name) for name in parent.data.metrics)
     assert "dropout" not in parent.data.params
     # its params (no empty Parameters card): what was swept, as typed, and what every job was given
     assert parent.data.params[tracking.SWEEP_SWEPT_PARAM + "dropout"] == "0.1,0.3"
+    assert parent.data.params[tracking.SWEEP_SWEPT_PARAM + "seed"] == "0,1"
     assert parent.data.params[tracking.SWEEP_FIXED_PARAM + "epochs"] == str(EPOCHS)
     assert parent.data.params[tracking.SWEEP_FIXED_PARAM + "eval.num_samples"] == "300"
     assert not set(parent.data.params) & set().union(*(child.data.params for child in children))
@@ -90,13 +92,14 @@ def test_the_curves_name_every_job_best_first(sweep, tmp_path):
     assert name in artifact_paths(client, parent.info.run_id) and "curves" in result.stdout
     with Image.open(client.download_artifacts(parent.info.run_id, name, str(tmp_path))) as picture:
         assert picture.size[0] > picture.size[1]  # the plot, its legend beside it
-    summary = sweep_report.SweepSummary(keys=["dropout"], ranked=children, best=children[0], best_metric=scores.FID,
-                                        rank_metric=scores.FID)
+    summary = sweep_report.SweepSummary(keys=["dropout", "seed"], ranked=children, best=children[0],
+                                        best_metric=scores.FID, rank_metric=scores.FID)
     lines = pictures.curve_lines(client, summary)
     shown = scores.format_column(scores.FID, [child.data.metrics[scores.FID] for child in children])
     assert [label for label, _, _ in lines] == [
         f"{sweep_report.BEST_MARK * (child is children[0])}{' ' * (child is children[0])}dropout="
-        f"{child.data.params['dropout']}: {scores.FID} {value}" for child, value in zip(children, shown)]
+        f"{child.data.params['dropout']} seed={child.data.params['seed']}: {scores.FID} {value}"
+        for child, value in zip(children, shown)]
     assert all(epochs == list(range(1, EPOCHS + 1)) and len(values) == EPOCHS for _, epochs, values in lines)
     # grouped by a key the runs share (a report --by a setting): each run's label names its seed too
     shared = sweep_report.SweepSummary(keys=["epochs"], ranked=children, best_metric=scores.FID, rank_metric=scores.FID)
@@ -152,7 +155,7 @@ def test_the_runs_view_shows_the_children_best_first(sweep):
     key = sweep_report.view_key(parent.info.run_id)
     state = json.loads(experiment.tags[tracking.SHARED_VIEW_TAG + key])
     assert state["orderByKey"] == f"metrics.`{scores.FID}`" and state["orderByAsc"] is True
-    assert state["selectedColumns"] == [f"metrics.`{scores.FID}`", "params.`dropout`"]
+    assert state["selectedColumns"] == [f"metrics.`{scores.FID}`", "params.`dropout`", "params.`seed`"]
     # the UI sends the view's filter and order to the store as they are: the store's answer is the table
     shown = client.search_runs([parent.info.experiment_id], filter_string=state["searchFilter"],
                                order_by=[state["orderByKey"] + (" ASC" if state["orderByAsc"] else " DESC")])
@@ -184,7 +187,8 @@ def test_run_names_are_short_and_say_what_differs():
 
 def test_the_children_are_named_within_the_limit(sweep):
     _, _, _, children = sweep
-    assert sorted(child.info.run_name for child in children) == ["dropout=0.1", "dropout=0.3"]
+    assert sorted(child.info.run_name for child in children) == [
+        f"dropout={dropout} seed={seed}" for dropout in ("0.1", "0.3") for seed in (0, 1)]
 
 
 def test_the_ui_hint_runs_as_pasted_and_says_how_to_pick_another_port(tmp_path):
