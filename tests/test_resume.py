@@ -231,41 +231,29 @@ def test_resume_refuses_changes_to_what_is_trained_and_to_the_experiment(finishe
     assert set(check_overrides([f"resume={run.info.run_id}", *allowed])) == set(RESUME_OVERRIDES)
 
 
-def test_a_resume_while_the_job_runs_is_refused(tmp_path):
-    process = start_cli(["epochs=50", "steps_per_epoch=20", "eval.enabled=false", "objective=g_loss",
-                     f"data.path={MNIST_FILE}"], tmp_path)
-    try:
-        run = wait_for(lambda: (r := the_run(tmp_path)) and steps(tmp_path, r.info.run_id) and r, process)
-        assert run, process.communicate()[1][-2000:]
-        result = run_cli([f"resume={run.info.run_id}"], tmp_path)
-        assert result.returncode != 0 and "in use by a running job" in result.stderr
-        assert process.poll() is None  # the running job went on
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=300)
-    assert store_client(tmp_path).get_run(run.info.run_id).info.status == "KILLED"
-
-
 # ---------------------------------------------------------------------------- nothing left RUNNING
 
 
-def test_sigterm_to_a_sequential_sweep_leaves_no_run_running(workdir):
-    process = start_cli(["-m", "dropout=0.1,0.2,0.3", "epochs=20", "steps_per_epoch=20", "eval.enabled=false",
-                     "objective=g_loss", f"data.path={MNIST_FILE}"], workdir)
+def test_a_resume_of_a_running_job_is_refused_and_sigterm_to_its_sequential_sweep_leaves_no_run_running(workdir):
+    process = start_cli(["-m", "dropout=0.1,0.2,0.3", "epochs=50", "steps_per_epoch=20", "eval.enabled=false",
+                         "objective=g_loss", f"data.path={MNIST_FILE}"], workdir)
 
     def first_child_trains():
         if not store_is_ready(workdir):
             return False
         children = [r for r in all_runs(workdir) if "mlflow.parentRunId" in r.data.tags]
-        return children and steps(workdir, children[0].info.run_id)
+        return children and steps(workdir, children[0].info.run_id) and children[0]
 
-    assert wait_for(first_child_trains, process), process.communicate()[1][-2000:]
+    child = wait_for(first_child_trains, process)
+    assert child, process.communicate()[1][-2000:]
+    result = run_cli([f"resume={child.info.run_id}"], workdir)
+    assert result.returncode != 0 and "in use by a running job" in result.stderr
+    assert process.poll() is None  # the running sweep went on
     process.send_signal(signal.SIGTERM)
     process.communicate(timeout=300)
     assert process.returncode != 0
     statuses = {run.info.run_id: run.info.status for run in all_runs(workdir)}
-    assert len(statuses) == 2 and "RUNNING" not in statuses.values(), statuses
-    assert set(statuses.values()) == {"KILLED"}
+    assert len(statuses) == 2 and set(statuses.values()) == {"KILLED"}, statuses  # the parent and its first job
 
 
 def test_an_unusable_artifact_folder_ends_the_run_failed(workdir):
