@@ -299,19 +299,34 @@ def test_runs_scored_differently_are_named():
     assert sweep_report.scoring_difference(older, []) is None  # a run from before repeats counts as 1
 
 
+def test_a_scored_job_records_how_it_was_scored_and_its_memorization_and_d_gap(dropout_sweep):
+    """What the report's and the summary's check of like scoring reads, as the shared sweep's real jobs logged it."""
+    for run in dropout_sweep.children:
+        assert run.data.params["eval.num_samples"] == "300" and run.data.params.get("eval.repeats") == "1"
+        assert run.data.tags.get("eval.reference") == "test"
+        assert scores.D_GAP in run.data.metrics and scores.MEMORIZATION in run.data.metrics
+
+
 def test_report_refuses_mixed_sample_counts(tmp_path, capsys):
-    """A real sweep over eval.num_samples at one dropout, then the report by dropout alone (refused; in-process)
-    and by both (the real CLI)."""
-    quick = [arg for arg in QUICK if not arg.startswith("eval.num_samples")]
-    sweep = run_cli(["-m", "dropout=0.1", "eval.num_samples=300,400", *quick], tmp_path, timeout=900)
-    assert sweep.returncode == 0, sweep.stderr[-3000:]
-    children = [run for run in all_runs(tmp_path) if "mlflow.parentRunId" in run.data.tags]
-    assert len(children) == 2 and all(run.data.tags.get("eval.reference") == "test" for run in children)
-    assert all(run.data.params.get("eval.repeats") == "1" for run in children)
-    assert all(scores.D_GAP in run.data.metrics and scores.MEMORIZATION in run.data.metrics for run in children)
+    """Two runs at one dropout, scored with 300 and with 400 samples (a store written here, as jobs record it): the
+    report by dropout alone is refused (in-process), by both it compares them (the real CLI)."""
+    from mlflow.tracking import MlflowClient
+
     from ganlab import report
 
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    (tmp_path / "mlruns").mkdir()
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("ganlab", artifact_location=(tmp_path / "artifacts").as_uri())
+    parent = client.create_run(experiment, tags={"sweep.parent": "true"}).info.run_id
+    for job, samples in enumerate((300, 400)):
+        run = client.create_run(experiment, tags={"mlflow.parentRunId": parent, "sweep.job_num": str(job),
+                                                  "eval.reference": "test"}).info.run_id
+        for key, value in {"dropout": 0.1, "seed": 10, "eval.num_samples": samples, "eval.repeats": 1}.items():
+            client.log_param(run, key, value)
+        client.log_metric(run, scores.FID, 300.0 + job, step=1)
+        client.set_terminated(run)
+    client.set_terminated(parent)
     assert report.main(["--tracking-uri", uri, "--by", "dropout", "--epochs", "1", "--out", str(tmp_path / "r1")]) == 2
     refused = capsys.readouterr().err
     assert "num_samples" in refused and len(refused.strip().splitlines()) == 1
