@@ -118,24 +118,17 @@ def test_help_is_ganlabs_own(workdir):
     assert "powered by Hydra" not in result.stdout
 
 
-def test_the_console_is_quiet_and_ends_with_how_to_look(workdir):
-    import os
-    import subprocess
+def test_the_console_is_quiet_and_ends_with_how_to_look(dcgan_job):
+    """conftest's dcgan job, run at the TensorFlow log level a fresh shell gets (its TensorFlow noise:
+    test_fresh_machine.py): no MLflow start-up lines, and the last two lines say how to look at the run."""
+    import shlex
     import sys
 
-    from conftest import EVAL_CACHE
-
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("TF_CPP", "CUDA_VISIBLE"))}
-    result = subprocess.run([sys.executable, "-m", "ganlab.train", "epochs=0", "eval.enabled=false", "objective=null",
-                             f"data.path={MNIST_FILE}"], cwd=workdir, capture_output=True, text=True, timeout=600,
-                            env={**env, "GANLAB_CACHE_DIR": str(EVAL_CACHE)})
-    assert result.returncode == 0, result.stderr[-2000:]
+    _, result = dcgan_job
     console = result.stdout + result.stderr
     assert "cuInit" not in console and "cudart" not in console and "absl::InitializeLog" not in console
     assert "Creating initial MLflow database tables" not in console
     last = result.stdout.strip().splitlines()[-2:]
-    import shlex
-
     command = shlex.split(last[0].strip().removeprefix("look at it: "), comments=True)  # quoted, so it can be pasted
     assert command[0] in (str(Path(sys.executable).parent / "mlflow"), "mlflow")  # this interpreter's own mlflow
     assert command[1:3] == ["ui", "--backend-store-uri"] and command[3].startswith("sqlite:///")
