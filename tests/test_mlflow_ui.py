@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import MNIST_FILE, REGISTERED_MODEL as REGISTERED, artifact_paths, store_client
+from conftest import FIXTURE_MNIST, REGISTERED_MODEL as REGISTERED, artifact_paths, store_client
 from ganlab.training import epochs
 from ganlab.core import scores
 
@@ -116,7 +116,7 @@ def test_every_child_records_its_training_data_and_source(sweep):
         dataset = inputs[0].dataset
         assert dataset.name == "mnist"
         assert len(dataset.digest) >= 8 and child.data.tags["data.sha256"].startswith(dataset.digest)
-        assert json.loads(dataset.source) == {"uri": str(MNIST_FILE.resolve())}
+        assert json.loads(dataset.source) == {"uri": str(FIXTURE_MNIST.resolve())}
         assert [(tag.key, tag.value) for tag in inputs[0].tags] == [("mlflow.data.context", "training")]
         assert child.data.tags["mlflow.source.name"] == "ganlab.train"
 

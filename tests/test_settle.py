@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import MNIST_FILE, all_runs, hold_after_checkpoint, run_cli, start_cli, store_client
+from conftest import FIXTURE_MNIST, all_runs, hold_after_checkpoint, run_cli, start_cli, store_client
 from ganlab.core.errors import InputError
 from ganlab.sweeps import settle, settle_plan, settle_report, settle_store
 from ganlab.tracking import store as tracking
 
 # The command, on the data the tests use.
 SETTLE = ["-m", "hydra/sweeper=settle", "dropout=0.1,0.5", "settle.pilot_seeds=2", "settle.max_seeds=4", "epochs=1",
-          "steps_per_epoch=20", "eval.num_samples=300", f"data.path={MNIST_FILE}"]
+          "steps_per_epoch=5", "eval.num_samples=300", f"data.path={FIXTURE_MNIST}"]
 VERDICT = f"{settle_report.VERDICT_TAG}dropout_0.5"
 
 
@@ -108,7 +108,7 @@ def test_a_huge_margin_stops_after_the_pilot_later_sweeps_reuse_its_seeds_and_a_
     # The same scoring protocol: what the sweeper expects a job to tag is what the jobs tagged; a run whose
     # data (its data sha256 tag) differs from what this sweep's jobs will read is not reused.
     client, first = store_client(workdir), pilot[0]
-    protocol = settle_store.protocol({"data": {"name": "mnist", "path": str(MNIST_FILE)}, "eval": {"enabled": True}})
+    protocol = settle_store.protocol({"data": {"name": "mnist", "path": str(FIXTURE_MNIST)}, "eval": {"enabled": True}})
     assert protocol == {key: first.data.tags[key] for key in (tracking.DATA_SHA_TAG, tracking.CLASSIFIER_SHA_TAG)}
     expected = {key: value for key, value in first.data.params.items() if key != "seed"}
     client.set_tag(first.info.run_id, tracking.DATA_SHA_TAG, "0" * 64)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MNIST_FILE, QUICK, all_runs, artifact_paths, run_cli, store_client
+from conftest import FIXTURE_MNIST, QUICK, all_runs, artifact_paths, run_cli, store_client
 
 TRAINING_METRICS = {"d_loss", "g_loss", "d_real", "d_fake", "steps_per_sec"}
 EVALUATION_METRICS = {"fid", "fid_logits", "classifier_score", "kid", "kid_std", "precision", "recall",
@@ -57,7 +57,7 @@ def test_one_finished_run_with_params_tags_metrics_and_artifacts(short_run):
     params = run.data.params
     assert params["dropout"] == "0.1" and "model.dropout" not in params
     assert params["label_smoothing"] == "0.2" and params["optimizer.lr"] == "0.0002"
-    assert params["steps_per_epoch"] == "20" and params["data.path"] == str(MNIST_FILE)
+    assert params["steps_per_epoch"] == "20" and params["data.path"] == str(FIXTURE_MNIST)
     tags = run.data.tags
     for tag in ("git.commit", "git.dirty", "version.python", "version.tensorflow", "version.keras",
                 "version.mlflow", "version.hydra-core", "data.sha256"):
