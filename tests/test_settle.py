@@ -42,9 +42,9 @@ def settings_and_seeds(runs) -> list[tuple[str, str]]:
 
 @pytest.mark.heavy
 def test_a_huge_margin_stops_after_the_pilot_later_sweeps_reuse_its_seeds_and_a_tiny_one_killed_in_stage_2_ends_with_every_seed_once(workdir):
-    """One store, four settle sweeps of one question: a huge margin (the pilot only); the same again (every seed
-    reused, nothing trained); an infinite metric (no interval, no stage 2); then a tiny margin, which reuses the
-    pilot, runs stage 2 to max_seeds, is killed there and is continued with sweep.resume."""
+    """One store, three settle sweeps over the same settings: a huge margin (the pilot only); an infinite metric
+    (every seed reused, nothing trained, no interval, no stage 2); then a tiny margin, which reuses the pilot, runs
+    stage 2 to max_seeds, is killed there and is continued with sweep.resume."""
     done = run_cli([*SETTLE, "settle.margin=1000"], workdir)
     assert done.returncode == 0, done.stderr[-3000:]
     parent, jobs, reused = sweep_runs(workdir)
@@ -63,21 +63,16 @@ def test_a_huge_margin_stops_after_the_pilot_later_sweeps_reuse_its_seeds_and_a_
     assert report.returncode == 0, report.stderr[-3000:]
     assert "dropout=0.5 (2 runs)" in report.stdout
 
-    again = run_cli([*SETTLE, "settle.margin=1000"], workdir)  # the same question: its 4 seeds are in the store
-    assert again.returncode == 0, again.stderr[-3000:]
-    second, jobs_again, copies = sweep_runs(workdir)
-    assert second.info.run_id != parent.info.run_id
-    assert not jobs_again  # nothing trained
-    assert sorted(run.data.tags[settle_store.REUSED_TAG] for run in copies) == sorted(run.info.run_id for run in pilot.values())
-    assert second.data.tags[VERDICT] == settle.EQUIVALENT
-    assert "Reused (already in the store, not rerun): dropout=0.1: seeds 0, 1; dropout=0.5: seeds 0, 1." in again.stdout
-    assert "sweep of 0 jobs trained, 4 seeds reused" in again.stdout  # copies are not counted as jobs
-
-    # fid_class_worst of these seeds is inf (300 samples measure no class): no interval, so no stage 2 and no verdict
+    # Another question on the same settings, fid_class_worst: the pilot's 4 seeds are in the store, reused, not
+    # trained again. Their fid_class_worst is inf (300 samples measure no class): no interval, so no stage 2, undecided.
     worst = run_cli([*SETTLE, "settle.margin=1000", "settle.metric=fid_class_worst"], workdir)
     assert worst.returncode == 0, worst.stderr[-3000:]
-    third, trained, _ = sweep_runs(workdir)
-    assert not trained and third.data.tags[VERDICT] == settle.UNDECIDED
+    second, trained, copies = sweep_runs(workdir)
+    assert second.info.run_id != parent.info.run_id and not trained  # nothing trained
+    assert sorted(run.data.tags[settle_store.REUSED_TAG] for run in copies) == sorted(run.info.run_id for run in pilot.values())
+    assert "Reused (already in the store, not rerun): dropout=0.1: seeds 0, 1; dropout=0.5: seeds 0, 1." in worst.stdout
+    assert "sweep of 0 jobs trained, 4 seeds reused" in worst.stdout  # copies are not counted as jobs
+    assert second.data.tags[VERDICT] == settle.UNDECIDED
     assert "the reference dropout=0.1 scored inf on a pilot seed" in worst.stdout and "Warning" not in worst.stderr
     assert "**undecided** (the setting and the reference scored inf on a seed: no interval exists)" in worst.stdout
 
