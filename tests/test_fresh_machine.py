@@ -30,7 +30,7 @@ def test_a_job_prints_no_tensorflow_noise(dcgan_job):
     """A dcgan job (conftest's, run with FRESH_SHELL): besides the start-up lines, its graph draws grappler's
     "remapper failed" and tf.data's "use_unbounded_threadpool" records at run time."""
     _, result = dcgan_job
-    assert "objective fid" in result.stdout  # the job ran to its closing lines
+    assert "objective ema_fid" in result.stdout  # the job ran to its closing lines
     assert noise_in(result.stdout + result.stderr) == []
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import QUICK, REPO, all_runs, run_cli
+from conftest import REPO, all_runs
 from ganlab.core import plots
 from ganlab.core import scores
 from ganlab.sweeps import sweep
@@ -211,13 +211,13 @@ def test_ema_warmup_is_on_by_default_only_with_ema():
     assert tiny_trainer(ema=None, ema_warmup=True).ema_warmup is False
 
 
-def test_a_job_with_an_ema_objective_logs_the_ema_generator_as_generator_best(workdir):
-    """Through the CLI: objective=ema_fid objective_at=best ema=0.5, one epoch (so the best epoch is the
-    last): generator_best.keras holds generator_ema.keras's weights, not generator.keras's."""
+def test_a_job_with_an_ema_objective_logs_the_ema_generator_as_generator_best(dcgan_job):
+    """Through the CLI (conftest's DCGAN_JOB): objective=ema_fid objective_at=best ema=0.5, one epoch (so the best
+    epoch is the last): generator_best.keras holds generator_ema.keras's weights, not generator.keras's."""
     import keras
 
-    result = run_cli([*QUICK, "ema=0.5", f"objective={scores.ema(FID)}", "objective_at=best"], workdir)
-    assert result.returncode == 0, result.stderr[-3000:]
+    workdir, result = dcgan_job
+    assert f"objective {scores.ema(FID)} = " in result.stdout
     models = next(workdir.glob("outputs/runs/*/models"))
     best, ema, live = (values(keras.models.load_model(models / name).variables)
                        for name in ("generator_best.keras", "generator_ema.keras", "generator.keras"))
