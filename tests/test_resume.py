@@ -140,7 +140,11 @@ def test_sigterm_then_kill_9_at_random_moments_then_resume_from_another_folder_g
     whole = start_cli(INTERRUPTED, workdir / "whole")  # on the other core
 
     process = start_cli(INTERRUPTED, cwd)
-    epoch_one_logged = lambda: (run := run_in(cwd)) and 1 in steps(cwd, run.info.run_id) and run  # noqa: E731
+
+    def epoch_one_logged():
+        found = run_in(cwd)
+        return found if found and 1 in steps(cwd, found.info.run_id) else None
+
     run = wait_for(epoch_one_logged, process)
     assert run, process.communicate()[1][-2000:]
     process.send_signal(signal.SIGTERM)
