@@ -211,8 +211,8 @@ def test_the_sqlite_stores_disk_filling_up_mid_run_is_one_line_and_resume_mends_
 
 
 @pytest.mark.parametrize("override, expected, failed_run", [
-    # a job value that cannot be resolved is the job's bad input: recorded as a FAILED run (issue: every
-    # unresolvable value is one line, a non-zero exit and a FAILED run where a run exists)
+    # a job value that cannot be resolved is the job's bad input: recorded as a FAILED run (every unresolvable
+    # value is one line, a non-zero exit and a FAILED run where a run exists)
     ("epochs=${oc.env:NOPE_NOT_SET}", "error: epochs: cannot be resolved (InterpolationResolutionError", True),
     # a knob ganlab does not have is refused before anything is created
     ("+extra.key=1", "error: +extra.key=1: extra.key is not a ganlab knob", False),
