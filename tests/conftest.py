@@ -86,9 +86,9 @@ def store_client(cwd: Path) -> MlflowClient:
     return MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}")
 
 
-def all_runs(cwd: Path):
+def all_runs(cwd: Path, experiment_name: str = "ganlab"):
     client = store_client(cwd)
-    experiment = client.get_experiment_by_name("ganlab")
+    experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         return []
     return client.search_runs([experiment.experiment_id], max_results=1000)

@@ -37,10 +37,11 @@ def wait_for(condition, process: subprocess.Popen | None = None, deadline_s: flo
         time.sleep(0.2)
 
 
-def the_run(cwd: Path):
+def the_run(cwd: Path, experiment_name: str = "ganlab"):
+    """The first run of the experiment in the store under `cwd`, once a job there has checkpointed (else None)."""
     if not store_is_ready(cwd):
         return None
-    runs = all_runs(cwd)
+    runs = all_runs(cwd, experiment_name)
     return runs[0] if runs else None
 
 
@@ -115,16 +116,6 @@ def wait_for_line(process: subprocess.Popen, pattern: re.Pattern) -> str | None:
     return None
 
 
-def run_in(cwd: Path, experiment: str = "elsewhere"):
-    """The one run of `experiment` in the store under `cwd`, once a job there has checkpointed (else None)."""
-    if not store_is_ready(cwd):
-        return None
-    client = store_client(cwd)
-    found = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([found.experiment_id]) if found else []
-    return runs[0] if runs else None
-
-
 @pytest.mark.heavy
 def test_sigterm_then_kill_9_at_random_moments_then_resume_from_another_folder_gives_the_uninterrupted_numbers(workdir):
     """A job SIGTERMed once epoch 1 is logged (one line, exit 143, its run KILLED), continued with `resume=<run id>`
@@ -142,7 +133,7 @@ def test_sigterm_then_kill_9_at_random_moments_then_resume_from_another_folder_g
     process = start_cli(INTERRUPTED, cwd)
 
     def epoch_one_logged():
-        found = run_in(cwd)
+        found = the_run(cwd, "elsewhere")
         return found if found and 1 in steps(cwd, found.info.run_id) else None
 
     run = wait_for(epoch_one_logged, process)
@@ -182,7 +173,7 @@ def test_sigterm_then_kill_9_at_random_moments_then_resume_from_another_folder_g
     whole_out, whole_err = whole.communicate(timeout=900)
     assert whole.returncode == 0, whole_err[-3000:]
     uninterrupted_dir = Path(re.search(r"job outputs in (\S+)", whole_out).group(1))
-    whole_run = run_in(workdir / "whole")
+    whole_run = the_run(workdir / "whole", "elsewhere")
     for metric in ("d_loss", "g_loss", "d_real", "d_fake"):  # the same numbers in the store, logged by four processes
         values = [[point.value for point in sorted(store_client(where).get_metric_history(run_id, metric),
                                                    key=lambda point: point.step)]
