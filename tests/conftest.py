@@ -37,8 +37,10 @@ EVAL_CACHE = Path(os.environ[CACHE_ENV])
 
 # Small, fast jobs: a few steps, a small evaluation, on the fixture's real MNIST images (scoring against its
 # 2,000 test images and finding nearest neighbours among its 2,000 training ones costs a job about 3 CPU-s
-# less than the full set). A test that needs the full set passes data.path=MNIST_FILE after QUICK.
-QUICK = ["epochs=1", "steps_per_epoch=5", "eval.num_samples=300", f"data.path={FIXTURE_MNIST}"]
+# less than the full set), and no MLflow Model logged (about 1.7 CPU-s less a job process; the jobs that
+# check the logged generators, the shared sweep and the dcgan job, log them). A test that needs the full
+# set passes data.path=MNIST_FILE after QUICK.
+QUICK = ["epochs=1", "steps_per_epoch=5", "eval.num_samples=300", f"data.path={FIXTURE_MNIST}", "tracking.log_models=false"]
 
 
 # `python -m <module> args`, run as Python runs it, then two last stdout lines saying whether scikit-learn
@@ -257,7 +259,8 @@ SHARED_SEEDS = ["0", "1"]
 # console also shows what leaks through at that level. Its jobs, in job order: dropout=0.1 seeds 0 and 1,
 # then dropout=0.3 seeds 0 and 1.
 SHARED_SWEEP = ["-m", "dropout=0.1,0.3", f"seed={','.join(SHARED_SEEDS)}", "ema=0.99", *QUICK, f"epochs={SHARED_EPOCHS}",
-                "eval.every=1", f"tracking.register_model={REGISTERED_MODEL}", "tracking.system_metrics=true"]
+                "eval.every=1", "tracking.log_models=true", f"tracking.register_model={REGISTERED_MODEL}",
+                "tracking.system_metrics=true"]
 SHARED_SWEEP_ENV = {"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
@@ -299,7 +302,7 @@ FRESH_SHELL = {"TF_CPP_MIN_LOG_LEVEL": ""}
 # The image-shaped model with the loss and optimizer that differ most from the tutorial's, end to end; with an
 # EMA of G as the objective at its best epoch (one epoch, so the best is the last).
 DCGAN_JOB = ["model=dcgan", "loss=wgan_gp", "optimizer=ttur", *QUICK, "steps_per_epoch=6", "ema=0.5", "objective=ema_fid",
-             "objective_at=best"]
+             "objective_at=best", "tracking.log_models=true"]
 
 
 @pytest.fixture(scope="session")

@@ -204,6 +204,7 @@ def test_same_seed_gives_identical_per_step_losses_and_another_seed_does_not():
         ("tracking.uri=5", "tracking.uri"),
         ("tracking.experiment=''", "tracking.experiment"),
         ("eval.classifier=7", "eval.classifier"),
+        ("tracking.log_models=1", "tracking.log_models"),
     ],
 )
 def test_validate_names_the_bad_key(override, key):
@@ -216,6 +217,13 @@ def test_validate_names_the_bad_key(override, key):
 def test_an_unresolvable_interpolation_names_its_key():
     with pytest.raises(InputError, match=r"^epochs: cannot be resolved"):
         config.validate(compose_train(["epochs=${oc.env:GANLAB_NO_SUCH_VARIABLE}"]))
+
+
+def test_registering_needs_the_logged_model():
+    config.validate(compose_train(["tracking.register_model=mnist-gan"]))
+    config.validate(compose_train(["tracking.log_models=false"]))
+    with pytest.raises(InputError, match="^tracking.register_model: got 'mnist-gan' .* with tracking.log_models=false"):
+        config.validate(compose_train(["tracking.register_model=mnist-gan", "tracking.log_models=false"]))
 
 
 def test_ema_objective_needs_ema():

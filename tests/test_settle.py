@@ -21,7 +21,7 @@ from ganlab.tracking import store as tracking
 
 # docs/sweeps.md's 4-job settle command, on the fixture's MNIST with 5 steps.
 SETTLE = ["-m", "hydra/sweeper=settle", "dropout=0.1,0.5", "settle.pilot_seeds=2", "settle.max_seeds=4", "epochs=1",
-          "steps_per_epoch=5", "eval.num_samples=300", f"data.path={FIXTURE_MNIST}"]
+          "steps_per_epoch=5", "eval.num_samples=300", f"data.path={FIXTURE_MNIST}", "tracking.log_models=false"]
 VERDICT = f"{settle_report.VERDICT_TAG}dropout_0.5"
 
 

@@ -178,6 +178,11 @@ def validate_tracking(cfg: DictConfig) -> None:
         )
     _optional_string(cfg, "tracking.register_model", "a Model Registry name")
     _boolean(cfg, "tracking.system_metrics")
+    _boolean(cfg, "tracking.log_models")
+    if _get(cfg, "tracking.register_model") is not None and not _get(cfg, "tracking.log_models"):
+        raise InputError(f"tracking.register_model: got {_show(_get(cfg, 'tracking.register_model'))} with "
+                         "tracking.log_models=false; registering needs the generator logged as an MLflow Model: "
+                         "set tracking.log_models=true, or tracking.register_model=null.")
 
 
 def validate(cfg: DictConfig, choices: Mapping | None = None) -> None:

@@ -67,6 +67,7 @@ class TrackingConfig:
     experiment: str
     register_model: str | None = None
     system_metrics: bool = False
+    log_models: bool = True
 
 
 @dataclass(frozen=True)

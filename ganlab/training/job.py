@@ -126,8 +126,8 @@ def train_job(cfg: JobConfig, context: JobContext, run: JobRun, threads: int | N
             epochs.log_epoch(run, record, cfg.epochs)
             stop.raise_if_requested()
 
-        outputs.save_outputs(trainer, history, steps, output_dir, run, register_as=cfg.tracking.register_model,
-                             best_epoch=best.epoch)
+        outputs.save_outputs(trainer, history, steps, output_dir, run, best_epoch=best.epoch,
+                             log_models=cfg.tracking.log_models, register_as=cfg.tracking.register_model)
     if cfg.checkpoint.keep == "none":
         checkpoint.remove(output_dir)
     final = history[-1].summary() if history else untrained

@@ -34,11 +34,11 @@ def save_config(config: dict, output_dir: Path) -> Path:
     return path
 
 
-def save_outputs(trainer, records: list, steps: int, output_dir: Path, run, register_as: str | None = None,
-                 best_epoch: int | None = None) -> None:
+def save_outputs(trainer, records: list, steps: int, output_dir: Path, run, best_epoch: int | None = None,
+                 log_models: bool = True, register_as: str | None = None) -> None:
     """G and D (and G's EMA and best-epoch versions) as .keras files, the final grid, the
-    loss curve and the per-step losses, in the folder and in the run; G as the MLflow Model
-    `generator` (registered as `register_as` when given) and the best epoch's G as `generator_best`."""
+    loss curve and the per-step losses, in the folder and in the run; with `log_models`, G as the
+    MLflow Model `generator` (registered as `register_as` when given) and the best epoch's G as `generator_best`."""
     models_dir = Path(output_dir) / "models"
     models_dir.mkdir(parents=True, exist_ok=True)
     trainer.generator.save(models_dir / "generator.keras")
@@ -52,7 +52,8 @@ def save_outputs(trainer, records: list, steps: int, output_dir: Path, run, regi
         saved.append(Path(output_dir) / BEST_GENERATOR)
     for path in saved:
         run.log_artifact(path, "models")
-    log_generators(trainer, output_dir, run, register_as, best_epoch)
+    if log_models:  # tracking.log_models
+        log_generators(trainer, output_dir, run, register_as, best_epoch)
     # Titled with the run and its epoch: the file is also read on its own, outside MLflow.
     final_grid = plots.save_sample_grid(trainer.generate(fixed_noise(trainer.random_dim)), Path(output_dir) / "samples.png",
                                         title=f"{run.run_name}: epoch {trainer.epochs_done}")
