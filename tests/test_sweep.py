@@ -138,8 +138,7 @@ def test_report_tables_a_sweep_by_group(dropout_sweep, tmp_path, capsys):
 
 
 FAULTS = '''
-"""Fault injection for one test: an unexpected error in two jobs of a sweep and a refusal the sweep's
-pre-check cannot foresee in a third (by their dropout)."""
+"""Fault injection for one test: an unexpected error in two jobs of a sweep (by their learning rate)."""
 import os
 
 if os.environ.get("GANLAB_TEST_FAULTS"):
@@ -149,43 +148,41 @@ if os.environ.get("GANLAB_TEST_FAULTS"):
     checks, build = ganlab.core.config.validate_tracking, ganlab.gan.choices.build_trainer
 
     def validate_tracking(cfg):
-        if cfg.dropout == 0.1:  # before the job's MLflow run exists
+        if cfg.optimizer.lr == 1e-4:  # before the job's MLflow run exists
             raise RuntimeError("injected fault before the run")
         return checks(cfg)
 
     def build_trainer(cfg, x_train):
-        if cfg.dropout == 0.5:  # after the run exists
+        if cfg.optimizer.lr == 3e-4:  # after the run exists
             raise RuntimeError("injected fault after the run")
-        if cfg.dropout == 0.2:  # bad input only the job finds (a file it reads, say): refused after the run exists
-            from ganlab.core.errors import InputError
-
-            raise InputError("injected refusal: the job found bad input")
         return build(cfg, x_train)
 
     ganlab.core.config.validate_tracking, ganlab.gan.choices.build_trainer = validate_tracking, build_trainer
 '''
 
 
-def test_failed_jobs_are_printed_counted_and_recorded_and_the_sweep_goes_on(workdir, tmp_path):
-    """Nothing silent, in one sweep of four jobs: bad input only the job can find (its run FAILED with
-    the reason and error.txt; a bad config value is refused before the sweep starts: test_sweep_precheck.py), an unexpected error before the job's run exists and one after it, and a job that
-    finishes. Each failing job prints its error, and the parent counts the three among those that
-    did not finish, ends FAILED and still holds the summary."""
+def test_failed_and_diverged_jobs_are_printed_counted_and_recorded_and_the_sweep_goes_on(workdir, tmp_path):
+    """Nothing silent, in one sweep of four jobs: an unexpected error before the job's run exists and one
+    after it; a job whose losses turn NaN, the refusal only training can find (a bad config value is refused
+    before the sweep starts: test_sweep_precheck.py), FAILED with its epoch and step and error.txt, printed
+    once with no traceback (the entry point's path for every refused job, sweep or not); and a job that
+    finishes. The parent counts the three among those that did not finish, ends FAILED and still holds the summary."""
     injected = tmp_path / "faults"
     injected.mkdir()
     (injected / "sitecustomize.py").write_text(FAULTS)
     env = {"GANLAB_TEST_FAULTS": "1", "PYTHONPATH": os.pathsep.join([str(injected), os.environ.get("PYTHONPATH", "")])}
-    result = run_cli(["-m", "dropout=0.1,0.2,0.3,0.5", *QUICK], workdir, env=env)
+    result = run_cli(["-m", "optimizer.lr=1e-4,1e10,2e-4,3e-4", *QUICK], workdir, env=env)
     assert result.returncode == 1
     assert "RuntimeError: injected fault before the run" in result.stderr
     assert "RuntimeError: injected fault after the run" in result.stderr
-    assert "Traceback" in result.stdout  # the job's log line carries the traceback
+    assert "Traceback" in result.stdout and "Traceback" not in result.stderr  # the job's log line carries it
     assert "3 of 4 sweep jobs did not finish" in result.stderr
     parent, children = sweep_runs(workdir)
     assert [child.data.tags["sweep.job_num"] for child in children] == ["1", "2", "3"]  # job 0 never had a run
-    assert [child.data.params.get("dropout") for child in children] == ["0.2", "0.3", "0.5"]
+    assert [child.data.params.get("optimizer.lr") for child in children] == ["10000000000.0", "0.0002", "0.0003"]
     assert [child.info.status for child in children] == ["FAILED", "FINISHED", "FAILED"]
-    assert "injected refusal: the job found bad input" in children[0].data.tags["failure_reason"]
+    diverged = re.search(r"training diverged at epoch 1, step \d+ of 5.*", children[0].data.tags["failure_reason"])
+    assert diverged and result.stderr.count(f"error: {diverged.group(0)}") == 1
     client = store_client(workdir)
     assert "error.txt" in artifact_paths(client, children[0].info.run_id)
     assert "fid" in children[1].data.metrics
@@ -194,5 +191,6 @@ def test_failed_jobs_are_printed_counted_and_recorded_and_the_sweep_goes_on(work
     assert "summary/sweep_summary.csv" in artifact_paths(client, parent.info.run_id)
     description = parent.data.tags["mlflow.note.content"]
     assert "**3 of 4 jobs did not finish:**" in description
-    assert re.search(r"job 0 \(dropout=0\.1 [^)]*\): failed before its MLflow run existed", description)
-    assert re.search(r"job 3 \(dropout=0\.5 [^)]*\): RuntimeError: injected fault after the run", description)
+    assert re.search(r"job 0 \(optimizer\.lr=[^)]*\): failed before its MLflow run existed", description)
+    assert re.search(r"job 1 \(optimizer\.lr=[^)]*\): TrainingDiverged: training diverged at epoch 1", description)
+    assert re.search(r"job 3 \(optimizer\.lr=[^)]*\): RuntimeError: injected fault after the run", description)
