@@ -2,7 +2,8 @@
 
 Everything is written into the job's output folder and logged into its MLflow run. The
 final generator (and the best epoch's) is also logged as an MLflow Model, which
-`mlflow.pyfunc.load_model` turns back into a noise -> images function.
+`mlflow.pyfunc.load_model` turns back into a noise -> images function (unless
+`tracking.log_models=false`).
 """
 
 from __future__ import annotations
