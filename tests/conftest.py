@@ -37,7 +37,7 @@ EVAL_CACHE = Path(os.environ[CACHE_ENV])
 
 # Small, fast jobs: a few steps, a small evaluation, on the fixture's real MNIST images (scoring against its
 # 2,000 test images and finding nearest neighbours among its 2,000 training ones costs a job about 3 CPU-s
-# less than the full set), and no MLflow Model logged (about 1.7 CPU-s less a job process; the jobs that
+# less than the full set), and no MLflow Model logged (about 1.3 CPU-s less a job process; the jobs that
 # check the logged generators, the shared sweep and the dcgan job, log them). A test that needs the full
 # set passes data.path=MNIST_FILE after QUICK.
 QUICK = ["epochs=1", "steps_per_epoch=5", "eval.num_samples=300", f"data.path={FIXTURE_MNIST}", "tracking.log_models=false"]
