@@ -35,12 +35,13 @@ if not os.environ.get(CACHE_ENV):
     os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="ganlab-test-cache-")
 EVAL_CACHE = Path(os.environ[CACHE_ENV])
 
+# No MLflow Model logged: about 1.3 CPU-s less a job process. Every test job that does not look at the logged
+# generators passes it; the shared sweep and the dcgan job, whose tests do, log them.
+NO_MODELS = "tracking.log_models=false"
 # Small, fast jobs: a few steps, a small evaluation, on the fixture's real MNIST images (scoring against its
 # 2,000 test images and finding nearest neighbours among its 2,000 training ones costs a job about 3 CPU-s
-# less than the full set), and no MLflow Model logged (about 1.3 CPU-s less a job process; the jobs that
-# check the logged generators, the shared sweep and the dcgan job, log them). A test that needs the full
-# set passes data.path=MNIST_FILE after QUICK.
-QUICK = ["epochs=1", "steps_per_epoch=5", "eval.num_samples=300", f"data.path={FIXTURE_MNIST}", "tracking.log_models=false"]
+# less than the full set), and NO_MODELS. A test that needs the full set passes data.path=MNIST_FILE after QUICK.
+QUICK = ["epochs=1", "steps_per_epoch=5", "eval.num_samples=300", f"data.path={FIXTURE_MNIST}", NO_MODELS]
 
 
 # `python -m <module> args`, run as Python runs it, then two last stdout lines saying whether scikit-learn

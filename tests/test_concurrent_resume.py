@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import MNIST_FILE, hold_after_checkpoint, store_client
+from conftest import MNIST_FILE, NO_MODELS, hold_after_checkpoint, store_client
 from ganlab.core import filelock
 from ganlab.core.errors import InputError
 from ganlab.sweeps import sweep as sweep_tracking
@@ -27,7 +27,7 @@ from test_sweep_resume import parent_and_children, start_sweep
 
 EPOCHS = 3
 SWEEP = ["-m", "dropout=0.1,0.2,0.3", f"epochs={EPOCHS}", "steps_per_epoch=10", "eval.enabled=false",
-         "objective=g_loss", f"data.path={MNIST_FILE}", "tracking.log_models=false"]
+         "objective=g_loss", f"data.path={MNIST_FILE}", NO_MODELS]
 
 
 def test_a_sweep_killed_half_way_goes_on_with_one_of_two_sweep_resumes_started_together(workdir):

@@ -7,7 +7,7 @@ import gzip
 import numpy as np
 import pytest
 
-from conftest import FIXTURE_MNIST, all_runs, run_cli
+from conftest import FIXTURE_MNIST, NO_MODELS, all_runs, run_cli
 from ganlab.core import data
 from ganlab.core.data import load_dataset, to_unit_range
 from ganlab.core.errors import InputError
@@ -141,7 +141,7 @@ OFFLINE = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:
 def test_without_network_mnist_comes_from_the_shipped_copy(tmp_path):
     """data.path=null, an empty Keras cache, no network: the job trains on ganlab/datasets/mnist.npz and says so."""
     env = {"KERAS_HOME": str(tmp_path / "keras"), **OFFLINE}
-    result = run_cli(["epochs=1", "steps_per_epoch=1", "eval.enabled=false", "objective=null", "tracking.log_models=false"],
+    result = run_cli(["epochs=1", "steps_per_epoch=1", "eval.enabled=false", "objective=null", NO_MODELS],
                      cwd=tmp_path, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     console = result.stdout + result.stderr

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import MNIST_FILE, QUICK, all_runs, run_cli, small_disk, start_cli, store_client, store_is_ready
+from conftest import MNIST_FILE, NO_MODELS, QUICK, all_runs, run_cli, small_disk, start_cli, store_client, store_is_ready
 from ganlab.training import checkpoint
 from ganlab.training.resume import RESUME_OVERRIDES, check_overrides, prepare_resume
 from ganlab.core.errors import InputError
 
 TINY_EPOCHS = ["steps_per_epoch=1", "eval.enabled=false", "objective=g_loss", f"data.path={MNIST_FILE}",
-               "tracking.log_models=false"]
+               NO_MODELS]
 
 
 def wait_for(condition, process: subprocess.Popen | None = None, deadline_s: float = 900):
@@ -105,7 +105,7 @@ def test_a_locked_checkpoint_cannot_be_resumed(tmp_path):
 
 # Epochs of a few seconds on one thread, the job's own experiment, an EMA of G: all of it must come back on resume.
 INTERRUPTED = ["epochs=6", "steps_per_epoch=30", "threads=1", "tracking.experiment=elsewhere", "ema=0.999",
-               "eval.enabled=false", "objective=g_loss", f"data.path={MNIST_FILE}", "tracking.log_models=false"]
+               "eval.enabled=false", "objective=g_loss", f"data.path={MNIST_FILE}", NO_MODELS]
 TRAINING_STARTS = re.compile(r"training \d+ epochs of \d+ steps")  # the job's log line just before its first step
 
 

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import FIXTURE_MNIST, all_runs, hold_after_checkpoint, run_cli, start_cli, store_client
+from conftest import FIXTURE_MNIST, NO_MODELS, all_runs, hold_after_checkpoint, run_cli, start_cli, store_client
 from ganlab.core.errors import InputError
 from ganlab.sweeps import settle, settle_plan, settle_report, settle_store
 from ganlab.tracking import store as tracking
 
-# docs/sweeps.md's 4-job settle command, on the fixture's MNIST with 5 steps.
+# docs/sweeps.md's 4-job settle command, on the fixture's MNIST with 5 steps and no MLflow Model logged.
 SETTLE = ["-m", "hydra/sweeper=settle", "dropout=0.1,0.5", "settle.pilot_seeds=2", "settle.max_seeds=4", "epochs=1",
-          "steps_per_epoch=5", "eval.num_samples=300", f"data.path={FIXTURE_MNIST}", "tracking.log_models=false"]
+          "steps_per_epoch=5", "eval.num_samples=300", f"data.path={FIXTURE_MNIST}", NO_MODELS]
 VERDICT = f"{settle_report.VERDICT_TAG}dropout_0.5"
 
 
