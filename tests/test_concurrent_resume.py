@@ -1,6 +1,7 @@
-"""Resume under concurrency: one live resume per sweep, a run held by a live process (here or on
-another machine) is never reopened, deleted or closed by another, a FINISHED run is never reopened,
-and a disk without file locks is one line naming the knob that moves the locks."""
+"""Resume under concurrency: a run held by a live process (here or on another machine) is never
+reopened, deleted or closed by another, a FINISHED run is never reopened, and a disk without file
+locks is one line naming the knob that moves the locks. One live resume per sweep (two
+sweep.resume started together after a kill -9) is tested through the CLI in test_settle.py."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import time
 
 import pytest
 
-from conftest import MNIST_FILE, NO_MODELS, hold_after_checkpoint, store_client
 from ganlab.core import filelock
 from ganlab.core.errors import InputError
 from ganlab.sweeps import sweep as sweep_tracking
@@ -22,54 +22,6 @@ from ganlab.tracking import run_lock
 from ganlab.tracking import store as tracking
 from ganlab.tracking.job_run import FAILURE_TAG, JobRun, close_left_running
 from ganlab.training import checkpoint
-from ganlab.core import scores
-from test_sweep_resume import parent_and_children, start_sweep
-
-EPOCHS = 3
-SWEEP = ["-m", "dropout=0.1,0.2,0.3", f"epochs={EPOCHS}", "steps_per_epoch=10", "eval.enabled=false",
-         "objective=g_loss", f"data.path={MNIST_FILE}", NO_MODELS]
-
-
-def test_a_sweep_killed_half_way_goes_on_with_one_of_two_sweep_resumes_started_together(workdir):
-    """kill -9 of a sweep half way, then two `sweep.resume=<parent>` at once: one continues (the finished
-    job skipped, the interrupted one continued in its own run, the rest started), the other names it."""
-    first = start_sweep(SWEEP, workdir)
-    hold_after_checkpoint(workdir, first, [1])  # job 0 done, job 1 half way, job 2 not started
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
-    parent, children = parent_and_children(workdir)
-    assert parent.info.status == "RUNNING"  # nothing could close it
-    assert [child.info.status for child in children] == ["FINISHED", "RUNNING"]
-    first_runs = {child.data.tags["sweep.job_num"]: child.info.run_id for child in children}
-
-    resumes = [start_sweep([*SWEEP, f"sweep.resume={parent.info.run_id}"], workdir) for _ in range(2)]
-    outcomes = [resume.communicate(timeout=900) for resume in resumes]
-    codes = sorted(resume.returncode for resume in resumes)
-    assert codes == [0, 1], [(resume.returncode, err[-2000:]) for resume, (_, err) in zip(resumes, outcomes)]
-    winner = next(resume for resume in resumes if resume.returncode == 0)
-    won, _ = outcomes[resumes.index(winner)]
-    assert f"continuing sweep run {parent.info.run_id}" in won
-    assert "sweep job 0 (dropout=0.1) finished in run" in won  # skipped, not trained again
-    _, refused = outcomes[resumes.index(next(resume for resume in resumes if resume.returncode == 1))]
-    lines = [line for line in refused.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in refused, refused[-3000:]
-    assert lines[0].startswith(f"error: sweep.resume: sweep {parent.info.run_id} is held by process {winner.pid} "
-                               f"on host {socket.gethostname()}"), lines[0]
-
-    parent, children = parent_and_children(workdir)
-    assert parent.info.status == "FINISHED" and run_lock.OWNER_TAG not in parent.data.tags
-    assert [child.data.tags["sweep.job_num"] for child in children] == ["0", "1", "2"]  # one run per job
-    assert [child.info.status for child in children] == ["FINISHED"] * 3
-    assert {child.data.tags["sweep.job_num"]: child.info.run_id for child in children[:2]} == first_runs  # kept
-    assert int(children[1].data.tags["resumed_from_epoch"]) >= 1 and "resumed_from_epoch" not in children[2].data.tags
-    assert parent.data.tags["sweep.jobs"] == "3 of 3 finished"
-    assert "sweep.resume" not in children[1].data.params and "sweep.resume" not in children[1].data.tags["hydra.overrides"]
-    client = store_client(workdir)
-    for child in children:
-        assert run_lock.OWNER_TAG not in child.data.tags
-        steps = [point.step for point in client.get_metric_history(child.info.run_id, scores.D_LOSS)]
-        assert sorted(steps) == list(range(1, EPOCHS + 1)), (child.info.run_name, steps)  # every epoch once
-    assert len(list((workdir / "outputs" / "multirun").iterdir())) == 2  # the refused resume left no folder
 
 
 @pytest.fixture

@@ -1,13 +1,14 @@
 """`hydra/sweeper=settle` through the real CLI: a huge margin stops after the pilot (and a second
 sweep reuses its seeds, training nothing), a tiny one reuses them too and runs every setting to
-max_seeds (killed in stage 2 and continued with sweep.resume, every seed once), no margin is
-refused in one line.
+max_seeds (killed -9 in stage 2 and continued by one of two sweep.resume started together, every
+seed once), no margin is refused in one line.
 The question's checks (ganlab.sweeps.settle_plan) are tested in-process."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from omegaconf import OmegaConf
 from conftest import FIXTURE_MNIST, NO_MODELS, all_runs, hold_after_checkpoint, run_cli, start_cli, store_client
 from ganlab.core.errors import InputError
 from ganlab.sweeps import settle, settle_plan, settle_report, settle_store
+from ganlab.tracking import run_lock
 from ganlab.tracking import store as tracking
 
 # docs/sweeps.md's 4-job settle command, on the fixture's MNIST with 5 steps and no MLflow Model logged.
@@ -44,7 +46,8 @@ def settings_and_seeds(runs) -> list[tuple[str, str]]:
 def test_a_huge_margin_stops_after_the_pilot_later_sweeps_reuse_its_seeds_and_a_tiny_one_killed_in_stage_2_ends_with_every_seed_once(workdir):
     """One store, three settle sweeps over the same settings: a huge margin (the pilot only); an infinite metric
     (every seed reused, nothing trained, no interval, no stage 2); then a tiny margin, which reuses the pilot, runs
-    stage 2 to max_seeds, is killed there and is continued with sweep.resume."""
+    stage 2 to max_seeds, is killed -9 there (job 0 done, job 1 half way, jobs 2-3 not started) and is continued
+    by one of two sweep.resume started together: the other names it in one line."""
     done = run_cli([*SETTLE, "settle.margin=1000"], workdir)
     assert done.returncode == 0, done.stderr[-3000:]
     parent, jobs, reused = sweep_runs(workdir)
@@ -89,14 +92,26 @@ def test_a_huge_margin_stops_after_the_pilot_later_sweeps_reuse_its_seeds_and_a_
     assert sorted(jobs) == [0, 1] and jobs[0].info.status == "FINISHED" and jobs[1].info.status == "RUNNING"
     assert len(copies) == 4
 
-    resumed = run_cli([*command, f"sweep.resume={killed.info.run_id}"], tiny)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "sweep job 0 (dropout=0.1 seed=2) finished in run" in resumed.stdout  # not trained again
+    # Two sweep.resume started together: one goes on, the other names it in one line and makes nothing.
+    resumes = [start_cli([*command, f"sweep.resume={killed.info.run_id}"], tiny) for _ in range(2)]
+    outcomes = [resume.communicate(timeout=900) for resume in resumes]
+    codes = [resume.returncode for resume in resumes]
+    assert sorted(codes) == [0, 1], [err[-2000:] for _, err in outcomes]
+    winner, (won, _), (_, refused) = resumes[codes.index(0)], outcomes[codes.index(0)], outcomes[codes.index(1)]
+    assert f"continuing sweep run {killed.info.run_id}" in won
+    assert "sweep job 0 (dropout=0.1 seed=2) finished in run" in won  # not trained again
+    lines = [line for line in refused.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(
+        f"error: sweep.resume: sweep {killed.info.run_id} is held by process {winner.pid} on host {socket.gethostname()}"), lines
+    assert len(list((tiny / "outputs" / "multirun").iterdir())) == 2  # the killed sweep's and the winner's
     after, jobs, copies = sweep_runs(workdir, killed.info.run_id)
     assert sorted(jobs) == [0, 1, 2, 3] and len(copies) == 4  # stage 2, each job once; the pilot reused, not copied twice
     assert settings_and_seeds([*jobs.values(), *copies]) == [(d, str(s)) for d in ("0.1", "0.5") for s in range(4)]
     assert jobs[1].info.run_id == only_run_of_job(workdir, killed.info.run_id, jobs, 1)  # continued, not restarted
     assert all(run.info.status == "FINISHED" for run in jobs.values()) and after.info.status == "FINISHED"
+    assert not any(run_lock.OWNER_TAG in run.data.tags for run in [after, *jobs.values()])  # every hold released
+    assert not any("sweep.resume" in run.data.params or "sweep.resume" in run.data.tags[tracking.OVERRIDES_TAG]
+                   for run in jobs.values())
     assert after.data.tags[VERDICT] != settle.EQUIVALENT
     assert "max_seeds reached" in next(tiny.glob("outputs/multirun/*/summary/settle.md")).read_text()
 

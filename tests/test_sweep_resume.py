@@ -1,5 +1,5 @@
 """A stopped sweep goes on: `sweep.resume=<parent run id>` continues the interrupted jobs in their own
-runs (a sweep killed half way: test_concurrent_resume.py); a stopped parallel sweep leaves no run
+runs (a sweep killed -9 half way, then resumed twice at once: test_settle.py); a stopped parallel sweep leaves no run
 RUNNING; a stop that arrives while a run is closing cannot cut it short; what cannot be continued is refused."""
 
 from __future__ import annotations
