@@ -8,6 +8,7 @@ import contextlib
 import http.server
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -111,9 +112,31 @@ def ctrl_c_as_in_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+BARE_WORKDIR = "bare_workdir"
+
+
+@pytest.fixture(scope="session")
+def new_store_database(tmp_path_factory) -> Path:
+    """The database of a new SQLite store, as MLflow leaves it once it has made its tables: every migration
+    applied, no experiment. MLflow's migrations cost a new store about 1 CPU-s; a copy of this file skips
+    them and nothing else: MLflow makes the Default experiment when it opens a store that has none."""
+    import sqlite3
+
+    path = tmp_path_factory.mktemp("new-store") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    with contextlib.closing(sqlite3.connect(path)) as database, database:
+        database.execute("DELETE FROM experiments")
+    return path
+
+
 @pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    """An empty directory to run the CLI in: its own outputs/ and mlruns/."""
+def workdir(tmp_path: Path, request) -> Path:
+    """A directory to run the CLI in, with its own outputs/ and a new store in mlruns/, as a job's first run
+    makes it. Left empty for a test marked `bare_workdir`: one that checks what a command leaves behind, or
+    that several processes make a store at once."""
+    if request.node.get_closest_marker(BARE_WORKDIR) is None:
+        (tmp_path / "mlruns").mkdir()
+        shutil.copyfile(request.getfixturevalue("new_store_database"), tmp_path / "mlruns" / "mlflow.db")
     return tmp_path
 
 

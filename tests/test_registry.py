@@ -143,7 +143,7 @@ def test_fashion_mnist_is_not_scored_with_the_digit_classifier(workdir):
 
 # ---------------------------------------------------------------------------- over seeds: conftest's shared sweep
 # (dropout=0.1,0.3 x seed=0,1, an EMA, every epoch scored); a higher-is-better objective end to end:
-# test_scaling.py::test_optuna_search_reports_the_best_trial.
+# test_sweep.py::test_four_parallel_jobs_and_another_sweep_at_once_into_one_fresh_store_each_job_with_every_epoch.
 
 
 def test_the_best_job_is_tagged_and_its_setting_gets_the_mean_of_its_seeds_and_its_interval(dropout_sweep):

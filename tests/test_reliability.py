@@ -24,6 +24,7 @@ def test_resume_of_unknown_run_or_folder(workdir):
     assert result.returncode != 0 and "resume: no checkpoint in" in result.stderr
 
 
+@pytest.mark.bare_workdir
 def test_unreachable_tracking_server_fails_fast_and_stores_nothing(workdir):
     import socket
 
@@ -197,6 +198,7 @@ def test_the_sqlite_stores_disk_filling_up_mid_run_is_one_line_and_resume_mends_
 # ---------------------------------------------------------------------------- the entry point reads nothing unchecked
 
 
+@pytest.mark.bare_workdir
 @pytest.mark.parametrize("override, expected, failed_run", [
     # a job value that cannot be resolved is the job's bad input: recorded as a FAILED run (every unresolvable
     # value is one line, a non-zero exit and a FAILED run where a run exists)
@@ -324,6 +326,7 @@ def test_a_stop_whose_run_cannot_be_marked_killed_says_so_instead_of_marked(tmp_
     assert stopped_job_line(KeyboardInterrupt("SIGTERM"), tmp_path / "out").startswith(": its run is marked KILLED; resume=")
 
 
+@pytest.mark.bare_workdir
 def test_bad_store_uris_are_one_line_and_create_nothing_outside_the_working_folder(workdir):
     here = workdir / "a" / "b"
     here.mkdir(parents=True)

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import MNIST_FILE, NO_MODELS, QUICK, all_runs, run_cli, small_disk, start_cli, store_client, store_is_ready
+from conftest import (MNIST_FILE, NO_MODELS, QUICK, all_runs, hold_after_checkpoint, run_cli, small_disk, start_cli,
+                      store_client, store_is_ready, thaw_once_signalled)
 from ganlab.training import checkpoint
 from ganlab.training.resume import RESUME_OVERRIDES, check_overrides, prepare_resume
 from ganlab.core.errors import InputError
@@ -231,21 +232,15 @@ def test_resume_refuses_changes_to_what_is_trained_and_to_the_experiment(finishe
 
 
 def test_a_resume_of_a_running_job_is_refused_and_sigterm_to_its_sequential_sweep_leaves_no_run_running(workdir):
-    process = start_cli(["-m", "dropout=0.1,0.2,0.3", "epochs=50", "steps_per_epoch=20", "eval.enabled=false",
-                         "objective=g_loss", f"data.path={MNIST_FILE}"], workdir)
-
-    def first_child_trains():
-        if not store_is_ready(workdir):
-            return False
-        children = [r for r in all_runs(workdir) if "mlflow.parentRunId" in r.data.tags]
-        return children and steps(workdir, children[0].info.run_id) and children[0]
-
-    child = wait_for(first_child_trains, process)
-    assert child, process.communicate()[1][-2000:]
+    # The sweep's first job is held still (SIGSTOP) after its first epoch: it is running, and stays mid-sweep.
+    process = start_cli(["-m", "dropout=0.1,0.2,0.3", "epochs=3", *TINY_EPOCHS], workdir)
+    held = hold_after_checkpoint(workdir, process, [0])
+    (child,) = [r for r in all_runs(workdir) if "mlflow.parentRunId" in r.data.tags]
     result = run_cli([f"resume={child.info.run_id}"], workdir)
     assert result.returncode != 0 and "in use by a running job" in result.stderr
     assert process.poll() is None  # the running sweep went on
     process.send_signal(signal.SIGTERM)
+    thaw_once_signalled(list(held.values()), signal.SIGTERM)
     process.communicate(timeout=300)
     assert process.returncode != 0
     statuses = {run.info.run_id: run.info.status for run in all_runs(workdir)}
@@ -299,12 +294,14 @@ def test_closing_a_run_survives_a_failing_error_file(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------- servers and stores
 
 
+@pytest.mark.bare_workdir
 def test_an_experiment_name_cannot_escape_the_store(workdir):
     result = run_cli([*QUICK, "tracking.experiment=../../x"], workdir)
     assert result.returncode != 0 and "tracking.experiment: got '../../x'" in result.stderr
     assert not (workdir.parent / "x").exists() and not (workdir / "mlruns").exists()
 
 
+@pytest.mark.bare_workdir
 def test_a_garbage_store_file_is_named(workdir):
     (workdir / "mlruns").mkdir()
     (workdir / "mlruns" / "mlflow.db").write_bytes(b"this is not a database" * 100)

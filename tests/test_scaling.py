@@ -1,5 +1,5 @@
-"""Beyond one process: an Optuna search, and submitit's local executor writing to an MLflow server
-backed by PostgreSQL — each leaving a parent run with FINISHED children."""
+"""Beyond one process: submitit's local executor writing to an MLflow server backed by PostgreSQL,
+leaving a parent run with FINISHED children (an Optuna search through the CLI: test_search.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import QUICK, REPO, all_runs, artifact_paths, run_cli, store_client
+from conftest import QUICK, artifact_paths, run_cli
 
 TINY = [*QUICK, "steps_per_epoch=3"]
 
@@ -26,33 +26,6 @@ def parent_and_children(runs):
     assert len(parents) == 1
     children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     return parents[0], children
-
-
-def test_optuna_search_reports_the_best_trial(workdir):
-    """A higher-is-better objective: ganlab's search sweeper gets the resolved direction and its Optuna study
-    maximizes it (lower-is-better fid, the default, takes the same path:
-    test_objective.py::test_the_search_takes_optunas_direction_from_the_registry). One seed per trial here;
-    seeds, pruning and resume: test_search.py."""
-    import optuna
-    from omegaconf import OmegaConf
-
-    result = run_cli(["-m", "-cd", str(REPO / "sweeps"), "-cn", "search", "objective=classifier_score",
-                      "hydra.sweeper.n_trials=2", "search.seeds=1", *TINY], workdir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (study_file,) = workdir.glob("outputs/multirun/*/optuna.db")
-    study = optuna.load_study(study_name="ganlab_search", storage=f"sqlite:///{study_file}")
-    assert study.direction == optuna.study.StudyDirection.MAXIMIZE and len(study.trials) == 2
-    parent, children = parent_and_children(all_runs(workdir))
-    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
-    assert len({c.data.params["optimizer.lr"] for c in children}) == 2  # the sampler chose the values
-    best = max(children, key=lambda c: c.data.metrics["classifier_score"])
-    assert parent.data.tags["best.run_id"] == best.info.run_id
-    assert float(parent.data.tags["best.classifier_score"]) == pytest.approx(best.data.metrics["classifier_score"])
-    assert "summary/optimization_results.yaml" in artifact_paths(store_client(workdir), parent.info.run_id)
-    (results,) = workdir.glob("outputs/multirun/*/optimization_results.yaml")
-    assert OmegaConf.load(results).best_value == pytest.approx(best.data.metrics["classifier_score"])
-    assert study.best_value == pytest.approx(best.data.metrics["classifier_score"])
-    assert parent.data.tags["search.best.trial"] == best.data.tags["search.trial"]
 
 
 def free_port() -> int:
@@ -96,6 +69,7 @@ def postgres():
         shutil.rmtree(data, ignore_errors=True)
 
 
+@pytest.mark.bare_workdir
 @pytest.mark.heavy
 def test_a_submitit_local_sweep_against_an_mlflow_server_on_postgresql(workdir, postgres):
     """submitit's local executor runs the jobs, each in a process of its own, writing to an MLflow server whose

@@ -1,6 +1,8 @@
 """`-cn search` on a real Optuna study: every trial scored over seeds (its value the seed mean, with its
 t interval), a clearly worse trial stopped before its last seed, and a killed search continued
-(`sweep.resume`) in the same study; without Optuna, one line naming the install command."""
+(`sweep.resume`) in the same study, its results on the parent run; without Optuna, one line naming
+the install command. The study's direction is the objective's, from the score registry: fid's here,
+every objective's in test_objective.py::test_the_search_takes_optunas_direction_from_the_registry."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import optuna
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import FIXTURE_MNIST, QUICK, REPO, all_runs, hold_after_checkpoint, run_cli, start_cli
+from conftest import (FIXTURE_MNIST, QUICK, REPO, all_runs, artifact_paths, hold_after_checkpoint, run_cli, start_cli,
+                      store_client)
 from ganlab.core import scores
 from ganlab.sweeps import search, seed_stats
 from test_sweep_resume import parent_and_children
@@ -52,6 +55,7 @@ def test_a_killed_search_goes_on_in_its_study_and_stops_a_clearly_worse_trial_ea
 
     # The same study: trial 0 as before, trial 1 went on with its missing seeds and was stopped after two.
     study = optuna.load_study(study_name="ganlab_search", storage=storage)
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE  # fid's, from the registry (test_objective.py)
     good, bad = study.trials
     assert (good.params["optimizer.lr"], bad.params["optimizer.lr"]) == (float(GOOD_LR), float(BAD_LR))
     seen = [(trial.state.name, trial.intermediate_values) for trial in study.trials]
@@ -77,6 +81,7 @@ def test_a_killed_search_goes_on_in_its_study_and_stops_a_clearly_worse_trial_ea
     assert float(parent.data.tags["search.best.value"]) == pytest.approx(expected.mean)
     assert parent.data.tags["search.best.overrides"] == f"optimizer.lr={float(GOOD_LR)}"
     report = OmegaConf.load(next(workdir.glob(f"outputs/multirun/*/{search.RESULTS_FILE}")))
+    assert f"summary/{search.RESULTS_FILE}" in artifact_paths(store_client(workdir), parent.info.run_id)
     assert report.best_trial == 0 and report.best_interval == pytest.approx([expected.ci_low, expected.ci_high])
     assert [trial.state for trial in report.trials] == ["complete", "pruned"]
     assert report.best_run_ids == [child.info.run_id for child in children[:3]]

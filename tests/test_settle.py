@@ -135,6 +135,7 @@ def only_run_of_job(store_cwd: Path, parent_id: str, jobs, job: int) -> str:
     return found[0].info.run_id
 
 
+@pytest.mark.bare_workdir
 def test_without_a_margin_it_refuses_in_one_line_and_makes_nothing(workdir):
     refused = run_cli(SETTLE, workdir)
     assert refused.returncode == 1

@@ -44,13 +44,16 @@ def test_sweep_summary_is_on_the_parent(dropout_sweep, tmp_path):
     assert all(row["status"] == "FINISHED" for row in rows)
 
 
+@pytest.mark.bare_workdir
 @pytest.mark.heavy
 def test_four_parallel_jobs_and_another_sweep_at_once_into_one_fresh_store_each_job_with_every_epoch(workdir):
     """The parallel launcher with four jobs at once (twice the cores here) and, started beside it, a second
     sweep of two jobs in turn, all writing into a store none of them found: no lost write, every job FINISHED
-    under its own parent with every epoch, the parallel jobs sharing the cores out, and the summary's heatmap."""
+    under its own parent with every epoch, the parallel jobs sharing the cores out, and the summary's heatmap. Its
+    objective is higher-is-better: the best job is the one with the highest score (every objective's direction:
+    test_registry.py)."""
     parallel = ["-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=4", "dropout=0.0,0.3", "label_smoothing=0.0,0.2",
-                *QUICK, "epochs=2", "steps_per_epoch=3"]
+                *QUICK, "epochs=2", "steps_per_epoch=3", "objective=classifier_score"]
     in_turn = ["-m", "dropout=0.1,0.2", *QUICK, "epochs=1", "steps_per_epoch=3", "eval.enabled=false", "objective=g_loss"]
     processes = [start_cli(parallel, workdir), start_cli(in_turn, workdir)]
     for process in processes:
@@ -74,6 +77,9 @@ def test_four_parallel_jobs_and_another_sweep_at_once_into_one_fresh_store_each_
         for metric in ("d_loss", "g_loss", "d_real", "d_fake", "steps_per_sec"):
             assert [point.step for point in client.get_metric_history(child.info.run_id, metric)] == [1, 2], metric
     assert "summary/sweep_heatmap_fid.png" in artifact_paths(client, parent.info.run_id)
+    best = max(mine, key=lambda child: child.data.metrics["classifier_score"])
+    assert parent.data.tags["best.run_id"] == best.info.run_id
+    assert float(parent.data.tags["best.classifier_score"]) == pytest.approx(best.data.metrics["classifier_score"])
 
 
 def free_port() -> int:

@@ -25,6 +25,7 @@ REFUSED = [
 ]
 
 
+@pytest.mark.bare_workdir
 @pytest.mark.parametrize(("case", "args", "message"), REFUSED, ids=[case[0] for case in REFUSED])
 def test_a_bad_sweep_is_refused_before_any_job_or_run_exists(workdir, case, args, message):
     result = run_cli(args, workdir)
