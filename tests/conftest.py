@@ -5,6 +5,7 @@ and how the suite is shared out between pytest-xdist's workers (the end of this 
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.server
 import json
 import os
@@ -115,28 +116,35 @@ def ctrl_c_as_in_a_terminal() -> None:
 BARE_WORKDIR = "bare_workdir"
 
 
-@pytest.fixture(scope="session")
-def new_store_database(tmp_path_factory) -> Path:
-    """The database of a new SQLite store, as MLflow leaves it once it has made its tables: every migration
-    applied, no experiment. MLflow's migrations cost a new store about 1 CPU-s; a copy of this file skips
-    them and nothing else: MLflow makes the Default experiment when it opens a store that has none."""
+@functools.cache
+def new_store_database() -> Path:
+    """The database of a new SQLite store as MLflow leaves it once it has made its tables (every migration
+    applied), less the Default experiment, which MLflow makes again when it opens a store without one. Made
+    once per process; a copy of it spares a test's store MLflow's migrations, about 1.3 CPU-s."""
     import sqlite3
 
-    path = tmp_path_factory.mktemp("new-store") / "mlflow.db"
+    path = EVAL_CACHE / f"new-store-{os.getpid()}" / "mlflow.db"  # the session's folder; one per worker
+    path.parent.mkdir(exist_ok=True)
     MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
     with contextlib.closing(sqlite3.connect(path)) as database, database:
         database.execute("DELETE FROM experiments")
     return path
 
 
+def new_store(database: Path) -> str:
+    """The URI of a new SQLite store at `database` (its folder made): what a first run there would make."""
+    database.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(new_store_database(), database)
+    return f"sqlite:///{database}"
+
+
 @pytest.fixture
 def workdir(tmp_path: Path, request) -> Path:
-    """A directory to run the CLI in, with its own outputs/ and a new store in mlruns/, as a job's first run
-    makes it. Left empty for a test marked `bare_workdir`: one that checks what a command leaves behind, or
-    that several processes make a store at once."""
+    """A directory to run the CLI in, with its own outputs/ and a new store in mlruns/ (`new_store`). Left
+    empty for a test marked `bare_workdir`: one that checks what a command leaves behind, or that several
+    processes make a store at once."""
     if request.node.get_closest_marker(BARE_WORKDIR) is None:
-        (tmp_path / "mlruns").mkdir()
-        shutil.copyfile(request.getfixturevalue("new_store_database"), tmp_path / "mlruns" / "mlflow.db")
+        new_store(tmp_path / "mlruns" / "mlflow.db")
     return tmp_path
 
 

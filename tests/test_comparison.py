@@ -19,7 +19,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from scipy import stats
 
-from conftest import REPO
+from conftest import REPO, new_store
 from ganlab.sweeps import comparison
 from ganlab.core import defaults
 from ganlab.core import record
@@ -101,7 +101,7 @@ def test_an_infinite_score_reads_back_from_the_store_as_inf_and_the_sweep_summar
     from ganlab.sweeps import settle_store, summary as sweep_summary
     from ganlab.tracking import store as tracking
 
-    client, experiment = tracking.open_store(f"sqlite:///{tmp_path / 'mlflow.db'}", "ganlab")
+    client, experiment = tracking.open_store(new_store(tmp_path / "mlflow.db"), "ganlab")
     parent = client.create_run(experiment, tags={tracking.SWEEP_PARENT_TAG: "true"}).info.run_id
     worst = {("0.1", "0"): math.inf, ("0.1", "1"): math.inf, ("0.3", "0"): 250.0, ("0.3", "1"): math.inf}
     for job, ((dropout, seed), value) in enumerate(worst.items()):

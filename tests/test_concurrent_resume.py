@@ -15,6 +15,8 @@ import time
 
 import pytest
 
+from conftest import new_store
+
 from ganlab.core import filelock
 from ganlab.core.errors import InputError
 from ganlab.sweeps import sweep as sweep_tracking
@@ -26,7 +28,7 @@ from ganlab.training import checkpoint
 
 @pytest.fixture
 def store(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlruns" / "mlflow.db")
     client, experiment_id = tracking.open_store(uri, "ganlab")
     return uri, client, experiment_id
 

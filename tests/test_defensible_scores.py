@@ -23,7 +23,7 @@ from ganlab.core.errors import InputError
 from ganlab.evaluation.evaluator import MEMORIZATION_QUANTILE, Evaluator, evaluation_noise, evaluation_noises
 
 from conftest import FIXTURE_MNIST as FIXTURE
-from conftest import QUICK, all_runs, run_cli
+from conftest import QUICK, all_runs, new_store, run_cli
 
 FAST_KID = {"kid_subsets": 5, "kid_subset_size": 200}
 
@@ -314,8 +314,7 @@ def test_report_refuses_mixed_sample_counts(tmp_path, capsys):
 
     from ganlab import report
 
-    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-    (tmp_path / "mlruns").mkdir()
+    uri = new_store(tmp_path / "mlruns" / "mlflow.db")
     client = MlflowClient(uri)
     experiment = client.create_experiment("ganlab", artifact_location=(tmp_path / "artifacts").as_uri())
     parent = client.create_run(experiment, tags={"sweep.parent": "true"}).info.run_id

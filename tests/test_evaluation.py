@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import FIXTURE_MNIST, REPO
+from conftest import FIXTURE_MNIST, REPO, new_store
 from ganlab.evaluation import classifier as clf
 from ganlab import evaluate
 from ganlab.core import scores
@@ -272,7 +272,7 @@ def test_cli_run_id_scores_and_logs_into_the_run(tmp_path, capsys, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     monkeypatch.setenv("GANLAB_CACHE_DIR", str(tmp_path / "cache"))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     client = MlflowClient(uri)
     run = client.create_run(client.create_experiment("test", artifact_location=str(tmp_path / "artifacts")))
     run_id = run.info.run_id

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from conftest import QUICK, REPO, all_runs, artifact_paths, run_cli, store_client
+from conftest import QUICK, REPO, all_runs, artifact_paths, new_store, run_cli, store_client
 from ganlab import report
 from ganlab.core import scores
 
@@ -198,8 +198,7 @@ def synthetic_sweep(tmp_path: Path, values: dict[str, list[float]]):
     """A store with a parent and one child per (dropout, seed), fid logged at epoch 5 with known values."""
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-    (tmp_path / "mlruns").mkdir()
+    uri = new_store(tmp_path / "mlruns" / "mlflow.db")
     client = MlflowClient(uri)
     experiment = client.create_experiment("study", artifact_location=(tmp_path / "artifacts").as_uri())
     parent = client.create_run(experiment, tags={"sweep.parent": "true"}).info.run_id

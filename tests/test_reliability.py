@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from conftest import (MNIST_FILE, QUICK, REPO, MlflowStub, all_runs, cli_env, ctrl_c_as_in_a_terminal, run_cli,
-                      small_disk, start_cli, store_is_ready)
+from conftest import (MNIST_FILE, QUICK, REPO, MlflowStub, all_runs, cli_env, ctrl_c_as_in_a_terminal, new_store,
+                      run_cli, small_disk, start_cli, store_is_ready)
 
 
 def test_resume_of_unknown_run_or_folder(workdir):
@@ -132,7 +132,7 @@ def test_a_failing_sqlite_store_ends_in_one_line_and_the_run_failed_when_it_can_
     from ganlab.tracking.job_run import JobRun
     from ganlab.tracking.store import StoreError
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     run = JobRun(uri, "e", tmp_path / "out", "name", {})
     (tmp_path / "out").mkdir()
     with pytest.raises(StoreError) as raised:
@@ -284,7 +284,7 @@ def test_a_store_that_fails_only_when_the_run_is_closed_is_one_line_not_a_silent
     from ganlab.tracking.job_run import JobRun
     from ganlab.tracking.store import StoreError
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     run = JobRun(uri, "e", tmp_path / "out", "name", {})
     with pytest.raises(StoreError) as raised:
         with run:
@@ -304,7 +304,7 @@ def test_a_stop_whose_run_cannot_be_marked_killed_says_so_instead_of_marked(tmp_
     from ganlab.tracking.job_run import JobRun
     from ganlab.train import stopped_job_line
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     run = JobRun(uri, "e", tmp_path / "out", "name", {})
     stopped = None
     try:  # a stop that got out as a plain KeyboardInterrupt must fail this test, not end the test session

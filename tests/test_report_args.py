@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conftest import new_store
 from ganlab import report
 
 
@@ -14,7 +15,7 @@ from ganlab import report
 def sweep_store(tmp_path_factory) -> str:
     """A small sweep written straight into a SQLite store: 2 dropouts x 2 seeds, d_loss at epochs 1 and 2."""
     folder = tmp_path_factory.mktemp("report_store")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    uri = new_store(folder / "mlflow.db")
     client = MlflowClient(uri)
     experiment = client.create_experiment("ganlab")
     parent = client.create_run(experiment, tags={"sweep.parent": "true"})
@@ -121,7 +122,7 @@ def write_sweep(client, experiment: str, start_time: int, child_status: str, nam
 def test_without_parent_the_newest_sweep_with_finished_runs_is_taken_and_named(tmp_path, capsys):
     """A newer sweep that was stopped (its jobs KILLED) and a still running one are passed over, and the output says which
     sweep the report is on and how to pick another."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     client = MlflowClient(uri)
     experiment = client.create_experiment("ganlab")
     finished = write_sweep(client, experiment, 1_000_000, "FINISHED", "finished-sweep")
@@ -137,7 +138,7 @@ def test_without_parent_the_newest_sweep_with_finished_runs_is_taken_and_named(t
 
 
 def test_without_parent_and_no_sweep_with_finished_runs_the_error_names_parent(tmp_path, capsys):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     client = MlflowClient(uri)
     experiment = client.create_experiment("ganlab")
     stopped = write_sweep(client, experiment, 1_000_000, "KILLED", "stopped-sweep")
@@ -149,7 +150,7 @@ def test_without_parent_and_no_sweep_with_finished_runs_the_error_names_parent(t
 
 
 def test_scores_table_says_one_run_and_no_spread_for_a_group_of_one(tmp_path, capsys):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     client = MlflowClient(uri)
     experiment = client.create_experiment("ganlab")
     write_sweep(client, experiment, 1_000_000, "FINISHED", "one-seed")

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import FIXTURE_MNIST, NO_MODELS, all_runs, hold_after_checkpoint, run_cli, start_cli, store_client
+from conftest import (FIXTURE_MNIST, NO_MODELS, all_runs, hold_after_checkpoint, new_store, run_cli, start_cli,
+                      store_client)
 from ganlab.core.errors import InputError
 from ganlab.sweeps import settle, settle_plan, settle_report, settle_store
 from ganlab.tracking import run_lock
@@ -185,7 +186,7 @@ def test_an_ill_posed_question_is_refused_naming_its_key(settle_keys, overrides,
 
 
 def test_seeds_an_earlier_sweep_trained_and_scored_alike_are_reused_and_copied_under_the_settle_sweep(tmp_path):
-    client, experiment = tracking.open_store(f"sqlite:///{tmp_path / 'mlflow.db'}", "ganlab")
+    client, experiment = tracking.open_store(new_store(tmp_path / "mlflow.db"), "ganlab")
     expected = {"loss.name": "ns", "epochs": "10", "dropout": "0.3", "eval.num_samples": "10000", "eval.repeats": "1",
                 "threads": "2", "seed": "0"}
     study = client.create_run(experiment, tags={tracking.SWEEP_PARENT_TAG: "true"}).info.run_id

@@ -25,8 +25,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import (QUICK, SLURM_GROUP, all_runs, artifact_paths, checkpoint_folder,
-                      ctrl_c_as_in_a_terminal, hold_after_checkpoint, run_cli, start_cli, store_client, thaw_once_signalled)
+from conftest import (QUICK, SLURM_GROUP, all_runs, artifact_paths, checkpoint_folder, ctrl_c_as_in_a_terminal,
+                      hold_after_checkpoint, new_store, run_cli, start_cli, store_client, thaw_once_signalled)
 from ganlab.sweeps import slurm_wait
 from ganlab.sweeps.slurm import ACTIVE_STATES
 from ganlab.tracking.job_run import FAILURE_TAG
@@ -210,7 +210,7 @@ def test_a_lost_jobs_run_that_closed_itself_first_also_names_what_slurm_did(tmp_
     from ganlab.sweeps import sweep
     from ganlab.tracking import store as tracking
 
-    client, experiment_id = tracking.open_store(f"sqlite:///{tmp_path / 'mlflow.db'}", "ganlab")
+    client, experiment_id = tracking.open_store(new_store(tmp_path / "mlflow.db"), "ganlab")
     runs = {}
     for job_num, own in (("0", "interrupted (Ctrl-C or SIGTERM)"), ("1", "SLURM job 9_1 ended CANCELLED"), ("2", None)):
         run = client.create_run(experiment_id, tags={tracking.JOB_NUM_TAG: job_num, **({FAILURE_TAG: own} if own else {})})
@@ -316,7 +316,7 @@ def test_a_cancelled_job_is_reported_and_the_sweep_ends(workdir):
 def test_a_preempted_and_a_requeued_job_continue_their_own_runs(workdir):
     # Both jobs held still (SIGSTOP) after their first epoch until the signal is there: it lands mid-training.
     epochs = 3
-    sweep = start_sweep([*SLURM, "dropout=0.1,0.3", *QUICKER, "steps_per_epoch=20", f"epochs={epochs}"], workdir)
+    sweep = start_sweep([*SLURM, "dropout=0.1,0.3", *TINY, f"epochs={epochs}"], workdir)
     held = hold_after_checkpoint(workdir, sweep, [0, 1])
     preempted, requeued = slurm_job_id(workdir, 0), slurm_job_id(workdir, 1)
     subprocess.run(["scancel", "--signal=USR2", preempted], check=True)  # submitit's preemption signal
@@ -347,8 +347,7 @@ def test_a_drained_node_a_restarted_controller_and_a_failed_node_are_waited_for(
     # Two CPUs a job: job 0 runs while job 1 waits for it (Resources); job 0 is held still (SIGSTOP) after its
     # first epoch, so it is still running whatever follows takes, until its node fails under it.
     epochs = 3
-    sweep = start_sweep([*SLURM, "hydra.launcher.cpus_per_task=2", f"epochs={epochs},1", *QUICKER, "steps_per_epoch=20"],
-                        workdir, err_file)
+    sweep = start_sweep([*SLURM, "hydra.launcher.cpus_per_task=2", f"epochs={epochs},1", *TINY], workdir, err_file)
     held = hold_after_checkpoint(workdir, sweep, [0])[0]
     try:
         drain_restart_and_fail(node, slurm_job_id(workdir, 0), err_file, sweep)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (QUICK, all_runs, artifact_paths, hold_after_checkpoint, run_cli, start_cli,
+from conftest import (QUICK, all_runs, artifact_paths, hold_after_checkpoint, new_store, run_cli, start_cli,
                       store_client, thaw_once_signalled)
 from omegaconf import OmegaConf
 
@@ -118,7 +118,7 @@ def test_a_stopped_sweep_stops_its_jobs_and_leaves_resource_trackers_to_end_with
 
 
 def test_a_refused_checkpoint_of_a_sweep_job_leaves_its_run_failed_not_running(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlruns" / "mlflow.db")
     client, experiment_id = tracking.open_store(uri, "ganlab")
     parent = client.create_run(experiment_id, tags={tracking.SWEEP_PARENT_TAG: "true"}).info.run_id
     folder = tmp_path / "outputs" / "multirun" / "x" / "0"
@@ -196,7 +196,7 @@ def test_a_stop_during_the_sweeps_own_store_write_takes_effect_once_the_write_re
     arrives inside one of those writes lets it finish, then stops the sweep, and the store can still close the run."""
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     client, experiment = tracking.open_store(uri, "ganlab")
     parent = client.create_run(experiment, tags={tracking.SWEEP_PARENT_TAG: "true"}).info.run_id
     set_tag = MlflowClient.set_tag
