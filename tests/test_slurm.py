@@ -316,7 +316,7 @@ def test_a_cancelled_job_is_reported_and_the_sweep_ends(workdir):
 def test_a_preempted_and_a_requeued_job_continue_their_own_runs(workdir):
     # Both jobs held still (SIGSTOP) after their first epoch until the signal is there: it lands mid-training.
     epochs = 3
-    sweep = start_sweep([*SLURM, "dropout=0.1,0.3", *TINY, f"epochs={epochs}"], workdir)
+    sweep = start_sweep([*SLURM, "dropout=0.1,0.3", *QUICKER, "steps_per_epoch=20", f"epochs={epochs}"], workdir)
     held = hold_after_checkpoint(workdir, sweep, [0, 1])
     preempted, requeued = slurm_job_id(workdir, 0), slurm_job_id(workdir, 1)
     subprocess.run(["scancel", "--signal=USR2", preempted], check=True)  # submitit's preemption signal
@@ -347,7 +347,8 @@ def test_a_drained_node_a_restarted_controller_and_a_failed_node_are_waited_for(
     # Two CPUs a job: job 0 runs while job 1 waits for it (Resources); job 0 is held still (SIGSTOP) after its
     # first epoch, so it is still running whatever follows takes, until its node fails under it.
     epochs = 3
-    sweep = start_sweep([*SLURM, "hydra.launcher.cpus_per_task=2", f"epochs={epochs},1", *TINY], workdir, err_file)
+    sweep = start_sweep([*SLURM, "hydra.launcher.cpus_per_task=2", f"epochs={epochs},1", *QUICKER, "steps_per_epoch=20"],
+                        workdir, err_file)
     held = hold_after_checkpoint(workdir, sweep, [0])[0]
     try:
         drain_restart_and_fail(node, slurm_job_id(workdir, 0), err_file, sweep)
