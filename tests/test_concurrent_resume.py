@@ -16,7 +16,6 @@ import time
 import pytest
 
 from conftest import new_store
-
 from ganlab.core import filelock
 from ganlab.core.errors import InputError
 from ganlab.sweeps import sweep as sweep_tracking

@@ -6,21 +6,21 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import FIXTURE_MNIST, QUICK, REPO, run_cli
+from conftest import QUICK, REPO, run_cli
 
-SMALL = [*QUICK[:-1], f"data.path={FIXTURE_MNIST}"]
+WITHOUT_DATA = [item for item in QUICK if not item.startswith("data.path=")]  # for a case that names its own
 NOTHING = "Nothing was started (no job ran, no MLflow run was made)"
 
 REFUSED = [
-    ("a misspelt choice in a swept list", ["-m", "loss=ns,nss", *SMALL],
+    ("a misspelt choice in a swept list", ["-m", "loss=ns,nss", *QUICK],
      "loss=nss: there is no loss option 'nss'; valid: hinge, lsgan, ns, wgan_gp (the sweep's job loss=nss)"),
-    ("a missing data file, parallel jobs", ["-m", "hydra/launcher=parallel", "dropout=0.1,0.3", *QUICK[:-1],
+    ("a missing data file, parallel jobs", ["-m", "hydra/launcher=parallel", "dropout=0.1,0.3", *WITHOUT_DATA,
                                             "data.path=missing/mnist.npz"],
      "data.path: 'missing/mnist.npz' does not exist. Give a .npz in Keras layout"),
-    ("settle: a misspelt choice", ["-m", "hydra/sweeper=settle", "settle.margin=10", "loss=ns,nss", *SMALL],
+    ("settle: a misspelt choice", ["-m", "hydra/sweeper=settle", "settle.margin=10", "loss=ns,nss", *QUICK],
      "loss=nss: there is no loss option 'nss'"),
     ("search: an interval reaching out of range", ["-m", "-cd", str(REPO / "sweeps"), "-cn", "search",
-                                                   "dropout=interval(0.0, 1.5)", *SMALL],
+                                                   "dropout=interval(0.0, 1.5)", *QUICK],
      "(from dropout=interval(0.0, 1.5))"),
 ]
 
