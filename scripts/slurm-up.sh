@@ -32,7 +32,8 @@ fi
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v munged >/dev/null; then
     echo "slurm-up: installing slurm-wlm and munge (apt-get)"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq slurm-wlm munge >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
+        slurm-wlm munge >/dev/null
 fi
 
 MARK="# One-node cluster written by scripts/slurm-up.sh"
