@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from conftest import (MNIST_FILE, NO_MODELS, QUICK, all_runs, hold_after_checkpoint, new_store, run_cli, small_disk,
                       start_cli, store_client, store_is_ready, thaw_once_signalled)
+from ganlab.core import scores
 from ganlab.training import checkpoint
 from ganlab.training.resume import RESUME_OVERRIDES, check_overrides, prepare_resume
 from ganlab.core.errors import InputError
@@ -99,6 +100,33 @@ def test_a_locked_checkpoint_cannot_be_resumed(tmp_path):
     resumed = prepare_resume(cfg, [])
     assert resumed.config.threads == 1 and resumed.config.tracking.uri == store
     resumed.lock.release()
+
+
+def test_a_checkpoint_its_run_has_gone_on_past_is_refused_naming_the_newest_folder(tmp_path):
+    # A run stopped after epoch 1 in its first folder, resumed in another, and stopped there after
+    # checkpointing epoch 4 but before logging it: the first folder's checkpoint is behind the run.
+    store = new_store(tmp_path / "mlruns" / "mlflow.db")
+    client = store_client(tmp_path)
+    first, newest = tmp_path / "first_job", tmp_path / "resumed_job"
+    run_id = client.create_run(client.create_experiment("e"), tags={"output_dir": str(newest)}).info.run_id
+    for epoch in (1, 2, 3):
+        client.log_metric(run_id, scores.D_LOSS, 0.5, step=epoch)
+    client.set_terminated(run_id, "KILLED")
+    for folder, epoch in ((first, 1), (newest, 4)):
+        checkpoint.save(folder / checkpoint.FOLDER, [np.zeros(2)], [], {
+            "epoch": epoch, "run_id": run_id, "tracking_uri": store, "experiment": "e", "threads": 1,
+            "config": {"epochs": 5}})
+
+    with pytest.raises(InputError) as refused:
+        prepare_resume(OmegaConf.create({"resume": str(first), "tracking": {"uri": None}}), [])
+    assert (f"holds epoch 1, but run {run_id} has logged epochs up to 3 since: resuming from it would log epochs 2 to "
+            f"3 a second time. Resume it from its newest checkpoint, resume={run_id} (its output folder now: "
+            f"{newest})") in str(refused.value)
+    checkpoint.FolderLock(first / checkpoint.FOLDER).acquire().release()  # the refusal left no lock behind
+    for target, uri in ((newest, None), (run_id, store)):  # one epoch ahead of the log: resumed as usual
+        resumed = prepare_resume(OmegaConf.create({"resume": str(target), "tracking": {"uri": uri}}), [])
+        assert resumed.checkpoint.epoch == 4 and resumed.checkpoint.folder == newest / checkpoint.FOLDER
+        resumed.lock.release()
 
 
 # ---------------------------------------------------------------------------- kill -9 and resume

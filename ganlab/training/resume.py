@@ -9,8 +9,8 @@ the checkpoint (`ganlab.training.checkpoint`), the typed config to continue with
 lock on the checkpoint's folder; None for a fresh start.
 
 `prepare_resume` finds the checkpoint from a run id (through the run's `output_dir` tag in
-MLflow) or a folder, refuses a FINISHED run and any override that would change what is
-trained, and checks the data is the data the run trained on. Once the trainer is built,
+MLflow) or a folder, refuses a FINISHED run, a checkpoint its run has gone on past and any
+override that would change what is trained, and checks the data is the data the run trained on. Once the trainer is built,
 `resume_into` puts the state back, logs the epochs the run lacks and carries the best
 generator over.
 """
@@ -89,6 +89,7 @@ def prepare_resume(cfg: DictConfig, explicit_overrides: list[str]) -> Resume:
             raise InputError(f"resume: the checkpoint {str(found.file)!r} belongs to run {found.run_id}, not to "
                              f"run {target} that was asked for; nothing was resumed. Resume run {found.run_id} "
                              "by its own id, or restore this run's own checkpoint.")
+    _refuse_overtaken_checkpoint(found, uri)
     lock = FolderLock(found.folder).acquire()
     data_path = OmegaConf.select(cfg if "data.path" in given else found.config, "data.path")
     try:
@@ -235,6 +236,27 @@ def _refuse_finished_run(run_id: str, uri: str) -> None:
     if run.info.status == "FINISHED":
         raise AlreadyFinished(f"run {run_id} has trained all {run.data.params.get('epochs', 'its')} epochs already; "
                               "nothing to resume (it stays as it was).")
+
+
+def _refuse_overtaken_checkpoint(found: Checkpoint, uri: str) -> None:
+    """A run has one history: a checkpoint older than the epochs its run has logged since (an earlier job
+    folder of a run resumed and stopped again) would log those epochs a second time. Refused, naming the
+    folder the run goes on from; a checkpoint one epoch ahead of the log (stopped between the two) is fine."""
+    try:
+        client, _ = tracking.open_reader(uri, option="tracking.uri")
+        run = client.get_run(found.run_id)
+        logged = max((point.step for point in client.get_metric_history(found.run_id, scores.D_LOSS)), default=0)
+    except Exception:  # noqa: BLE001 - no store or no run: opening the run says so
+        return
+    if logged <= found.epoch:
+        return
+    newest = run.data.tags.get(tracking.OUTPUT_DIR_TAG)
+    fix = (f"Resume it from its newest checkpoint, resume={found.run_id} (its output folder now: {newest}), or start "
+           "the job again." if newest and Path(newest).resolve() != found.folder.parent.resolve() else
+           "Start the job again.")
+    raise InputError(f"resume: the checkpoint {str(found.file)!r} holds epoch {found.epoch}, but run {found.run_id} "
+                     f"has logged epochs up to {logged} since: resuming from it would log epochs {found.epoch + 1} "
+                     f"to {logged} a second time. {fix} Nothing was resumed.")
 
 
 def resume_into(trainer, resume: Resume, run, output_dir: Path, threads: int | None) -> list:
