@@ -10,9 +10,9 @@ lock on the checkpoint's folder; None for a fresh start.
 
 `prepare_resume` finds the checkpoint from a run id (through the run's `output_dir` tag in
 MLflow) or a folder, refuses a FINISHED run, a checkpoint its run has gone on past and any
-override that would change what is trained, and checks the data is the data the run trained on. Once the trainer is built,
-`resume_into` puts the state back, logs the epochs the run lacks and carries the best
-generator over.
+override that would change what is trained, and checks the data is the data the run trained
+on. Once the trainer is built, `resume_into` puts the state back, logs the epochs the run
+lacks and carries the best generator over.
 """
 
 from __future__ import annotations
@@ -67,11 +67,12 @@ def prepare_resume(cfg: DictConfig, explicit_overrides: list[str]) -> Resume:
 
     The job runs with the checkpoint's config, experiment and thread count. Only the keys in
     RESUME_OVERRIDES, and only when given explicitly on this command line, replace the
-    checkpoint's; anything else given is refused, and so is a run that has FINISHED. The
-    store is where-not-what: a run named by its id goes on in the store it was found in (the
-    one this command points at), a folder's in the store its checkpoint recorded unless
-    `tracking.uri` is given; a store that is not there is refused, never created. The data at
-    the path the job will read is hashed and must be the data the run trained on.
+    checkpoint's; anything else given is refused, and so is a run that has FINISHED, or a
+    checkpoint older than the epochs its run has logged since. The store is where-not-what: a
+    run named by its id goes on in the store it was found in (the one this command points at),
+    a folder's in the store its checkpoint recorded unless `tracking.uri` is given; a store that
+    is not there is refused, never created. The data at the path the job will read is hashed
+    and must be the data the run trained on.
     """
     target = str(cfg.resume)
     given = check_overrides(explicit_overrides)
