@@ -81,16 +81,18 @@ def prepare_resume(cfg: DictConfig, explicit_overrides: list[str]) -> Resume:
         found = find(Path(target))
         uri = here if "tracking.uri" in given else tracking.resolve_uri(found.tracking_uri)
         _require_store(uri, found)
-        _refuse_finished_run(found.run_id, uri)
+        stored = _read_run(found.run_id, uri)
+        _refuse_finished_run(stored)
     else:
         uri = here  # where the run is looked up is where it goes on
-        _refuse_finished_run(target, uri)
+        stored = _read_run(target, uri)
+        _refuse_finished_run(stored)
         found = find(_run_output_dir(uri, target))
         if found.run_id != target:  # a copy of (or link to) another run's checkpoint
             raise InputError(f"resume: the checkpoint {str(found.file)!r} belongs to run {found.run_id}, not to "
                              f"run {target} that was asked for; nothing was resumed. Resume run {found.run_id} "
                              "by its own id, or restore this run's own checkpoint.")
-    _refuse_overtaken_checkpoint(found, uri)
+    _refuse_overtaken_checkpoint(found, stored)
     lock = FolderLock(found.folder).acquire()
     data_path = OmegaConf.select(cfg if "data.path" in given else found.config, "data.path")
     try:
@@ -226,28 +228,38 @@ def _run_output_dir(uri: str | None, run_id: str) -> Path:
     return Path(run.data.tags[tracking.OUTPUT_DIR_TAG])
 
 
-def _refuse_finished_run(run_id: str, uri: str) -> None:
+def _read_run(run_id: str, uri: str):
+    """(reader, run) for the two early words below, read once; None where there is no store or no such run:
+    prepare_resume says so."""
+    try:
+        client, _ = tracking.open_reader(uri, option="tracking.uri")
+        return client, client.get_run(run_id)
+    except Exception:  # noqa: BLE001 - the early words are best-effort
+        return None
+
+
+def _refuse_finished_run(stored) -> None:
     """A FINISHED run has trained all its epochs (only a complete job ends FINISHED): nothing to resume.
     An early word only: the run's own lock checks again (`ganlab.tracking.job_run.JobRun`)."""
-    try:
-        client, _ = tracking.open_reader(uri, option="tracking.uri")
-        run = client.get_run(run_id)
-    except Exception:  # no store or no such run: prepare_resume says so
+    if stored is None:
         return
+    run = stored[1]
     if run.info.status == "FINISHED":
-        raise AlreadyFinished(f"run {run_id} has trained all {run.data.params.get('epochs', 'its')} epochs already; "
-                              "nothing to resume (it stays as it was).")
+        raise AlreadyFinished(f"run {run.info.run_id} has trained all {run.data.params.get('epochs', 'its')} epochs "
+                              "already; nothing to resume (it stays as it was).")
 
 
-def _refuse_overtaken_checkpoint(found: Checkpoint, uri: str) -> None:
+def _refuse_overtaken_checkpoint(found: Checkpoint, stored) -> None:
     """A run has one history: a checkpoint older than the epochs its run has logged since (an earlier job
     folder of a run resumed and stopped again) would log those epochs a second time. Refused, naming the
-    folder the run goes on from; a checkpoint one epoch ahead of the log (stopped between the two) is fine."""
+    folder the run goes on from; a checkpoint one epoch ahead of the log (stopped between the two) is fine.
+    `stored` is `_read_run` of the checkpoint's run (prepare_resume has checked it is that run)."""
+    if stored is None:
+        return
+    client, run = stored
     try:
-        client, _ = tracking.open_reader(uri, option="tracking.uri")
-        run = client.get_run(found.run_id)
         logged = max((point.step for point in client.get_metric_history(found.run_id, scores.D_LOSS)), default=0)
-    except Exception:  # noqa: BLE001 - no store or no run: opening the run says so
+    except Exception:  # noqa: BLE001 - the store failing now: opening the run says so
         return
     if logged <= found.epoch:
         return
