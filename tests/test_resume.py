@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -504,6 +505,47 @@ def test_a_stop_during_a_store_write_takes_effect_as_the_write_returns_and_the_r
     client = store_client(tmp_path)
     assert [point.step for point in client.get_metric_history(run.run_id, "d_loss")] == [1]  # the write is whole
     assert client.get_run(run.run_id).info.status == "KILLED"
+
+
+def test_a_preemption_handler_runs_after_the_store_write_and_slurms_sigterm_cannot_cut_it_short(tmp_path):
+    """A scheduler's preemption handler (submitit's, for SIGUSR2 on SLURM: it requeues the job, says so, exits) is
+    the job's stop: held over a store write like SIGTERM, and not cut short by the SIGTERM SLURM sends once the job
+    is requeued. That SIGTERM once arrived between the requeue and its log line: the job then ended as interrupted,
+    without the line. Here the handler is a stand-in that gets that SIGTERM while it works."""
+    from mlflow.entities import Metric
+
+    from ganlab.tracking.job_run import JobRun
+    from ganlab.tracking.store import store_call
+    from ganlab.training.job import signals_as_interrupt
+
+    uri = new_store(tmp_path / "mlruns" / "mlflow.db")
+    done = []
+
+    def requeue_and_exit(signum, frame):
+        done.append("requeued")
+        os.kill(os.getpid(), signal.SIGTERM)  # what SLURM sends a job it requeues: the job's handler runs here
+        done.append("said so")
+        sys.exit(-1)
+
+    def write_while_preempted(run):
+        os.kill(os.getpid(), signal.SIGUSR2)  # the preemption's signal arrives as the write begins
+        run.client.log_batch(run.run_id, metrics=[Metric("d_loss", 0.5, 0, 1)])
+        done.append("written")
+
+    scheduler = signal.signal(signal.SIGUSR2, requeue_and_exit)  # set before the job starts, as submitit does
+    try:
+        with pytest.raises(BaseException) as ended:  # a KeyboardInterrupt would end pytest itself
+            with signals_as_interrupt(), JobRun(uri, "ganlab", tmp_path / "out", "preempted", {}) as run:
+                store_call(uri, lambda: write_while_preempted(run))
+        assert ended.type is SystemExit, repr(ended.value)  # the handler's exit, not SIGTERM's interrupt
+        assert signal.getsignal(signal.SIGUSR2) is requeue_and_exit  # the scheduler's handler is back
+    finally:
+        signal.signal(signal.SIGUSR2, scheduler)
+    assert done == ["written", "requeued", "said so"]
+    client = store_client(tmp_path)
+    assert [point.step for point in client.get_metric_history(run.run_id, "d_loss")] == [1]  # the write is whole
+    stopped = client.get_run(run.run_id)
+    assert stopped.info.status == "KILLED" and stopped.data.tags["failure_reason"] == "preempted: requeued by the scheduler"
 
 
 def test_a_stop_while_a_generator_is_logged_takes_effect_once_it_is_logged_whole(tmp_path):

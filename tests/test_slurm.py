@@ -337,7 +337,7 @@ def test_a_preempted_and_a_requeued_job_continue_their_own_runs(workdir):
         assert int(child.data.tags["resumed_from_epoch"]) >= 1
         assert logged_epochs(workdir, int(child.data.tags["sweep.job_num"])) == list(range(1, epochs + 1))
     log = (sweep_dir(workdir) / ".submitit" / preempted / f"{preempted}_0_log.out").read_text()
-    assert f"Requeued job {preempted}" in log  # submitit handled USR2 as a preemption
+    assert f"Requeued job {preempted}" in log, log[-3000:]  # submitit handled USR2 as a preemption, uncut
 
 
 @pytest.mark.heavy

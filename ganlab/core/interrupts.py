@@ -7,21 +7,23 @@ leaves that write's transaction open in the process: SQLite's lock on the file s
 the run's closing cannot mark it KILLED, and the run stays RUNNING. A write is short (a busy store
 makes it wait at most its busy timeout), so a stop that arrives during one takes effect as the write
 returns: the store calls run inside `held()` (`ganlab.tracking.store.store_call`, and every call of
-open_store's client, a `HeldCalls`), and the signal handlers call `stop(name)`.
+open_store's client, a `HeldCalls`), and the signal handlers call `stop(name)`. A scheduler's
+preemption handler (submitit's, which requeues the job and exits) is held the same way: `stop(name, act)`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 
 _writes = 0  # store writes in progress in the main thread, where signal handlers run
-_waiting: str | None = None  # the name of the stop signal that arrived during one
+_waiting: Callable[[], None] | None = None  # what the stop signal that arrived during one does
 
 
 @contextlib.contextmanager
 def held():
-    """A stop (`stop(name)`) that arrives inside the block raises KeyboardInterrupt at the block's end.
+    """A stop (`stop(name)`) that arrives inside the block takes effect at the block's end.
     In another thread the block is left as it is: signals are handled in the main thread only."""
     global _writes, _waiting
     if threading.current_thread() is not threading.main_thread():
@@ -33,17 +35,22 @@ def held():
     finally:
         _writes -= 1
         if _writes == 0 and _waiting is not None:
-            name, _waiting = _waiting, None
-            raise KeyboardInterrupt(f"signal {name}")
+            act, _waiting = _waiting, None
+            act()
 
 
-def stop(name: str) -> None:
-    """What a stop signal named `name` does: KeyboardInterrupt now, or at the end of the write in progress."""
+def stop(name: str, act: Callable[[], None] | None = None) -> None:
+    """What a stop signal named `name` does, now or at the end of the write in progress: `act()`, and
+    by default KeyboardInterrupt."""
     global _waiting
+
+    def interrupt() -> None:
+        raise KeyboardInterrupt(f"signal {name}")
+
     if _writes:
-        _waiting = name
+        _waiting = act or interrupt
         return
-    raise KeyboardInterrupt(f"signal {name}")
+    (act or interrupt)()
 
 
 class HeldCalls:

@@ -191,16 +191,36 @@ def signals_as_interrupt():
     run is marked KILLED instead of being left RUNNING. Only the first signal interrupts: one
     that arrives while the run is being closed (SLURM follows a requeue with SIGTERM, an
     impatient user presses Ctrl-C twice) is noted and ignored, so the closing always ends.
+    A scheduler's preemption handler, a Python handler already set for SIGUSR1 or SIGUSR2 (submitit's
+    on SLURM: it checkpoints, requeues the job and exits), is the job's stop too: it runs once a store
+    write in progress has returned, and the SIGTERM that SLURM sends once the job is requeued, often
+    while that handler is still at work, is noted and ignored rather than cutting it short.
     It yields the `StopRequest`, which says when the closing has begun. The old handlers return afterwards."""
     stop = StopRequest()
 
-    def interrupt(signum, frame):
+    def first_stop(signum) -> str | None:
+        """The signal's name if it is the job's first stop; None (and a warning) if the job is already stopping."""
         name = signal.Signals(signum).name
         if stop.received:
             log.warning("%s while the job is already stopping: ignored, so its run's closing is not cut short", name)
-            return
+            return None
         stop.received.append(name)
-        interrupts.stop(name)  # at once, or as a store write in progress returns (`ganlab.core.interrupts`)
+        return name
+
+    def interrupt(signum, frame):
+        if name := first_stop(signum):
+            interrupts.stop(name)  # at once, or as a store write in progress returns (`ganlab.core.interrupts`)
+
+    def preemption(handler):
+        def preempted(signum, frame):
+            if name := first_stop(signum):
+                def act():
+                    handler(signum, frame)  # exits (SystemExit) once it has requeued the job
+                    stop.received.remove(name)  # it let the job go on (submitit's, on a task other than the first)
+
+                interrupts.stop(name, act)
+
+        return preempted
 
     if threading.current_thread() is not threading.main_thread():
         yield stop
@@ -208,6 +228,9 @@ def signals_as_interrupt():
     # A signal the process was told to ignore (SIGINT under nohup or `&`) stays ignored.
     stops = [number for number in (signal.SIGTERM, signal.SIGINT) if signal.getsignal(number) is not signal.SIG_IGN]
     previous = {number: signal.signal(number, interrupt) for number in stops}
+    for number in (signal.SIGUSR1, signal.SIGUSR2):
+        if callable(handler := signal.getsignal(number)):
+            previous[number] = signal.signal(number, preemption(handler))
     try:
         yield stop
     finally:
