@@ -8,7 +8,18 @@
 # Running it again while the cluster is up changes nothing. scripts/slurm-down.sh stops it.
 #
 #   scripts/slurm-up.sh                     # SLURM_UP_TIMEOUT=60 seconds to wait for the node
+#   scripts/slurm-up.sh --missing           # only prints the packages it would install (none: nothing)
 set -euo pipefail
+
+missing_packages() {
+    command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null ||
+        echo "slurm-wlm munge"
+}
+
+if [[ "${1:-}" == "--missing" ]]; then
+    missing_packages
+    exit 0
+fi
 
 TIMEOUT=${SLURM_UP_TIMEOUT:-60}
 CONF=/etc/slurm/slurm.conf
@@ -29,11 +40,13 @@ if [[ $EUID -ne 0 ]]; then
     exit 1
 fi
 
-if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v munged >/dev/null; then
-    echo "slurm-up: installing slurm-wlm and munge (apt-get)"
+MISSING=$(missing_packages)
+if [[ -n "$MISSING" ]]; then
+    echo "slurm-up: installing $MISSING (apt-get)"
     apt-get update -qq
+    # shellcheck disable=SC2086 # one word a package
     DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
-        slurm-wlm munge >/dev/null
+        $MISSING >/dev/null
 fi
 
 MARK="# One-node cluster written by scripts/slurm-up.sh"
